@@ -1,0 +1,3 @@
+from mda_fast.cli import main
+
+raise SystemExit(main())
