@@ -1,0 +1,323 @@
+"""Units (one attention head's parameter subspace), architecture adapters and capture hooks.
+
+A :class:`Unit` is head ``h`` of layer ``l`` in a block mode. Each mode is a list of Kronecker
+blocks (:class:`BlockSpec`); a block is a set of weight *pieces* that share one input and are
+stacked along the output dimension, so its weight is a matrix ``W [O, I]`` and the gradient of a
+row's loss w.r.t. it is ``G = sum_t g_t a_t^T`` with ``a [T, I]`` the block input and ``g [T, O]``
+the gradient w.r.t. the block output. Biases are excluded (the authors' choice).
+
+    mode   blocks                     input a (I)                 output g (O)
+    qk     [W_Q[h]; W_K[h]]           attention input x (d)       [dL/dq_h, dL/dk_h] (2*hs), pre-rotary
+    v      W_V[h]                     x (d)                       dL/dv_h (hs)
+    o      W_O[:, h]                  head output z_h (hs)        dL/d(dense out) (d)
+    qkvo   qk + v + o
+
+Adapters know where each architecture keeps those weights (GPT-NeoX interleaves [q, k, v] per
+head in one Linear; GPT-2 uses Conv1D with [in, out] weights and [Q | K | V] column groups;
+Llama has separate projections and grouped-query attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from mda_fast.errors import ConfigError
+
+MODES = {"qk": ("qk",), "v": ("v",), "o": ("o",), "qkvo": ("qk", "v", "o")}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``out_rows`` and columns ``in_cols`` of one module's weight, in [out, in] orientation."""
+
+    module: str  # dotted path of an nn.Linear (or GPT-2 Conv1D, stored [in, out])
+    out_rows: slice | None  # None = all outputs
+    in_cols: slice | None  # None = all inputs
+    transposed: bool = False  # Conv1D keeps weight as [in, out]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    name: str  # e.g. "L1.H3.qk"
+    layer: int
+    head: int
+    kind: str  # "qk" | "v" | "o"
+    in_dim: int  # I
+    out_dim: int  # O
+    pieces: tuple[Piece, ...]  # stacked along O; all share the same input and in_cols
+
+
+@dataclass(frozen=True)
+class Unit:
+    layer: int
+    head: int
+    mode: str = "qk"
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}.H{self.head}.{self.mode}"
+
+    def blocks(self, adapter: "Adapter") -> list[BlockSpec]:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown block mode {self.mode!r}; expected one of {sorted(MODES)}")
+        adapter.check_head(self.layer, self.head)
+        return [adapter.block(self.layer, self.head, kind) for kind in MODES[self.mode]]
+
+    @classmethod
+    def parse(cls, text: str) -> "Unit":
+        """Parse ``"L1.H3.qk"`` or ``"1:3:qk"`` / ``"1:3"``."""
+        t = text.strip()
+        try:
+            if t.upper().startswith("L"):
+                parts = t.split(".")
+                layer, head = int(parts[0][1:]), int(parts[1].lstrip("Hh"))
+                mode = parts[2] if len(parts) > 2 else "qk"
+            else:
+                parts = t.split(":")
+                layer, head = int(parts[0]), int(parts[1])
+                mode = parts[2] if len(parts) > 2 else "qk"
+        except (ValueError, IndexError):
+            raise ConfigError(f"cannot parse unit {text!r}; write it as L<layer>.H<head>.<mode>, e.g. L1.H3.qk") from None
+        return cls(layer, head, mode)
+
+
+def blocks_of(units: Iterable[Unit], adapter: "Adapter") -> list[BlockSpec]:
+    """All blocks of ``units``, each named once (two units may share a block)."""
+    seen: dict[str, BlockSpec] = {}
+    for unit in units:
+        for block in unit.blocks(adapter):
+            seen.setdefault(block.name, block)
+    return list(seen.values())
+
+
+class Adapter:
+    """Where an architecture keeps head weights. Subclasses fill in the module paths and slices."""
+
+    def __init__(self, config):
+        self.config = config
+        self.n_layers: int = config.num_hidden_layers
+        self.n_heads: int = config.num_attention_heads
+        self.d_model: int = config.hidden_size
+        self.head_size: int = getattr(config, "head_dim", None) or self.d_model // self.n_heads
+
+    # -- to implement ---------------------------------------------------------------------
+    def layer_path(self, layer: int) -> str:
+        raise NotImplementedError
+
+    def qkv_pieces(self, layer: int, head: int, kind: str) -> tuple[Piece, ...]:
+        raise NotImplementedError
+
+    def out_piece(self, layer: int, head: int) -> Piece:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def check_head(self, layer: int, head: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise ConfigError(f"layer {layer} is out of range: the model has {self.n_layers} layers (0..{self.n_layers - 1})")
+        if not 0 <= head < self.n_heads:
+            raise ConfigError(f"head {head} is out of range: layer {layer} has {self.n_heads} heads (0..{self.n_heads - 1})")
+
+    def block(self, layer: int, head: int, kind: str) -> BlockSpec:
+        self.check_head(layer, head)
+        hs = self.head_size
+        if kind == "o":
+            pieces = (self.out_piece(layer, head),)
+            in_dim, out_dim = hs, self.d_model
+        elif kind in ("qk", "v"):
+            pieces = self.qkv_pieces(layer, head, kind)
+            in_dim, out_dim = self.d_model, sum(p.out_rows.stop - p.out_rows.start for p in pieces)
+        else:
+            raise ConfigError(f"unknown block kind {kind!r}")
+        return BlockSpec(f"L{layer}.H{head}.{kind}", layer, head, kind, in_dim, out_dim, pieces)
+
+    def slice_weight(self, model: nn.Module, block: BlockSpec, grad: bool = False) -> torch.Tensor:
+        """The block's weight (or its ``.grad`` when ``grad``) as a [O, I] tensor (a copy if stacked)."""
+        parts = []
+        for piece in block.pieces:
+            w = model.get_submodule(piece.module).weight
+            w = w.grad if grad else w
+            if w is None:
+                raise ValueError(f"{piece.module}.weight has no gradient; run backward with the weight requiring grad")
+            parts.append(_piece_view(w, piece))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    def add_to_weight(self, model: nn.Module, block: BlockSpec, delta: torch.Tensor) -> None:
+        """In place ``W_block += delta`` (``delta [O, I]``); used by slice tests and interventions."""
+        row = 0
+        with torch.no_grad():
+            for piece in block.pieces:
+                view = _piece_view(model.get_submodule(piece.module).weight, piece)
+                view.add_(delta[row : row + view.shape[0]])
+                row += view.shape[0]
+
+
+def _piece_view(weight: torch.Tensor, piece: Piece) -> torch.Tensor:
+    """A view [O_piece, I] of ``weight`` for ``piece``; writes go through to the parameter."""
+    w = weight.t() if piece.transposed else weight
+    if piece.out_rows is not None:
+        w = w[piece.out_rows]
+    if piece.in_cols is not None:
+        w = w[:, piece.in_cols]
+    return w
+
+
+class GPTNeoXAdapter(Adapter):
+    """``query_key_value`` rows are grouped per head as [q, k, v]; ``dense`` columns per head."""
+
+    def layer_path(self, layer: int) -> str:
+        return f"gpt_neox.layers.{layer}"
+
+    def qkv_pieces(self, layer, head, kind):
+        hs, base = self.head_size, 3 * self.head_size * head
+        rows = slice(base, base + 2 * hs) if kind == "qk" else slice(base + 2 * hs, base + 3 * hs)
+        # q and k of one head are adjacent rows: one piece serves the whole qk block.
+        return (Piece(f"{self.layer_path(layer)}.attention.query_key_value", rows, None),)
+
+    def out_piece(self, layer, head):
+        hs = self.head_size
+        return Piece(f"{self.layer_path(layer)}.attention.dense", None, slice(hs * head, hs * (head + 1)))
+
+
+class GPT2Adapter(Adapter):
+    """Conv1D ``c_attn`` (weight [d, 3d]) outputs [Q | K | V], each split per head."""
+
+    def layer_path(self, layer: int) -> str:
+        return f"transformer.h.{layer}"
+
+    def qkv_pieces(self, layer, head, kind):
+        hs, d, m = self.head_size, self.d_model, f"{self.layer_path(layer)}.attn.c_attn"
+        cols = lambda group: slice(group * d + hs * head, group * d + hs * (head + 1))  # noqa: E731
+        groups = (0, 1) if kind == "qk" else (2,)
+        return tuple(Piece(m, cols(g), None, transposed=True) for g in groups)
+
+    def out_piece(self, layer, head):
+        hs = self.head_size
+        return Piece(f"{self.layer_path(layer)}.attn.c_proj", None, slice(hs * head, hs * (head + 1)), transposed=True)
+
+
+class LlamaAdapter(Adapter):
+    """Separate q/k/v/o projections; with grouped-query attention head h reads key/value head h // group."""
+
+    def layer_path(self, layer: int) -> str:
+        return f"model.layers.{layer}"
+
+    def qkv_pieces(self, layer, head, kind):
+        hs, p = self.head_size, f"{self.layer_path(layer)}.self_attn"
+        n_kv = getattr(self.config, "num_key_value_heads", None) or self.n_heads
+        kv = head // (self.n_heads // n_kv)
+        kv_rows = slice(hs * kv, hs * (kv + 1))
+        if kind == "qk":
+            return (Piece(f"{p}.q_proj", slice(hs * head, hs * (head + 1)), None), Piece(f"{p}.k_proj", kv_rows, None))
+        return (Piece(f"{p}.v_proj", kv_rows, None),)
+
+    def out_piece(self, layer, head):
+        hs = self.head_size
+        return Piece(f"{self.layer_path(layer)}.self_attn.o_proj", None, slice(hs * head, hs * (head + 1)))
+
+
+ADAPTERS = {"gpt_neox": GPTNeoXAdapter, "gpt2": GPT2Adapter, "llama": LlamaAdapter, "mistral": LlamaAdapter, "qwen2": LlamaAdapter}
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ConfigError(f"no unit adapter for model type {model_type!r}; supported: {sorted(ADAPTERS)}")
+    return ADAPTERS[model_type](model.config)
+
+
+class Capture:
+    """Record each block's input ``a [B, T, I]`` and output gradient ``g [B, T, O]``.
+
+    Use as a context manager around one forward and one backward pass. With
+    ``grad_only_from_layer`` every parameter is frozen for the duration and the hidden state
+    entering the lowest target layer becomes the only leaf that requires grad, so backward
+    stops there and computes no weight gradient at all (the per-sample gradient is formed
+    from ``a`` and ``g`` instead).
+    """
+
+    def __init__(self, model: nn.Module, blocks: Sequence[BlockSpec], grad_only_from_layer: bool = True,
+                 adapter: Adapter | None = None):
+        self.model, self.blocks = model, list(blocks)
+        self.adapter = adapter or get_adapter(model)
+        self.grad_only_from_layer = grad_only_from_layer
+        self._inputs: dict[str, torch.Tensor] = {}  # module path -> input [B, T, in_full]
+        self._grads: dict[str, torch.Tensor] = {}  # module path -> output grad [B, T, out_full]
+        self._handles: list = []
+        self._requires_grad: list[tuple[nn.Parameter, bool]] = []
+
+    # -- results ----------------------------------------------------------------------------
+    @property
+    def a(self) -> dict[str, torch.Tensor]:
+        """Block name -> input ``[B, T, I]``."""
+        out = {}
+        for b in self.blocks:
+            piece = b.pieces[0]
+            x = self._need(self._inputs, piece.module, "forward")
+            out[b.name] = x if piece.in_cols is None else x[..., piece.in_cols]
+        return out
+
+    @property
+    def g(self) -> dict[str, torch.Tensor]:
+        """Block name -> gradient w.r.t. the block output ``[B, T, O]``."""
+        out = {}
+        for b in self.blocks:
+            parts = []
+            for piece in b.pieces:
+                grad = self._need(self._grads, piece.module, "backward")
+                parts.append(grad if piece.out_rows is None else grad[..., piece.out_rows])
+            out[b.name] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return out
+
+    def per_sample_grads(self) -> dict[str, torch.Tensor]:
+        """Block name -> ``G [B, O, I]`` materialized (for tests and small blocks only)."""
+        a, g = self.a, self.g
+        up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731  fp32 accumulation
+        return {n: torch.einsum("bto,bti->boi", up(g[n]), up(a[n])) for n in a}
+
+    @staticmethod
+    def _need(store, key, phase):
+        if key not in store:
+            raise RuntimeError(f"no {phase} pass reached {key}; run the model inside the Capture context")
+        return store[key]
+
+    # -- hooks --------------------------------------------------------------------------------
+    def __enter__(self) -> "Capture":
+        modules = sorted({p.module for b in self.blocks for p in b.pieces})
+        for path in modules:
+            self._handles.append(self.model.get_submodule(path).register_forward_hook(self._hook_for(path)))
+        if self.grad_only_from_layer and self.blocks:
+            self._requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+            for p, _ in self._requires_grad:
+                p.requires_grad_(False)
+            lowest = min(b.layer for b in self.blocks)
+            layer = self.model.get_submodule(self.adapter.layer_path(lowest))
+            self._handles.append(layer.register_forward_pre_hook(_make_leaf, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p, flag in self._requires_grad:
+            p.requires_grad_(flag)
+        self._requires_grad.clear()
+
+    def _hook_for(self, path: str):
+        def hook(module, args, output):
+            self._inputs[path] = args[0].detach()
+            if output.requires_grad:
+                output.register_hook(lambda grad: self._grads.__setitem__(path, grad.detach()))
+        return hook
+
+
+def _make_leaf(module, args, kwargs):
+    """Forward pre-hook: detach the layer's hidden-state input and make it require grad."""
+    if args:
+        return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
+    return args, kwargs
