@@ -1,0 +1,145 @@
+// Ops 2 and 3: contractions with the per-sample gradient G_b = sum_t g_bt a_bt^T.
+//
+// Materialized routes build one G_b [O,I] per task (never all B at once), accumulating over token
+// chunks with the packed micro-kernel; factored routes project tokens first (cheaper when T is small).
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gemm.h"
+#include "ops.h"
+#include "parallel.h"
+
+namespace mda {
+
+// G[O,I] (=|+=) sum_{t in [t0,t1)} g_bt a_bt^T.
+static void per_sample_grad(View3 a, View3 g, int64_t b, int64_t t0, int64_t t1, int64_t I, int64_t O,
+                            float* G, PackedB& scratch, int inner_threads) {
+  if (t1 <= t0) std::fill(G, G + O * I, 0.0f);
+  for (int64_t c0 = t0; c0 < t1; c0 += TC) {
+    const int64_t tc = std::min(TC, t1 - c0);
+    pack_b(tc, I, a.p + b * a.sb + c0 * a.st, a.st, a.sf, scratch);
+    // A = g_chunk^T: element (o, t) at g + t*st + o*sf.
+    gemm_parallel(O, g.p + b * g.sb + c0 * g.st, g.sf, g.st, scratch, G, I, c0 > t0, inner_threads);
+  }
+}
+
+void grad_dot_queries(View3 a, View3 g, int64_t B, int64_t T, int64_t I, int64_t O, const float* Q,
+                      int64_t n, float* out, bool factored, int nthreads) {
+  if (B <= 0 || n <= 0) return;
+  const int64_t OI = O * I;
+  if (factored) {
+    // For each query: Y = a2 @ Q_q^T [B*T, O], out[b,q] = sum_t <Y_bt, g_bt>.
+    const int64_t M = B * T;
+    std::vector<float> Y(static_cast<size_t>(std::max<int64_t>(M, 1) * O));
+    PackedB Qt;
+    for (int64_t q = 0; q < n; ++q) {
+      pack_b(I, O, Q + q * OI, 1, I, Qt);
+      gemm_parallel(M, a.p, a.st, a.sf, Qt, Y.data(), O, false, nthreads);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+      for (int64_t b = 0; b < B; ++b) {
+        float s = 0.0f;
+        for (int64_t t = 0; t < T; ++t) {
+          const float* y = Y.data() + (b * T + t) * O;
+          const float* gr = g.p + b * g.sb + t * g.st;
+          if (g.sf == 1) {
+            s += dot(y, gr, O);
+          } else {
+            for (int64_t o = 0; o < O; ++o) s += y[o] * gr[o * g.sf];
+          }
+        }
+        out[b * n + q] = s;
+      }
+    }
+    return;
+  }
+  const int64_t nsplit = time_splits(B, T, nthreads);
+  std::vector<float> part(static_cast<size_t>(nsplit * B * n));
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> G(static_cast<size_t>(OI));
+    PackedB scratch;
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < B * nsplit; ++task) {
+      const int64_t b = task / nsplit, s = task % nsplit;
+      per_sample_grad(a, g, b, T * s / nsplit, T * (s + 1) / nsplit, I, O, G.data(), scratch, 1);
+      for (int64_t q = 0; q < n; ++q) part[(s * B + b) * n + q] = dot(G.data(), Q + q * OI, OI);
+    }
+  }
+  for (int64_t e = 0; e < B * n; ++e) {
+    float s = 0.0f;
+    for (int64_t r = 0; r < nsplit; ++r) s += part[r * B * n + e];
+    out[e] = s;
+  }
+}
+
+// acc[O,I] += (Q_S^T G_b Q_A)^2 for one sample, through either route.
+static void lambda_one_sample(View3 a, View3 g, int64_t b, int64_t T, int64_t I, int64_t O,
+                              const PackedB& QAp, const PackedB& QSp, const float* QS, bool factored,
+                              float* acc, std::vector<float>& w1, std::vector<float>& w2,
+                              PackedB& scratch, int inner) {
+  const int64_t OI = O * I;
+  w2.resize(static_cast<size_t>(OI));
+  if (factored) {
+    // ã = a_b Q_A [T,I], g̃ = g_b Q_S [T,O], R = g̃^T ã.
+    w1.resize(static_cast<size_t>(std::max<int64_t>(T, 1) * (I + O)));
+    float* at = w1.data();
+    float* gt = w1.data() + T * I;
+    gemm_parallel(T, a.p + b * a.sb, a.st, a.sf, QAp, at, I, false, inner);
+    gemm_parallel(T, g.p + b * g.sb, g.st, g.sf, QSp, gt, O, false, inner);
+    pack_b(T, I, at, I, 1, scratch);
+    gemm_parallel(O, gt, 1, O, scratch, w2.data(), I, false, inner);
+  } else {
+    // G = g^T a, H = Q_S^T G, R = H Q_A.
+    w1.resize(static_cast<size_t>(OI));
+    per_sample_grad(a, g, b, 0, T, I, O, w1.data(), scratch, inner);
+    pack_b(O, I, w1.data(), I, 1, scratch);
+    gemm_parallel(O, QS, 1, O, scratch, w1.data(), I, false, inner);  // Q_S^T: (o', o) at QS[o*O+o']
+    gemm_parallel(O, w1.data(), I, 1, QAp, w2.data(), I, false, inner);
+  }
+  const float* r = w2.data();
+  for (int64_t e = 0; e < OI; ++e) acc[e] += r[e] * r[e];
+}
+
+void ekfac_lambda_accumulate(View3 a, View3 g, int64_t B, int64_t T, int64_t I, int64_t O,
+                             const float* QA, const float* QS, float* out, bool factored, int nthreads) {
+  if (B <= 0) return;
+  const int64_t OI = O * I;
+  PackedB QAp, QSp;
+  pack_b(I, I, QA, I, 1, QAp);
+  if (factored) pack_b(O, O, QS, O, 1, QSp);
+  if (B < nthreads) {
+    // Few samples: parallelize inside each GEMM; accumulate straight into out.
+    std::vector<float> w1, w2;
+    PackedB scratch;
+    for (int64_t b = 0; b < B; ++b)
+      lambda_one_sample(a, g, b, T, I, O, QAp, QSp, QS, factored, out, w1, w2, scratch, nthreads);
+    return;
+  }
+  std::vector<float> parts(static_cast<size_t>(nthreads * OI), 0.0f);
+#pragma omp parallel num_threads(nthreads)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    std::vector<float> w1, w2;
+    PackedB scratch;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b)
+      lambda_one_sample(a, g, b, T, I, O, QAp, QSp, QS, factored, parts.data() + tid * OI, w1, w2,
+                        scratch, 1);
+  }
+  // Fixed-order reduction: deterministic for a given thread count.
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t e = 0; e < OI; ++e) {
+    float s = 0.0f;
+    for (int r = 0; r < nthreads; ++r) s += parts[r * OI + e];
+    out[e] += s;
+  }
+}
+
+}  // namespace mda

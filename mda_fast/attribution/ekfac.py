@@ -1,0 +1,111 @@
+"""Fitting EK-FAC on the blocks of a set of units (two passes over a random subsample).
+
+pass 1: A = E_tok[a a^T], S = E_tok[g g^T] (summed over ranks), eigendecomposed in float64;
+pass 2: Lambda = E_b[(Q_S^T G_b Q_A)^2] from per-sample gradients (mda_fast.ops), summed over ranks.
+Both passes use the same labels (sampled per row from the model for the true Fisher).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mda_fast import ops
+from mda_fast.attribution import dist
+from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, damping_of, eigh_factor
+from mda_fast.attribution.forward import captured_pass
+from mda_fast.attribution.settings import Settings
+from mda_fast.errors import DataError
+
+
+def fit_positions(n_rows: int, settings: Settings) -> np.ndarray:
+    """Sorted positions of the rows the factors are fitted on (seeded; same on every rank)."""
+    if n_rows <= 0:
+        raise DataError("the window is empty: there are no rows to fit EK-FAC on")
+    n = settings.fit_rows if settings.fit_rows is not None else int(round(settings.fit_fraction * n_rows))
+    n = min(max(int(n), 1), n_rows)
+    rng = np.random.default_rng(settings.fit_seed)
+    return np.sort(rng.choice(n_rows, size=n, replace=False)).astype(np.int64)
+
+
+def _batches(source, settings: Settings, desc: str):
+    r, w = dist.rank(), dist.world_size()
+    it = source.batches(settings.batch_size, rank=r, world_size=w)
+    if settings.progress and r == 0:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=source.num_batches(settings.batch_size, r, w), desc=desc, unit="batch")
+    return it
+
+
+def _where(batch) -> str:
+    ids = batch.row_ids
+    return f"the batch of rows {int(ids[0])}..{int(ids[-1])}" if len(ids) else "an empty batch"
+
+
+def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict | None = None) -> FactorSet:
+    """Fit the EK-FAC factors of ``blocks`` on a subsample of ``source``; same result on every rank.
+
+    source: a RowSource (the window). Returns a FactorSet whose manifest records the rows used.
+    """
+    positions = fit_positions(len(source), settings)
+    sub = source.subset(positions)
+    labels = "sampled" if settings.fisher == "true" else "data"
+    device = next(model.parameters()).device
+    kw = dict(labels=labels, seed=settings.fit_seed)
+
+    # ---- pass 1: covariances ---------------------------------------------------------------
+    A_sum = {b.name: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
+    S_sum = {b.name: torch.zeros(b.out_dim, b.out_dim, dtype=torch.float64, device=device) for b in blocks}
+    n_tok = torch.zeros(1, dtype=torch.float64, device=device)
+    for batch in _batches(sub, settings, "EK-FAC pass 1/2 (covariances)"):
+        where = _where(batch)
+        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
+        for b in blocks:
+            check_finite(a[b.name], "input activation", b.name, where)
+            check_finite(g[b.name], "output gradient", b.name, where)
+            a2, g2 = a[b.name].reshape(-1, b.in_dim).float(), g[b.name].reshape(-1, b.out_dim).float()
+            A_sum[b.name] += (a2.T @ a2).double()  # fp32 GEMM per batch, fp64 running sum
+            S_sum[b.name] += (g2.T @ g2).double()
+        n_tok += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
+    dist.all_reduce_sum([*A_sum.values(), *S_sum.values(), n_tok])
+    if float(n_tok) == 0:
+        raise DataError("the EK-FAC subsample has no tokens (rows shorter than 2 tokens?)")
+
+    eig = {}
+    for b in blocks:
+        A = 0.5 * (A_sum[b.name] + A_sum[b.name].T) / float(n_tok)
+        S = 0.5 * (S_sum[b.name] + S_sum[b.name].T) / float(n_tok)
+        _, Q_A = eigh_factor(A_sum[b.name], float(n_tok), b.name, "A")
+        _, Q_S = eigh_factor(S_sum[b.name], float(n_tok), b.name, "S")
+        dist.broadcast([Q_A, Q_S])  # ranks must share one eigenbasis even where eigh is not bitwise stable
+        eig[b.name] = (A, S, Q_A, Q_S)
+
+    # ---- pass 2: eigenvalue correction from per-sample gradients ---------------------------
+    q32 = {n: (QA.float(), QS.float()) for n, (_, _, QA, QS) in eig.items()}
+    lam_sum = {b.name: torch.zeros(b.out_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
+    n_rows = torch.zeros(1, dtype=torch.float64, device=device)
+    for batch in _batches(sub, settings, "EK-FAC pass 2/2 (eigenvalues)"):
+        where = _where(batch)
+        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
+        for b in blocks:
+            check_finite(g[b.name], "output gradient", b.name, where)
+            out = torch.zeros(b.out_dim, b.in_dim, dtype=torch.float32, device=device)
+            ops.ekfac_lambda_accumulate(a[b.name], g[b.name], *q32[b.name], out, backend=settings.backend)
+            lam_sum[b.name] += out.double()
+        n_rows += batch.tokens.shape[0]
+    dist.all_reduce_sum([*lam_sum.values(), n_rows])
+
+    factors = {}
+    for b in blocks:
+        A, S, Q_A, Q_S = eig[b.name]
+        lam = lam_sum[b.name] / float(n_rows)
+        check_finite(lam, "eigenvalue correction Lambda", b.name, "the end of pass 2")
+        factors[b.name] = BlockFactors(b.name, A.cpu(), S.cpu(), Q_A.cpu(), Q_S.cpu(), lam.cpu(),
+                                       damping_of(lam, settings.damping, settings.damping_floor),
+                                       n_tokens=int(n_tok), n_samples=int(n_rows))
+    info = dict(manifest or {})
+    info.update(settings=settings.fit_dict(), rows_used=int(len(positions)), window_rows=int(len(source)),
+                fit_row_ids=[int(x) for x in source.row_ids_at(positions)] if len(positions) <= 100_000 else None,
+                world_size=dist.world_size())
+    return FactorSet(factors, info)

@@ -1,0 +1,173 @@
+"""Scores on disk: a run directory that is written as rows are scored and can be resumed.
+
+    <run>/manifest.json                 model, units, probes, window, settings, columns, complete
+    <run>/chunks/chunk-<rank>-<start>.npz  row_ids int64[n], scores float32[n, C], loss float32[n]
+    <run>/scores.npz                     merged, sorted by row id (written when complete)
+
+``start`` is the rank-local cursor (rows of that rank's chunk of the window already scored), so a
+rank resumes at the end of its last contiguous chunk; rows buffered but not yet flushed when a run
+dies are simply scored again. Every file is written to ``<path>.tmp`` and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from mda_fast.attribution.factors import read_json, write_json
+from mda_fast.errors import ConfigError, DataError
+
+_CHUNK = re.compile(r"^chunk-(\d+)-(\d+)\.npz$")
+# Manifest keys that must agree for a resume to continue an existing run.
+IDENTITY_KEYS = ("model", "revision", "units", "probes", "columns", "window", "fit", "settings_score", "world_size")
+
+
+@dataclass
+class ScoreTable:
+    row_ids: np.ndarray  # int64[N], sorted
+    scores: np.ndarray  # float32[N, C]
+    columns: list[str]  # C names "<unit>/<probe>"
+    loss: np.ndarray  # float32[N] summed CE per row
+    manifest: dict
+
+    def column(self, name: str | None = None) -> np.ndarray:
+        """float32[N] scores of one column (the first when ``name`` is None)."""
+        if name is None:
+            return self.scores[:, 0]
+        if name not in self.columns:
+            raise ConfigError(f"score column {name!r} is not in this run; columns: {', '.join(self.columns)}")
+        return self.scores[:, self.columns.index(name)]
+
+
+def _save_npz(path: str, **arrays) -> None:
+    with open(path + ".tmp", "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(path + ".tmp", path)
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"score file {path} cannot be read: {exc}") from None
+
+
+class ScoreStore:
+    """One rank's writer into a run directory (rank 0 also owns the manifest and the merge)."""
+
+    def __init__(self, out_dir: str, manifest: dict, rank: int = 0, world_size: int = 1, chunk_rows: int = 1024):
+        self.dir, self.rank, self.world_size, self.chunk_rows = out_dir, rank, world_size, chunk_rows
+        self.manifest = dict(manifest, world_size=world_size, complete=False)
+        self.n_cols = len(self.manifest["columns"])
+        self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+        self.cursor = 0
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def chunk_dir(self) -> str:
+        return os.path.join(self.dir, "chunks")
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.dir, "manifest.json")
+
+    # -- opening ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Rank 0: create the directory and manifest, or check that an existing one is the same run."""
+        os.makedirs(self.chunk_dir, exist_ok=True)
+        if os.path.isfile(self.manifest_path):
+            old = read_json(self.manifest_path)
+            for key in IDENTITY_KEYS:
+                if old.get(key) != self.manifest.get(key):
+                    raise ConfigError(f"{self.dir} holds a different run ({key} differs: {old.get(key)!r} vs "
+                                      f"{self.manifest.get(key)!r}); use a new output directory")
+            self.manifest = dict(old, **{k: v for k, v in self.manifest.items() if k != "complete"},
+                                 complete=bool(old.get("complete")))
+        else:
+            write_json(self.manifest_path, self.manifest)
+
+    def is_complete(self) -> bool:
+        return os.path.isfile(self.manifest_path) and bool(read_json(self.manifest_path).get("complete")) \
+            and os.path.isfile(os.path.join(self.dir, "scores.npz"))
+
+    def chunks(self, rank: int | None = None) -> list[tuple[int, int, str]]:
+        """[(rank, start, path)] of the finished chunks (of one rank when given), sorted."""
+        out = []
+        if os.path.isdir(self.chunk_dir):
+            for name in os.listdir(self.chunk_dir):
+                m = _CHUNK.match(name)
+                if m and (rank is None or int(m.group(1)) == rank):
+                    out.append((int(m.group(1)), int(m.group(2)), os.path.join(self.chunk_dir, name)))
+        return sorted(out)
+
+    def resume_cursor(self) -> int:
+        """Rows of this rank's chunk already on disk (contiguous from 0); later chunks are dropped."""
+        cursor = 0
+        for _, start, path in self.chunks(self.rank):
+            if start != cursor:  # a gap can only come from a foreign file; never skip rows
+                raise DataError(f"score chunk {path} starts at row {start} but rank {self.rank} has only "
+                                f"{cursor} rows before it; remove the stray file or use a new output directory")
+            cursor += int(_load_npz(path)["row_ids"].shape[0])
+        self.cursor = cursor
+        return cursor
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add(self, row_ids: np.ndarray, scores: np.ndarray, loss: np.ndarray) -> None:
+        """Buffer one batch (row_ids int64[B], scores float32[B, C], loss float32[B]); flush when full."""
+        if scores.shape != (len(row_ids), self.n_cols):
+            raise ValueError(f"scores shape {scores.shape} != ({len(row_ids)}, {self.n_cols})")
+        self._buf.append((np.asarray(row_ids, np.int64), np.asarray(scores, np.float32), np.asarray(loss, np.float32)))
+        self._buffered += len(row_ids)
+        if self._buffered >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        ids, sc, lo = (np.concatenate(x) for x in zip(*self._buf))
+        _save_npz(os.path.join(self.chunk_dir, f"chunk-{self.rank}-{self.cursor}.npz"), row_ids=ids, scores=sc, loss=lo)
+        self.cursor += len(ids)
+        self._buf, self._buffered = [], 0
+
+    def merge(self, expected_row_ids: np.ndarray) -> ScoreTable:
+        """Rank 0, after every rank flushed: check each expected row is there exactly once, write
+        ``scores.npz`` and mark the manifest complete."""
+        parts = [_load_npz(p) for _, _, p in self.chunks()]
+        if parts:
+            ids = np.concatenate([p["row_ids"] for p in parts])
+            sc = np.concatenate([p["scores"] for p in parts])
+            lo = np.concatenate([p["loss"] for p in parts])
+        else:
+            ids, sc, lo = np.zeros(0, np.int64), np.zeros((0, self.n_cols), np.float32), np.zeros(0, np.float32)
+        order = np.argsort(ids, kind="stable")
+        ids, sc, lo = ids[order], sc[order], lo[order]
+        if len(np.unique(ids)) != len(ids):
+            raise DataError(f"{self.dir}: some rows were scored twice; the chunk files are inconsistent")
+        expected = np.sort(np.asarray(expected_row_ids, np.int64))
+        if len(ids) != len(expected) or not np.array_equal(ids, expected):
+            missing = np.setdiff1d(expected, ids)
+            raise DataError(f"{self.dir}: {len(missing)} rows of the window have no score (e.g. row "
+                            f"{int(missing[0]) if len(missing) else '?'}); resume the run to finish it")
+        _save_npz(os.path.join(self.dir, "scores.npz"), row_ids=ids, scores=sc, loss=lo,
+                  columns=np.array(self.manifest["columns"]))
+        self.manifest["complete"] = True
+        self.manifest["rows"] = int(len(ids))
+        write_json(self.manifest_path, self.manifest)
+        return ScoreTable(ids, sc, list(self.manifest["columns"]), lo, self.manifest)
+
+
+def load_scores(path: str) -> ScoreTable:
+    """The merged scores of a complete run directory."""
+    mpath, spath = os.path.join(path, "manifest.json"), os.path.join(path, "scores.npz")
+    if not os.path.isfile(mpath):
+        raise DataError(f"{path} is not a score run directory (no manifest.json)")
+    manifest = read_json(mpath)
+    if not manifest.get("complete") or not os.path.isfile(spath):
+        raise DataError(f"run {path} is not complete; resume it with `mda score` (same arguments)")
+    z = _load_npz(spath)
+    return ScoreTable(z["row_ids"], z["scores"], [str(c) for c in z["columns"]], z["loss"], manifest)

@@ -1,0 +1,48 @@
+"""`mda heads MODEL`: previous-token, duplicate-token, induction and prefix-matching scores of every
+head on repeated random token sequences; a table on stdout, CSV/JSON/PNG under --out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "heads", help="score every attention head (previous-token, duplicate, induction)",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="local checkpoint directory or hub id (EleutherAI/pythia-70m)")
+    p.add_argument("--revision", default=None, help="hub revision, or step sub-directory of a local run (step1000)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (a random half repeated once)")
+    p.add_argument("--n", type=int, default=32, help="number of random sequences")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--vocab-low", type=int, default=2, help="lowest token id sampled (0, 1 are special)")
+    p.add_argument("--vocab-high", type=int, default=None,
+                   help="sample ids below this (default: the real vocabulary, 50277 for Pythia)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sort", default="induction",
+                   choices=("previous_token", "duplicate_token", "induction", "prefix_matching"))
+    p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the printed table (0 = all heads)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write heads.csv, heads.json, heads.png here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mda_fast.heads import head_scores
+    from mda_fast.models import load_model
+
+    model, tokenizer = load_model(args.model, revision=args.revision, device=args.device)
+    res = head_scores(model, n=args.n, seq_len=args.seq_len, seed=args.seed, vocab_low=args.vocab_low,
+                      vocab_high=args.vocab_high, batch_size=args.batch_size, tokenizer=tokenizer,
+                      name=str(args.model), revision=args.revision)
+    L, H = res.shape
+    s = res.settings
+    print(f"{args.model}{' @ ' + args.revision if args.revision else ''}: {L} layers x {H} heads; "
+          f"{s['n']} sequences of {s['seq_len']} tokens in [{s['vocab_low']}, {s['vocab_high']}), seed {s['seed']}")
+    print(res.table(sort=args.sort, k=args.top or None))
+    if args.out is not None:
+        paths = [res.to_csv(args.out / "heads.csv"), res.to_json(args.out / "heads.json"),
+                 res.heatmap(args.out / "heads.png")]
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,118 @@
+"""The demo run's settings: model, corpus, optimizer, checkpoints, induction measurement.
+
+The dataclass defaults are the source of truth; ``demo.yaml`` next to this file mirrors them (a
+test keeps the two equal) and a user YAML may override any subset of keys::
+
+    cfg = load_demo_config("my.yaml", steps=600)      # file, then keyword overrides
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from mda_fast.demo.tokenizer import EOD_ID, VOCAB_SIZE
+from mda_fast.errors import ConfigError
+
+DEFAULT_YAML = Path(__file__).with_name("demo.yaml")
+
+
+@dataclass
+class DemoConfig:
+    # model: GPT-NeoX, Pythia-style (parallel residual, rotary 25%, untied embeddings)
+    layers: int = 2
+    d_model: int = 128
+    heads: int = 4
+    intermediate: int = 256
+    vocab_size: int = VOCAB_SIZE             # 256 bytes + EOD
+    max_positions: int = 256
+    model_seed: int = 0
+    # corpus (rows = seq_len tokens: seq_len-1 inputs + shifted label)
+    seq_len: int = 129
+    corpus_seed: int = 0
+    mix: dict = field(default_factory=lambda: {"code": 0.50, "prose": 0.10, "markup": 0.10,
+                                               "latex": 0.075, "records": 0.075, "repeated": 0.15})
+    # training
+    steps: int = 1200
+    rows_per_step: int = 32
+    lr: float = 3e-3
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    # checkpoints: Pythia's step0 + 1, 2, 4, ..., 512, then every `save_every`
+    save_every: int = 50
+    # induction measurement: n sequences of S random tokens from [low, high) repeated twice
+    probe_n: int = 32
+    probe_len: int = 32
+    probe_low: int = 32                      # printable ASCII: bytes the corpus actually uses
+    probe_high: int = 127
+    probe_seed: int = 12345
+    formation_low: float = 0.1
+    formation_high: float = 0.5
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.d_model % self.heads:
+            raise ConfigError(f"demo d_model {self.d_model} is not divisible by heads {self.heads}.")
+        if self.vocab_size <= EOD_ID:
+            raise ConfigError(f"demo vocab_size {self.vocab_size} must exceed the EOD id {EOD_ID}.")
+        if self.seq_len - 1 > self.max_positions:
+            raise ConfigError(f"demo seq_len {self.seq_len} exceeds max_positions {self.max_positions} + 1.")
+        if not 0 <= self.probe_low < self.probe_high <= EOD_ID:
+            raise ConfigError(f"demo probe token range [{self.probe_low}, {self.probe_high}) is not "
+                              f"inside the byte vocabulary [0, {EOD_ID}).")
+        if self.steps <= 0 or self.rows_per_step <= 0 or self.save_every <= 0:
+            raise ConfigError("demo steps, rows_per_step and save_every must be positive.")
+
+    @property
+    def n_rows(self) -> int:
+        return self.steps * self.rows_per_step
+
+    def model_config(self):
+        """The ``GPTNeoXConfig`` of the demo model."""
+        from transformers import GPTNeoXConfig
+
+        return GPTNeoXConfig(
+            vocab_size=self.vocab_size, hidden_size=self.d_model, num_hidden_layers=self.layers,
+            num_attention_heads=self.heads, intermediate_size=self.intermediate, rotary_pct=0.25,
+            rotary_emb_base=10000, max_position_embeddings=self.max_positions,
+            use_parallel_residual=True, hidden_act="gelu", attention_dropout=0.0, hidden_dropout=0.0,
+            tie_word_embeddings=False, bos_token_id=EOD_ID, eos_token_id=EOD_ID, use_cache=False)
+
+    def optim_config(self):
+        from mda_fast.training import OptimConfig
+
+        return OptimConfig(lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, clip=self.clip,
+                           warmup_steps=self.warmup_steps, total_steps=self.steps,
+                           schedule=self.schedule)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def load_demo_config(path: str | Path | None = None, **overrides) -> DemoConfig:
+    """Defaults, then the YAML at ``path`` (any subset of keys), then ``overrides``."""
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"demo config {p} does not exist.")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"demo config {p} is not valid YAML ({e}).")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"demo config {p} must be a mapping of settings.")
+        values.update(loaded)
+    values.update(overrides)
+    known = {f.name for f in fields(DemoConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"demo config has unknown keys {unknown}; known: {sorted(known)}.")
+    return DemoConfig(**values)

@@ -1,0 +1,192 @@
+"""The demo corpus: text already on every machine + generated structured documents, packed like Pythia.
+
+Documents (each labelled with its kind, names as in ``mda_fast.intervene.kinds.KINDS``):
+- ``code``:  the Python standard library's ``.py`` sources (no tests, no site-packages), cut into
+  pieces of at most ``max_doc_bytes``;
+- ``prose``: the ``pydoc_data`` documentation topics and the Python LICENSE text;
+- ``markup``, ``latex``, ``records``, ``repeated``: generated (:mod:`mda_fast.demo.generators`).
+``mix`` gives each kind's share of the tokens. Documents are shuffled with ``seed``, joined with
+EOD (id 256) after every document like GPT-NeoX, and cut into rows of ``seq_len`` tokens in
+training order (a row may start mid-document). Output, written atomically:
+
+- ``<prefix>.bin`` / ``<prefix>.idx``  MMIDIDX, uint16, one sequence per row;
+- ``<prefix>.kinds.json``  kind names, each row's dominant kind (most tokens), settings;
+- ``<prefix>.kindfrac.npy`` float32[N, K]: share of each kind's tokens in each row.
+
+Deterministic from ``seed`` for a given Python installation (the stdlib text is part of the input;
+its version is recorded in the sidecar).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mda_fast.data import write_mmidx
+from mda_fast.demo.generators import GENERATORS
+from mda_fast.demo.tokenizer import EOD_ID, encode_bytes
+from mda_fast.errors import ConfigError, DataError
+
+KINDS = ("code", "prose", "markup", "latex", "records", "repeated")
+DEFAULT_MIX = {"code": 0.50, "prose": 0.10, "markup": 0.10, "latex": 0.075, "records": 0.075,
+               "repeated": 0.15}
+
+
+@dataclass
+class CorpusInfo:
+    prefix: Path
+    n_rows: int
+    seq_len: int
+    kinds: tuple[str, ...]
+    row_kind: np.ndarray          # int64[N] index into kinds
+    tokens_by_kind: dict
+
+
+def _stdlib_code_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3"}
+    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
+    return sorted(files)
+
+
+def _pieces(data: bytes, max_bytes: int) -> list[bytes]:
+    return [data[i:i + max_bytes] for i in range(0, len(data), max_bytes) if data[i:i + max_bytes].strip()]
+
+
+def natural_documents(max_doc_bytes: int = 8192) -> dict[str, list[bytes]]:
+    """The on-machine texts, cut into documents: {"code": [...], "prose": [...]}."""
+    code = []
+    for p in _stdlib_code_files():
+        try:
+            code.extend(_pieces(p.read_bytes(), max_doc_bytes))
+        except OSError:
+            continue
+    prose = []
+    try:
+        from pydoc_data.topics import topics
+        for name in sorted(topics):
+            prose.extend(_pieces(topics[name].encode("utf-8"), max_doc_bytes))
+    except ImportError:
+        pass
+    lic = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
+    if lic.is_file():
+        prose.extend(_pieces(lic.read_bytes(), max_doc_bytes))
+    if not code or not prose:
+        raise DataError(f"no Python standard-library text found under {sysconfig.get_paths()['stdlib']} "
+                        "to build the demo corpus.")
+    return {"code": code, "prose": prose}
+
+
+def _check_mix(mix: dict) -> dict:
+    unknown = sorted(set(mix) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"corpus mix has unknown kinds {unknown}; known: {list(KINDS)}.")
+    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ConfigError(f"corpus mix shares must be >= 0 with a positive sum, got {mix}.")
+    s = sum(mix.values())
+    return {k: mix.get(k, 0.0) / s for k in KINDS}
+
+
+def make_documents(n_tokens: int, seed: int, mix: dict | None = None,
+                   max_doc_bytes: int = 8192) -> list[tuple[int, np.ndarray]]:
+    """About ``n_tokens`` tokens of (kind index, uint16 tokens) documents, shuffled with ``seed``."""
+    shares = _check_mix(mix or DEFAULT_MIX)
+    rng = random.Random(seed)
+    natural = natural_documents(max_doc_bytes)
+    docs: list[tuple[int, np.ndarray]] = []
+    for k, kind in enumerate(KINDS):
+        budget = int(shares[kind] * n_tokens)
+        got = 0
+        if kind in natural:
+            pool = natural[kind][:]
+            rng.shuffle(pool)
+            i = 0
+            while got < budget:                       # cycle through the pool if it is too small
+                d = encode_bytes(pool[i % len(pool)])
+                docs.append((k, d))
+                got += len(d) + 1
+                i += 1
+        else:
+            gen = GENERATORS[kind]
+            while got < budget:
+                d = encode_bytes(gen(rng))
+                docs.append((k, d))
+                got += len(d) + 1
+    rng.shuffle(docs)
+    return docs
+
+
+def pack_rows(docs: list[tuple[int, np.ndarray]], n_rows: int, seq_len: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Join documents with EOD after each and cut into rows.
+
+    Returns tokens uint16[n_rows, seq_len] and the kind of every token int8[n_rows, seq_len]
+    (an EOD takes the kind of the document it ends).
+    """
+    need = n_rows * seq_len
+    toks, kinds, total = [], [], 0
+    eod = np.array([EOD_ID], dtype=np.uint16)
+    for k, d in docs:
+        toks += [d, eod]
+        kinds.append(np.full(len(d) + 1, k, dtype=np.int8))
+        total += len(d) + 1
+        if total >= need:
+            break
+    if total < need:
+        raise DataError(f"demo corpus documents hold {total} tokens, fewer than the {need} needed "
+                        f"for {n_rows} rows of {seq_len}.")
+    stream = np.concatenate(toks)[:need].reshape(n_rows, seq_len)
+    kstream = np.concatenate(kinds)[:need].reshape(n_rows, seq_len)
+    return stream, kstream
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int = 0,
+                 mix: dict | None = None, max_doc_bytes: int = 8192) -> CorpusInfo:
+    """Build and write the demo corpus at ``prefix`` (see module doc); returns its :class:`CorpusInfo`."""
+    if n_rows <= 0 or seq_len < 2:
+        raise ConfigError(f"demo corpus needs n_rows > 0 and seq_len >= 2, got {n_rows}, {seq_len}.")
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    # 10% spare: shares are counted per document, the last document overshoots.
+    docs = make_documents(int(n_rows * seq_len * 1.1) + 10_000, seed, mix, max_doc_bytes)
+    rows, kinds = pack_rows(docs, n_rows, seq_len)
+    frac = np.stack([(kinds == k).mean(axis=1) for k in range(len(KINDS))], axis=1).astype(np.float32)
+    row_kind = frac.argmax(axis=1)
+    tokens_by_kind = {kind: int((kinds == k).sum()) for k, kind in enumerate(KINDS)}
+    write_mmidx(prefix, iter(rows), dtype=np.uint16)
+    _atomic_write(Path(str(prefix) + ".kindfrac.npy"), lambda p: p.write_bytes(_npy_bytes(frac)))
+    meta = {"kinds": list(KINDS), "row_kind": row_kind.tolist(), "seed": seed, "seq_len": seq_len,
+            "n_rows": n_rows, "eod_id": EOD_ID, "mix": _check_mix(mix or DEFAULT_MIX),
+            "tokens_by_kind": tokens_by_kind, "python": sys.version.split()[0]}
+    _atomic_write(Path(str(prefix) + ".kinds.json"), lambda p: p.write_text(json.dumps(meta)))
+    return CorpusInfo(prefix, n_rows, seq_len, KINDS, row_kind, tokens_by_kind)
+
+
+def load_row_kinds(prefix: str | Path) -> tuple[list[str], np.ndarray]:
+    """(kind names, dominant kind index int64[N]) of a corpus written by :func:`build_corpus`."""
+    p = Path(str(prefix) + ".kinds.json")
+    try:
+        meta = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p} does not exist; build the corpus with mda_fast.demo.corpus.build_corpus.")
+    return meta["kinds"], np.asarray(meta["row_kind"], dtype=np.int64)

@@ -1,0 +1,154 @@
+"""Train the demo model from scratch on the embedded corpus and find where its induction head forms.
+
+    python -m mda_fast.demo.train_demo --out runs/demo [--config my.yaml] [--steps 1200] [--seed 0]
+
+Steps: build the corpus (``<out>/corpus/demo.bin/.idx`` + kinds) -> train a GPT-NeoX from scratch
+with Pythia-style checkpoints (``<out>/checkpoints/step{N}``, tokenizer included) -> measure every
+head's induction score at each checkpoint -> ``<out>/induction.json`` with the curve of the best
+last-layer head and the formation window (score rising from < formation_low to > formation_high).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from mda_fast.demo.config import DemoConfig, load_demo_config
+from mda_fast.demo.corpus import build_corpus
+from mda_fast.demo.measure import formation_window, induction_scores
+from mda_fast.demo.tokenizer import byte_tokenizer
+
+
+def corpus_prefix(out: str | Path) -> Path:
+    return Path(out) / "corpus" / "demo"
+
+
+def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
+    """Build the corpus unless one with the same settings is already there; returns its prefix."""
+    prefix = corpus_prefix(out)
+    meta_path = Path(str(prefix) + ".kinds.json")
+    if meta_path.is_file() and Path(str(prefix) + ".bin").is_file():
+        meta = json.loads(meta_path.read_text())
+        if (meta.get("seed"), meta.get("n_rows"), meta.get("seq_len")) == \
+                (cfg.corpus_seed, cfg.n_rows, cfg.seq_len) and meta.get("mix_requested") == cfg.mix:
+            return prefix
+    info = build_corpus(prefix, cfg.n_rows, cfg.seq_len, cfg.corpus_seed, cfg.mix)
+    meta = json.loads(meta_path.read_text())
+    meta["mix_requested"] = cfg.mix
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, meta_path)
+    return info.prefix
+
+
+def new_model(cfg: DemoConfig):
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(cfg.model_seed)
+    # sdpa for training speed; measurement switches to eager for the patterns
+    return GPTNeoXForCausalLM._from_config(cfg.model_config(), attn_implementation="sdpa")
+
+
+class InductionTracker:
+    """Callback: induction scores of all heads at the given steps -> ``self.scores[step]``."""
+
+    def __init__(self, cfg: DemoConfig, steps):
+        self.cfg, self.steps, self.scores = cfg, set(steps), {}
+
+    def _measure(self, step, model):
+        c = self.cfg
+        self.scores[step] = induction_scores(model, c.probe_n, c.probe_len, c.probe_low, c.probe_high,
+                                             c.probe_seed).tolist()
+
+    def on_train_start(self, step, model):
+        if step in self.steps:
+            self._measure(step, model)
+
+    def on_step_end(self, step, model, metrics):
+        if step in self.steps:
+            self._measure(step, model)
+
+
+def summarize(cfg: DemoConfig, scores: dict) -> dict:
+    """Best last-layer head, its curve, and the formation window."""
+    last = cfg.layers - 1
+    final = scores[max(scores)][last]
+    head = max(range(cfg.heads), key=lambda h: final[h])
+    curve = {int(s): float(v[last][head]) for s, v in sorted(scores.items())}
+    best_any = {int(s): float(max(v[last])) for s, v in sorted(scores.items())}
+    return {"layer": last, "head": head, "curve": curve, "best_any_head": best_any,
+            "window": formation_window(curve, cfg.formation_low, cfg.formation_high)}
+
+
+def run_demo_training(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True,
+                      resume: bool = True) -> dict:
+    """Corpus -> training with checkpoints -> induction curve; returns (and writes) the summary."""
+    from mda_fast.data import MMIdxSource
+    from mda_fast.training import pythia_save_steps, train
+
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    t0 = time.perf_counter()
+    prefix = ensure_corpus(cfg, out)
+    t_corpus = time.perf_counter() - t0
+    source = MMIdxSource(prefix, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
+    save = pythia_save_steps(cfg.steps, every=cfg.save_every)
+    tracker = InductionTracker(cfg, save)
+    model = new_model(cfg)
+    t1 = time.perf_counter()
+    res = train(model, source, (0, cfg.steps), cfg.rows_per_step, cfg.optim_config(),
+                out_dir=out / "checkpoints", save_steps=save, callbacks=[tracker], resume=resume,
+                seed=cfg.model_seed, tokenizer=byte_tokenizer(), progress=progress,
+                extra_state={"demo_config": cfg.to_dict()})
+    t_train = time.perf_counter() - t1
+    # checkpoints from an earlier (resumed) part of the run: measure them from disk
+    from mda_fast.training import list_checkpoints, load_weights
+    for step, path in list_checkpoints(out / "checkpoints").items():
+        if step in tracker.steps and step not in tracker.scores:
+            m = new_model(cfg)
+            load_weights(path, m)
+            tracker._measure(step, m)
+    secs = [h["sec"] for h in res.history]
+    summary = summarize(cfg, tracker.scores)
+    summary.update({
+        "config": cfg.to_dict(), "corpus_seconds": t_corpus, "train_seconds": t_train,
+        "sec_per_step": (sum(secs) / len(secs)) if secs else None,
+        "final_loss": res.history[-1]["loss"] if res.history else None,
+        "scores": {int(k): v for k, v in sorted(tracker.scores.items())},
+    })
+    path = out / "induction.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, path)
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--config", default=None, help="YAML overriding mda_fast/demo/demo.yaml")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="model and corpus seed")
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    over = {}
+    if args.steps is not None:
+        over["steps"] = args.steps
+    if args.seed is not None:
+        over["model_seed"] = over["corpus_seed"] = args.seed
+    cfg = load_demo_config(args.config, **over)
+    s = run_demo_training(args.out, cfg, resume=not args.no_resume)
+    print(f"best layer-{s['layer']} head {s['head']}: " +
+          " ".join(f"{k}:{v:.2f}" for k, v in s["curve"].items() if k % 100 == 0 or k == cfg.steps))
+    print(f"formation window: {s['window']}  sec/step: {s['sec_per_step']:.3f}  "
+          f"corpus: {s['corpus_seconds']:.1f}s  train: {s['train_seconds']:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install mda-fast and its dependencies into the current Python (no model or data downloads).
+# torch==2.13.0 is pinned first: on these machines it resolves to a CPU build on disk, whereas a
+# bare "torch" requirement could pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q "torch==2.13.0" || python3 -m pip install -q "torch>=2.1"
+python3 -m pip install -q -e ".[test]"
+python3 -m mda_fast env || true

@@ -1,0 +1,130 @@
+"""Demo corpus, tokenizer, config and a tiny end-to-end smoke run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mda_fast.demo.config import DEFAULT_YAML, DemoConfig, load_demo_config
+from mda_fast.demo.corpus import KINDS, build_corpus, load_row_kinds, make_documents, pack_rows
+from mda_fast.demo.generators import GENERATORS
+from mda_fast.demo.measure import formation_window, induction_scores
+from mda_fast.demo.tokenizer import EOD_ID, byte_tokenizer, decode_ids, encode_bytes
+from mda_fast.errors import ConfigError
+
+
+def test_tokenizer_is_bytes_and_roundtrips(tmp_path):
+    tok = byte_tokenizer()
+    text = "héllo <td>x</td>\n\t\\hline ✓"
+    ids = tok.encode(text)
+    assert ids == encode_bytes(text).tolist()
+    assert tok.decode(ids) == text
+    assert tok.eos_token_id == EOD_ID and len(tok) == 257
+    assert tok.encode("a<|endoftext|>b") == [97, EOD_ID, 98]
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.decode(ids) == text and again.eos_token_id == EOD_ID
+    assert decode_ids([104, 105, EOD_ID, 33]) == "hi<|endoftext|>!"
+
+
+def test_pack_rows_joins_with_eod():
+    docs = [(0, np.array([1, 2, 3], np.uint16)), (5, np.array([7, 8], np.uint16)),
+            (2, np.array([9] * 10, np.uint16))]
+    rows, kinds = pack_rows(docs, n_rows=3, seq_len=4)
+    assert rows.reshape(-1).tolist() == [1, 2, 3, EOD_ID, 7, 8, EOD_ID, 9, 9, 9, 9, 9]
+    assert kinds.reshape(-1).tolist() == [0, 0, 0, 0, 5, 5, 5, 2, 2, 2, 2, 2]
+
+
+def test_corpus_deterministic_and_labelled(tmp_path):
+    a = build_corpus(tmp_path / "a" / "c", n_rows=300, seq_len=65, seed=3, max_doc_bytes=2048)
+    b = build_corpus(tmp_path / "b" / "c", n_rows=300, seq_len=65, seed=3, max_doc_bytes=2048)
+    c = build_corpus(tmp_path / "c" / "c", n_rows=300, seq_len=65, seed=4, max_doc_bytes=2048)
+    ba, bb, bc = ((tmp_path / d / "c.bin").read_bytes() for d in "abc")
+    assert ba == bb and ba != bc
+    assert (tmp_path / "a" / "c.idx").read_bytes() == (tmp_path / "b" / "c.idx").read_bytes()
+    from mda_fast.data import MMIdxSource
+    src = MMIdxSource(tmp_path / "a" / "c")
+    assert len(src) == 300 and src.seq_len == 65
+    rows = src.read(np.arange(300))
+    assert rows.max() <= EOD_ID and (rows == EOD_ID).any()
+    kinds, row_kind = load_row_kinds(tmp_path / "a" / "c")
+    assert kinds == list(KINDS) and row_kind.tolist() == a.row_kind.tolist()
+    assert set(row_kind.tolist()) >= {KINDS.index("code"), KINDS.index("repeated")}
+    frac = np.load(tmp_path / "a" / "c.kindfrac.npy")
+    assert frac.shape == (300, len(KINDS)) and np.allclose(frac.sum(1), 1)
+    # the label follows the content: rows labelled markup contain tags, latex rows backslashes
+    for name, marker in (("markup", "</"), ("latex", "\\"), ("code", "")):
+        picked = np.flatnonzero((row_kind == KINDS.index(name)) & (frac.max(1) >= 0.9))
+        assert len(picked), name
+        assert all(marker in decode_ids(rows[i]) for i in picked[:5])
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert sum(a.tokens_by_kind.values()) == 300 * 65
+
+
+def test_generators_have_repeats():
+    import random
+    for kind, gen in GENERATORS.items():
+        text = gen(random.Random(1))
+        assert len(text) > 20, kind
+    rep = GENERATORS["repeated"](random.Random(2))
+    # the repeated span occurs at least 4 times
+    span = max((rep[i:i + 6] for i in range(len(rep) - 6)), key=rep.count)
+    assert rep.count(span) >= 4
+
+
+def test_mix_validation():
+    with pytest.raises(ConfigError, match="unknown kinds"):
+        make_documents(1000, 0, mix={"poetry": 1.0})
+    docs = make_documents(20000, 0, mix={"repeated": 1.0})
+    assert {k for k, _ in docs} == {KINDS.index("repeated")}
+
+
+def test_yaml_mirrors_defaults(tmp_path):
+    assert load_demo_config(DEFAULT_YAML).to_dict() == DemoConfig().to_dict()
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"steps": 10, "lr": 1e-3}))
+    cfg = load_demo_config(p, rows_per_step=4)
+    assert (cfg.steps, cfg.lr, cfg.rows_per_step) == (10, 1e-3, 4)
+    p.write_text("stepz: 3\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        load_demo_config(p)
+    with pytest.raises(ConfigError):
+        DemoConfig(d_model=130, heads=4)
+
+
+def test_formation_window():
+    curve = {0: 0.02, 100: 0.03, 150: 0.08, 200: 0.3, 250: 0.6, 300: 0.8}
+    assert formation_window(curve) == (150, 250)
+    assert formation_window({0: 0.0, 50: 0.2}) is None
+
+
+def test_induction_score_detects_copying_head():
+    """A hand-set attention that looks at t - S + 1 scores ~1; a fresh model scores low."""
+    from mda_fast.demo.train_demo import new_model
+    cfg = DemoConfig(layers=1, d_model=32, heads=2, intermediate=64)
+    m = new_model(cfg)
+    s = induction_scores(m, n=4, S=8)
+    assert s.shape == (1, 2) and (s < 0.3).all()
+    assert m.config._attn_implementation == "sdpa"   # switched back after measuring
+
+
+def test_demo_smoke(tmp_path):
+    """Corpus -> a few training steps with checkpoints + tokenizer -> curve; resume is a no-op."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mda_fast.demo.train_demo import run_demo_training
+    cfg = DemoConfig(layers=1, d_model=32, heads=2, intermediate=64, steps=6, rows_per_step=4,
+                     save_every=3, seq_len=33, probe_n=4, probe_len=8)
+    s = run_demo_training(tmp_path, cfg, progress=False)
+    assert sorted(s["curve"]) == [0, 1, 2, 3, 4, 6]
+    assert s["final_loss"] < 5.6                        # below uniform over 257 tokens (ln 257 = 5.55)
+    ck = tmp_path / "checkpoints" / "step6"
+    tok = AutoTokenizer.from_pretrained(ck)
+    model = AutoModelForCausalLM.from_pretrained(ck)
+    assert model.config.vocab_size == 257 and tok.decode(tok.encode("<a>")) == "<a>"
+    st = json.loads((ck / "trainer_state.json").read_text())
+    assert st["demo_config"]["steps"] == 6
+    again = run_demo_training(tmp_path, cfg, progress=False)    # everything already there
+    assert again["curve"] == s["curve"] and again["sec_per_step"] is None

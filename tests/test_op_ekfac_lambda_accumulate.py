@@ -1,0 +1,137 @@
+"""Op 3, ekfac_lambda_accumulate: every backend and both torch routes vs a float64 oracle, bad input."""
+
+import pytest
+import torch
+
+import mda_fast.ops as ops
+from mda_fast.ops import reference as R
+
+ALL = [("torch", "cpu"), ("cpp", "cpu"), ("triton", "cpu"), ("triton", "cuda"), ("cuda", "cuda")]
+BACKENDS = [pytest.param(b, d, id=f"{b}-{d}") for b, d in ALL]
+# fp32: fp32 accumulation over <= a few hundred terms. Low precision: inputs are rounded identically
+# for the oracle, but GPU kernels may also round an explicit fp32 projection to the input dtype.
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def need(backend, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if backend not in ops.available_backends(device):
+        pytest.skip(f"{backend}: {ops.backend_status()[backend][1]}")
+
+
+def close(out, want, dtype):
+    assert out.dtype == torch.float32 and out.shape == want.shape
+    err = (out.cpu().double() - want).abs().max().item()
+    assert err <= TOL[dtype] * max(1.0, want.abs().max().item()), err
+
+
+def inputs(B, T, I, O, dtype=torch.float32, noncontig=False, device="cpu"):
+    gen = torch.Generator().manual_seed(B * 1000 + T * 10 + I + O)
+    if noncontig:  # a transposed view and a sliced view
+        a = torch.randn(T, B, I, generator=gen).transpose(0, 1)
+        g = torch.randn(B, T, O + 3, generator=gen)[:, :, 1:O + 1]
+    else:
+        a, g = torch.randn(B, T, I, generator=gen), torch.randn(B, T, O, generator=gen)
+    return a.to(device=device, dtype=dtype), g.to(device=device, dtype=dtype)
+
+
+
+def bases(I, O, device="cpu", dtype=torch.float32):
+    gen = torch.Generator().manual_seed(I * 31 + O)
+    QA = torch.linalg.qr(torch.randn(I, I, generator=gen, dtype=torch.float64))[0]
+    QS = torch.linalg.qr(torch.randn(O, O, generator=gen, dtype=torch.float64))[0]
+    return QA.to(device=device, dtype=dtype), QS.to(device=device, dtype=dtype)
+
+
+def oracle(a, g, Q_A, Q_S, out0):
+    d = torch.float64
+    G = torch.einsum("bto,bti->boi", g.cpu().to(d), a.cpu().to(d))
+    R_ = Q_S.cpu().to(d).T @ G @ Q_A.cpu().to(d)
+    return out0.cpu().to(d) + (R_ * R_).sum(0)
+
+
+# (B, T, I, O): odd sizes, T=1/B=1, tiles not multiples of the block, a longer T
+SHAPES = [(3, 37, 70, 45), (1, 1, 16, 16), (2, 5, 33, 17), (2, 150, 24, 20)]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fp32_accumulates_in_place(backend, device, shape):
+    need(backend, device)
+    B, T, I, O = shape
+    a, g = inputs(B, T, I, O, device=device)
+    QA, QS = bases(I, O, device)
+    out = torch.rand(O, I, device=device)
+    want = oracle(a, g, QA, QS, out)
+    res = ops.ekfac_lambda_accumulate(a, g, QA, QS, out, backend=backend)
+    assert res is out
+    close(out, want, torch.float32)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_inputs(backend, device, dtype):
+    need(backend, device)
+    a, g = inputs(2, 23, 36, 20, dtype=dtype, device=device)
+    QA, QS = bases(36, 20, device, dtype)
+    out = torch.zeros(20, 36, device=device)
+    close(ops.ekfac_lambda_accumulate(a, g, QA, QS, out, backend=backend), oracle(a, g, QA, QS, out * 0), dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_noncontiguous(backend, device):
+    need(backend, device)
+    a, g = inputs(3, 11, 21, 13, noncontig=True, device=device)
+    QA, QS = bases(21, 13, device)
+    QA = QA.T  # transposed views (still orthogonal)
+    out_big = torch.zeros(21, 13, device=device)
+    out = out_big.T  # [O, I] view with strides (1, O)
+    want = oracle(a, g, QA, QS, out)
+    ops.ekfac_lambda_accumulate(a, g, QA, QS, out, backend=backend)
+    close(out, want, torch.float32)
+
+
+@pytest.mark.parametrize("route", ["inputs", "gradients"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_both_torch_routes(route, shape):
+    B, T, I, O = shape
+    a, g = inputs(B, T, I, O)
+    QA, QS = bases(I, O)
+    out = torch.rand(O, I)
+    want = oracle(a, g, QA, QS, out)
+    close(R.ekfac_lambda_accumulate(a, g, QA, QS, out, route=route), want, torch.float32)
+
+
+def test_route_formula():
+    c_in, c_g = R.ekfac_flops(B=4, T=8, O=64, I=512)
+    assert c_in < c_g  # short rows: rotate the inputs
+    c_in, c_g = R.ekfac_flops(B=4, T=2048, O=128, I=512)
+    assert c_g < c_in  # long rows: rotate G_b
+
+
+def test_naive_matches_reference():
+    a, g = inputs(2, 9, 12, 10)
+    QA, QS = bases(12, 10)
+    out = torch.zeros(10, 12)
+    close(R.naive_ekfac_lambda_accumulate(a, g, QA, QS, out.clone()), oracle(a, g, QA, QS, out), torch.float32)
+
+
+def _bad_cases():
+    a, g = torch.randn(2, 3, 6), torch.randn(2, 3, 5)
+    QA, QS, out = torch.eye(6), torch.eye(5), torch.zeros(5, 6)
+    return [
+        ("a", (a.int(), g, QA, QS, out)),
+        ("g", (a, g[:, :2], QA, QS, out)),
+        ("Q_A", (a, g, torch.eye(5), QS, out)),
+        ("Q_S", (a, g, QA, torch.eye(6), out)),
+        ("Q_S", (a, g, QA, torch.ones(5), out)),
+        ("out", (a, g, QA, QS, torch.zeros(6, 5))),
+        ("out", (a, g, QA, QS, out.bfloat16())),
+    ]
+
+
+@pytest.mark.parametrize("name,args", _bad_cases(), ids=[f"{n}-{i}" for i, (n, _) in enumerate(_bad_cases())])
+def test_bad_input_names_argument(name, args):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        ops.ekfac_lambda_accumulate(*args)
