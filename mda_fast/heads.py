@@ -97,8 +97,9 @@ def _eval_no_grad(model):
 def attentions(model, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-layer attention weights [B, H, T, T] (eager attention, no grad, eval mode)."""
     device = next(model.parameters()).device
+    body = getattr(model, "base_model", model)  # skip the LM head: no logits needed
     with _eval_no_grad(model), eager_attention(model):
-        out = model(input_ids=tokens.to(device), output_attentions=True, use_cache=False)
+        out = body(input_ids=tokens.to(device), output_attentions=True, use_cache=False)
     atts = getattr(out, "attentions", None)
     if not atts or atts[0] is None:
         raise ConfigError("model returned no attention weights; load it with attn_implementation='eager'")

@@ -25,19 +25,24 @@ DEFAULT_VOCAB_LOW = 2
 
 
 def make_data(n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, vocab_low: int = DEFAULT_VOCAB_LOW,
-              vocab_high: int = 50277, seed: int = DEFAULT_SEED) -> torch.LongTensor:
-    """n sequences of seq_len//2 uniform tokens in [vocab_low, vocab_high) repeated once -> [n, seq_len].
+              vocab_high: int = 50277, seed: int = DEFAULT_SEED, repeat: bool = True) -> torch.LongTensor:
+    """n sequences of seq_len//2 uniform tokens in [vocab_low, vocab_high) repeated once -> [n, seq_len]
+    (repeat=False: seq_len independent uniform tokens).
 
     Deterministic from `seed` (own torch.Generator, global RNG untouched). Tokens are drawn with
     replacement, so a first half may contain a repeat (rare for a real vocabulary).
     """
     if n < 1:
         raise ConfigError(f"probe data count n={n} must be at least 1")
-    if seq_len < 4 or seq_len % 2:
+    if repeat and (seq_len < 4 or seq_len % 2):
         raise ConfigError(f"probe sequence length {seq_len} must be even and at least 4 (a half repeated once)")
+    if seq_len < 2:
+        raise ConfigError(f"probe sequence length {seq_len} must be at least 2")
     if not 0 <= vocab_low < vocab_high:
         raise ConfigError(f"probe vocabulary range [{vocab_low}, {vocab_high}) is empty or negative")
     gen = torch.Generator().manual_seed(int(seed))
+    if not repeat:
+        return torch.randint(vocab_low, vocab_high, (n, seq_len), generator=gen, dtype=torch.long)
     half = torch.randint(vocab_low, vocab_high, (n, seq_len // 2), generator=gen, dtype=torch.long)
     return torch.cat([half, half], dim=1)
 
@@ -129,6 +134,11 @@ class PrevAttnProbe(Probe):
     def __init__(self, layer: int, head: int):
         self.layer, self.head = int(layer), int(head)
         self.name = f"prev_attn.L{self.layer}.H{self.head}"
+
+    def make_data(self, n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, vocab_low: int = DEFAULT_VOCAB_LOW,
+                  vocab_high: int = 50277, seed: int = DEFAULT_SEED) -> torch.LongTensor:
+        """Plain random sequences (authors: 32 random sequences of 64 tokens; no repeat needed)."""
+        return make_data(n, seq_len, vocab_low, vocab_high, seed, repeat=False)
 
     def check(self, model) -> None:
         n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads

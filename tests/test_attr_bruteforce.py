@@ -20,7 +20,24 @@ from mda_fast.models import make_tiny_model
 from mda_fast.probes import CallableProbe, CopyTargetProbe, make_data
 
 LAYER, HEAD = 1, 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread avoids OpenMP oversubscription on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 N_ROWS, ROW_LEN = 12, 17
+
+
+SMALL = dict(hidden_size=32, intermediate_size=64)  # d_head 8: dense H of a qk block is 512 x 512
+
+
+def tiny(arch, seed):
+    kw = dict(SMALL) if arch == "neox" else dict(n_embd=32, n_inner=64)
+    return make_tiny_model(arch, seed=seed, **kw)
 
 
 def window(n=N_ROWS, L=ROW_LEN, seed=0, vocab=256):
@@ -77,7 +94,7 @@ def target_probe(outputs, tokens):
 
 @pytest.mark.parametrize("arch", ["neox", "gpt2"])
 def test_scores_equal_dense_bruteforce(arch, tmp_path):
-    model = make_tiny_model(arch, seed=1)
+    model = tiny(arch, 1)
     src = window()
     probes = [CopyTargetProbe(), CallableProbe(target_probe, name="logit7")]
     mda = MDA(model, [f"L{LAYER}.H{HEAD}.qkvo", f"L{LAYER}.H{HEAD}.qk"], probes,
@@ -114,7 +131,7 @@ def test_scores_equal_dense_bruteforce(arch, tmp_path):
 def test_factors_equal_bruteforce(fisher):
     """A, S by hand-made hooks; Lambda from batch-size-1 autograd gradients (per-sample, not summed)."""
     arch = "neox"
-    model = make_tiny_model(arch, seed=2)
+    model = tiny(arch, 2)
     src = window(n=10, seed=3)
     mda = MDA(model, [f"L{LAYER}.H{HEAD}.qkvo"], ["copy_target"],
               settings=Settings(fit_rows=7, fit_seed=5, fisher=fisher, batch_size=3, progress=False))
@@ -169,6 +186,6 @@ def test_factors_equal_bruteforce(fisher):
 
 
 def test_probe_data_matches_probes_module():
-    model = make_tiny_model("neox", seed=0)
+    model = tiny("neox", 0)
     mda = MDA(model, ["L1.H0.qk"], ["copy_target"], settings=Settings(probe_n=5, probe_seq_len=10, progress=False))
     torch.testing.assert_close(mda.probe_data["copy_target"], make_data(5, 10, 2, 256, 12345))

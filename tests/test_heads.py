@@ -170,3 +170,17 @@ def test_cli_heads_missing_model_is_one_line_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("mda: error: model directory") and "does not exist" in err and err.count("\n") == 1
+
+
+def test_sdpa_model_is_switched_to_eager_and_back():
+    from transformers import AutoModelForCausalLM
+
+    from mda_fast.models import tiny_neox_config
+
+    torch.manual_seed(0)
+    sdpa = AutoModelForCausalLM.from_config(tiny_neox_config(), attn_implementation="sdpa").eval()
+    eager = make_tiny_model("neox", seed=9)
+    eager.load_state_dict(sdpa.state_dict())
+    a = head_scores(sdpa, n=2, seq_len=8, vocab_high=100)
+    assert sdpa.config._attn_implementation == "sdpa"
+    np.testing.assert_allclose(a.scores["induction"], head_scores(eager, n=2, seq_len=8, vocab_high=100).scores["induction"])

@@ -117,13 +117,12 @@ def test_local_tokenizer_is_returned(tmp_path):
     assert tok is not None and tok("w3 w7")["input_ids"] == [5, 9]
 
 
-def test_cli_offline_hub_error_is_one_line(tmp_path):
-    import os
-    import subprocess
-    import sys
+def test_cli_offline_hub_error_is_one_line(tmp_path, monkeypatch, capsys):
+    from mda_fast.cli import main
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    r = subprocess.run([sys.executable, "-m", "mda_fast", "heads", "EleutherAI/pythia-70m", "--revision",
-                        "step1000"], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and "hf download EleutherAI/pythia-70m --revision step1000" in r.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read by load_model at call time
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    rc = main(["heads", "mda-fast-tests/never-cached", "--revision", "step1000"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "hf download mda-fast-tests/never-cached --revision step1000" in err

@@ -50,6 +50,10 @@ def test_make_data_shape_range_determinism():
     assert d.shape == (32, 64)
     with pytest.raises(ConfigError):
         make_data(2, 7, 2, 10)
+    r = PrevAttnProbe(0, 0).make_data(4, 7, 2, 50, seed=1)
+    assert r.shape == (4, 7) and torch.equal(r, make_data(4, 7, 2, 50, seed=1, repeat=False))
+    assert not torch.equal(r[:, :3], r[:, 3:6])
+    assert CopyTargetProbe().make_data(2, 8, 2, 50, seed=1).equal(make_data(2, 8, 2, 50, seed=1))
 
 
 @pytest.mark.parametrize("offset", [1, 2])

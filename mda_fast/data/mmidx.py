@@ -170,21 +170,26 @@ class MMIdxSource(RowSource):
         return int(idx.pointers[lo])
 
     def _read_range(self, lo, hi, dtype=None):
-        out = np.empty((hi - lo, self.seq_len), dtype if dtype is not None else self.dtype)
-        self._fill(out, lo, hi)
-        return out
+        if hi <= lo:
+            return np.empty((0, self.seq_len), dtype if dtype is not None else self.dtype)
+        rows = self.file.read(self._start_byte(lo, hi), (hi - lo) * self.seq_len, self.dtype, dtype)
+        rows.shape = (hi - lo, self.seq_len)  # in place: stays an owner, so callers need no copy
+        return rows
+
+    def _start_byte(self, lo: int, hi: int) -> int:
+        if self.fixed:  # fully checked, all rows seq_len: offsets follow from the row number alone
+            return lo * self.seq_len * self.dtype.itemsize
+        return self._row_bytes(lo, hi)
 
     def _fill(self, out: np.ndarray, lo: int, hi: int) -> None:
         """Copy rows [lo, hi) into ``out`` [hi-lo, L] (converting dtype while copying)."""
-        if hi <= lo:
-            return
-        if self.fixed and self._checked:  # offsets follow from the row number alone
-            start = lo * self.seq_len * self.dtype.itemsize
-        else:
-            start = self._row_bytes(lo, hi)
-        self.file.copy_into(out.reshape(-1), start, self.dtype)
+        if hi > lo:
+            self.file.copy_into(out.reshape(-1), self._start_byte(lo, hi), self.dtype)
 
     def _read(self, positions, dtype=None):
+        if len(positions) and int(positions[-1]) - int(positions[0]) == len(positions) - 1 \
+                and (len(positions) < 2 or (np.diff(positions) == 1).all()):
+            return self._read_range(int(positions[0]), int(positions[-1]) + 1, dtype)
         out = np.empty((len(positions), self.seq_len), dtype if dtype is not None else self.dtype)
         if len(positions) == 0:
             return out

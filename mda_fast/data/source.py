@@ -38,7 +38,9 @@ def check_vocab(tokens, vocab_size: int | None, where: str, row_ids=None) -> Non
     t = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     if t.size == 0:
         return
-    if t.max() < vocab_size and t.min() >= 0:
+    # one reduction: viewed as unsigned, negative ids become huge and fail the same bound
+    u = t.view(f"u{t.dtype.itemsize}") if t.dtype.kind == "i" and t.flags.c_contiguous else t
+    if u.max() < vocab_size and (u is not t or t.min() >= 0):
         return
     bad = np.argwhere((t >= vocab_size) | (t < 0))[0]
     b = int(bad[0])
@@ -142,11 +144,14 @@ class RowSource:
             )
         vocab = self.vocab_size if vocab_size is None else vocab_size
         for a in range(lo + start, hi, batch_size):
-            b = min(a + batch_size, hi)
-            ids = self.row_ids_at(np.arange(a, b, dtype=np.int64))
-            tokens = self.read_range(a, b, dtype=np.int64)
-            check_vocab(tokens, vocab, self.name, ids)
-            yield Batch(torch.from_numpy(ids), torch.from_numpy(tokens))
+            # built in a helper so the suspended generator keeps no reference to the batch
+            yield self._batch(a, min(a + batch_size, hi), vocab)
+
+    def _batch(self, a: int, b: int, vocab: int | None) -> Batch:
+        ids = self.row_ids_at(np.arange(a, b, dtype=np.int64))
+        tokens = self.read_range(a, b, dtype=np.int64)
+        check_vocab(tokens, vocab, self.name, ids)
+        return Batch(torch.from_numpy(ids), torch.from_numpy(tokens))
 
     def num_batches(self, batch_size: int, rank: int = 0, world_size: int = 1, start: int = 0) -> int:
         lo, hi = rank_bounds(len(self), rank, world_size)

@@ -19,6 +19,7 @@ its version is recorded in the sidecar).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -52,7 +53,10 @@ class CorpusInfo:
 def _stdlib_code_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3"}
-    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]     # prune: never walk site-packages
+        files += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
     return sorted(files)
 
 
@@ -60,7 +64,8 @@ def _pieces(data: bytes, max_bytes: int) -> list[bytes]:
     return [data[i:i + max_bytes] for i in range(0, len(data), max_bytes) if data[i:i + max_bytes].strip()]
 
 
-def natural_documents(max_doc_bytes: int = 8192) -> dict[str, list[bytes]]:
+@functools.lru_cache(maxsize=2)
+def natural_documents(max_doc_bytes: int = 8192) -> dict[str, tuple[bytes, ...]]:
     """The on-machine texts, cut into documents: {"code": [...], "prose": [...]}."""
     code = []
     for p in _stdlib_code_files():
@@ -81,7 +86,7 @@ def natural_documents(max_doc_bytes: int = 8192) -> dict[str, list[bytes]]:
     if not code or not prose:
         raise DataError(f"no Python standard-library text found under {sysconfig.get_paths()['stdlib']} "
                         "to build the demo corpus.")
-    return {"code": code, "prose": prose}
+    return {"code": tuple(code), "prose": tuple(prose)}
 
 
 def _check_mix(mix: dict) -> dict:
@@ -105,7 +110,7 @@ def make_documents(n_tokens: int, seed: int, mix: dict | None = None,
         budget = int(shares[kind] * n_tokens)
         got = 0
         if kind in natural:
-            pool = natural[kind][:]
+            pool = list(natural[kind])
             rng.shuffle(pool)
             i = 0
             while got < budget:                       # cycle through the pool if it is too small
@@ -167,8 +172,8 @@ def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int 
         raise ConfigError(f"demo corpus needs n_rows > 0 and seq_len >= 2, got {n_rows}, {seq_len}.")
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    # 10% spare: shares are counted per document, the last document overshoots.
-    docs = make_documents(int(n_rows * seq_len * 1.1) + 10_000, seed, mix, max_doc_bytes)
+    # every kind meets its budget (its last document overshoots), so the total covers the rows
+    docs = make_documents(n_rows * seq_len + len(KINDS), seed, mix, max_doc_bytes)
     rows, kinds = pack_rows(docs, n_rows, seq_len)
     frac = np.stack([(kinds == k).mean(axis=1) for k in range(len(KINDS))], axis=1).astype(np.float32)
     row_kind = frac.argmax(axis=1)

@@ -97,7 +97,7 @@ def plot_enrichment(result: dict, path) -> Path:
 
 def run_analyze(scores_path, source, out_dir, column: str | None = None, top: str = "10%",
                 tail: str = "positive", tokenizer=None, sample: int = 5000, seed: int = 0,
-                table=None) -> dict:
+                table=None, vocab_size: int | None = None) -> dict:
     """Load scores + rows, compute enrichment, write ``kinds.json`` / ``kinds.png`` under ``out_dir``."""
     from mda_fast.attribution.store import load_scores
     from mda_fast.data import open_source
@@ -112,9 +112,9 @@ def run_analyze(scores_path, source, out_dir, column: str | None = None, top: st
     rng = np.random.default_rng(seed)
     win_ids = table.row_ids if len(table.row_ids) <= sample else np.sort(rng.choice(table.row_ids, sample, replace=False))
     top_show = top_ids[: max(sample, 1)]
-    codec = codec_for_vocab(getattr(source, "vocab_size", None), tokenizer)
     top_rows = source.read(positions_of(source, top_show))
     win_rows = source.read(positions_of(source, win_ids))
+    codec = codec_for_vocab(vocab_size or getattr(source, "vocab_size", None), tokenizer, win_rows)
     result = analyze_rows(top_rows, win_rows, codec, top_ids=top_show, top_scores=vals[order][: len(top_show)])
     result.update({"scores": str(scores_path), "column": table.columns[col], "top": top, "tail": tail,
                    "count": int(count)})

@@ -70,10 +70,13 @@ def get_codec(spec=None):
     return HFCodec(tok, str(spec))
 
 
-def codec_for_vocab(vocab_size: int | None, tokenizer=None):
-    """Pick the codec for a source: an explicit tokenizer wins, else bytes when the vocab fits."""
+def codec_for_vocab(vocab_size: int | None, tokenizer=None, rows=None):
+    """Pick the codec for a source: an explicit tokenizer wins, else bytes when the vocab (or, when
+    the vocab is unknown, the largest token id in ``rows``) fits bytes + EOD."""
     if tokenizer is not None:
         return get_codec(tokenizer)
+    if vocab_size is None and rows is not None and np.size(rows) and int(np.max(rows)) <= 256:
+        return ByteCodec()
     if vocab_size is not None and vocab_size <= 257:
         return ByteCodec()
     raise ConfigError(f"a tokenizer is needed to decode rows of a {vocab_size}-token vocabulary; "

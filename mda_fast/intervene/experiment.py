@@ -176,7 +176,7 @@ def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_P
         spec0 = next((sp for sp in specs if sp.kind in ("delete", "duplicate")), PlanSpec("delete"))
         col = resolved.get((spec0.label(), seeds[0]), (None,))[0]
         run_analyze(None, source, out, column=(col.info.get("column") if col else None), top=spec0.top,
-                    tail=spec0.tail, tokenizer=tokenizer, table=table)
+                    tail=spec0.tail, tokenizer=tokenizer, table=table, vocab_size=cfg.vocab_size)
     summary.update({"unit": list(unit), "end_step": end, "seeds": seeds, "heldout": held_where,
                     "plans": {name: {k: v for k, v in plan.info.items() if k != "spec"}
                               for (name, s), (plan, _) in resolved.items() if s == seeds[0]},

@@ -11,7 +11,7 @@ The rules are deliberately simple and documented here, so enrichment figures can
            #include/public/for(/if(/while), lines ending in ``;``/``{``/``}``/``:``, ``==``/``!=``,
            ``->``/``=>``, indented lines; needs at least one keyword-like signal.
 - records: >= 3 lines of list/table shape (bullets, numbered items, ``|`` cells, >= 2 tabs or
-           >= 3 commas with a constant count across consecutive lines, ``key: value`` runs).
+           >= 2 commas with a constant count across 3 consecutive lines, ``key: value`` runs).
 - repeated: the fraction of tokens covered by a span of >= ``min_len`` tokens that already
            occurred earlier in the row is >= ``min_cover`` (see :func:`repeated_spans`).
 - prose:   none of the above and >= 70% of characters letters/spaces with sentence punctuation.
@@ -74,11 +74,11 @@ def is_records(text: str) -> bool:
     n_list = sum(bool(_LIST_LINE.match(ln)) for ln in lines)
     n_pipe = sum(ln.count("|") >= 2 for ln in lines)
     n_tab = sum(ln.count("\t") >= 2 for ln in lines)
-    # CSV-like: >= 3 consecutive lines with the same (>= 3) comma count
+    # CSV-like: >= 3 consecutive lines with the same (>= 2) comma count
     commas = [ln.count(",") for ln in lines]
     run = best = 1
     for a, b in zip(commas, commas[1:]):
-        run = run + 1 if (a == b and a >= 3) else 1
+        run = run + 1 if (a == b and a >= 2) else 1
         best = max(best, run)
     return max(n_list, n_pipe, n_tab) >= 3 or best >= 3
 

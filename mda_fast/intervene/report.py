@@ -37,6 +37,8 @@ def plot_heads(heads: dict, path) -> Path:
         if "unit" in heads:
             ax.add_patch(plt.Rectangle((heads["unit"][1] - 0.5, heads["unit"][0] - 0.5), 1, 1, fill=False,
                                        ec="#d9480f", lw=2))
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(k.replace("_", "-") + " score")
@@ -167,9 +169,9 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
             from mda_fast.data import open_source
 
             source = open_source(source)
-            codec = codec_for_vocab(getattr(source, "vocab_size", None), tokenizer)
             top = np.argsort(-vals, kind="stable")[:n_top]
             rows = source.read(positions_of(source, table.row_ids[top]))
+            codec = codec_for_vocab(getattr(source, "vocab_size", None), tokenizer, rows)
             sec.append("<h2>Top rows</h2><p class=note>repeated spans (already seen earlier in the row) "
                        "are <mark>highlighted</mark>.</p>")
             for i, r in zip(top, rows):

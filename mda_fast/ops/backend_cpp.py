@@ -41,13 +41,19 @@ def available() -> tuple[bool, str]:
 
 
 # ---- validation helpers -----------------------------------------------------------------------------
-def _tensor(x, name: str, shape: str, ndim: int) -> torch.Tensor:
+def _tensor_any(x, name: str, shape: str, ndim: int) -> torch.Tensor:
+    """Type, rank and dtype checks shared with the CUDA backend (any device)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
     if x.dtype not in FLOATS:
         raise ValueError(f"{name} must be float32, bfloat16 or float16 (shape {shape}), got {x.dtype}")
+    return x
+
+
+def _tensor(x, name: str, shape: str, ndim: int) -> torch.Tensor:
+    _tensor_any(x, name, shape, ndim)
     if x.device.type != "cpu":
         raise ValueError(f"{name} must be a CPU tensor for the cpp backend, got device {x.device}")
     return x

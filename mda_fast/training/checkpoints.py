@@ -13,6 +13,7 @@ It is written to ``step{N}.tmp`` and renamed, so a directory named ``step{N}`` i
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import json
 import os
@@ -65,6 +66,20 @@ def list_checkpoints(out_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+@contextlib.contextmanager
+def _quiet_hf():
+    """No transformers progress bars ("Writing model shards", "Loading weights") per checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if on:
+            hf_logging.enable_progress_bar()
+
+
 def _rng_to_json() -> dict:
     rng = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -90,7 +105,8 @@ def save_checkpoint(out_dir: str | Path, step: int, model, optimizer=None, state
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    with _quiet_hf():
+        model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if optimizer is not None:
@@ -133,7 +149,8 @@ def load_weights(path: str | Path, model) -> None:
         raise DataError(f"checkpoint {path} has no .safetensors weights.")
     p0 = next(model.parameters())
     try:
-        loaded = type(model).from_pretrained(path, dtype=p0.dtype)
+        with _quiet_hf():
+            loaded = type(model).from_pretrained(path, dtype=p0.dtype)
     except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint for the user
         raise DataError(f"checkpoint {path} cannot be loaded as {type(model).__name__} ({e}).") from e
     try:

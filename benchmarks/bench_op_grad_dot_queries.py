@@ -1,0 +1,24 @@
+"""Op 2 at Pythia shapes: naive (all of [B,O,I] at once) vs torch reference vs compiled backends.
+
+FLOPs counted (materialized form): 2BTOI + 2BnOI.
+"""
+
+import torch
+
+import mda_fast.ops as ops
+from mda_fast.ops import reference as R
+from conftest import BT
+
+N = 8
+
+
+def test_grad_dot_queries(run, device, shape, impl):
+    O, I = shape
+    B, T = BT
+    a, g = torch.randn(B, T, I, device=device), torch.randn(B, T, O, device=device)
+    Q = torch.randn(N, O, I, device=device)
+    if impl == "naive":
+        fn = lambda: R.naive_grad_dot_queries(a, g, Q)
+    else:
+        fn = lambda: ops.grad_dot_queries(a, g, Q, backend=impl)
+    run(fn, 2 * B * T * O * I + 2 * B * N * O * I, B=B, T=T, O=O, I=I, n=N)

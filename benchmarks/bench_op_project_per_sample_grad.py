@@ -1,0 +1,26 @@
+"""Op 1 at Pythia shapes: naive (materialize [B,O,I]) vs torch reference vs compiled backends.
+
+FLOPs counted (useful work of the factored form): 2BT(I*ki + O*ko) + 2BT*ko*ki.
+"""
+
+import torch
+
+import mda_fast.ops as ops
+from mda_fast.ops import SeededProjection
+from mda_fast.ops import reference as R
+from conftest import BT
+
+K = 64
+
+
+def test_project_per_sample_grad(run, device, shape, impl):
+    O, I = shape
+    B, T = BT
+    a, g = torch.randn(B, T, I, device=device), torch.randn(B, T, O, device=device)
+    P_in, P_out = SeededProjection(I, K, 1).materialize(device=device), SeededProjection(O, K, 2).materialize(device=device)
+    if impl == "naive":
+        fn = lambda: R.naive_project_per_sample_grad(a, g, P_in, P_out)
+    else:
+        fn = lambda: ops.project_per_sample_grad(a, g, P_in, P_out, backend=impl)
+    flops = 2 * B * T * (I * K + O * K) + 2 * B * T * K * K
+    run(fn, flops, B=B, T=T, O=O, I=I, k=K)

@@ -1,0 +1,152 @@
+"""`mda intervene`, `mda analyze`, `mda augment`, `mda report`: causal validation of attribution
+scores by retraining with rows removed / duplicated / inserted, and what the top rows look like."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mda_fast.errors import ConfigError
+
+_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _unit(text: str | None):
+    if text is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"L?(\d+)[.,:]H?(\d+)(\..*)?", text.strip())
+    if not m:
+        raise ConfigError(f"--unit {text!r} is not of the form L1.H3 (layer.head)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _window(text: str) -> tuple[int, int]:
+    from mda_fast.data import parse_steps
+
+    return parse_steps(text)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("intervene", help="retrain a window with top rows deleted/duplicated vs random controls",
+                              description=__doc__, formatter_class=_FMT)
+    p.add_argument("--checkpoints", required=True, type=Path, help="directory with step<N>/ checkpoints")
+    p.add_argument("--data", required=True, help="training rows in training order (.bin/.idx prefix, .npy, ...)")
+    p.add_argument("--scores", required=True, type=Path, help="score run directory (mda score)")
+    p.add_argument("--window", required=True, help="START:END steps whose rows the plans modify")
+    p.add_argument("--end-step", type=int, default=None, help="train until this step (default: END)")
+    p.add_argument("--plan", action="append", default=None, metavar="SPEC",
+                   help="repeatable: baseline | delete | duplicate | random-delete | random-duplicate | "
+                        "insert-synthetic:path=PREFIX; options after ':' e.g. delete:top=5%%,tail=negative "
+                        "(default: baseline, delete, random-delete, duplicate, random-duplicate)")
+    p.add_argument("--top", default=None, help="default --top for plans without top= (10%% or a count)")
+    p.add_argument("--column", default=None, help="scores column (default: the one naming the unit)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated; 0 = original data order")
+    p.add_argument("--cadence", type=int, default=10, help="track the head every N steps")
+    p.add_argument("--unit", default=None, help="L.H of the tracked head (default: first unit of the scores)")
+    p.add_argument("--metric", default="induction", choices=("induction", "prev_token", "probe", "icl"))
+    p.add_argument("--threshold", default="50%", help="emergence threshold: a value or a %% of the baseline peak")
+    p.add_argument("--shuffle-block", type=int, default=8, help="seed k>0 permutes rows within blocks of this many steps")
+    p.add_argument("--lr", type=float, default=None, help="override the checkpoint's learning rate")
+    p.add_argument("--model-name", default=None, help="model id to match against the scores manifest")
+    p.add_argument("--tokenizer", default=None, help="local tokenizer for decoding rows (default: bytes if it fits)")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="experiment directory (re-running resumes)")
+    p.set_defaults(func=run_intervene)
+
+    a = subparsers.add_parser("analyze", help="document kinds enriched among the top-scored rows",
+                              description="Share of LaTeX/markup/code/records/repeated/prose rows among the top "
+                                          "rows vs the window; kinds.json + kinds.png.", formatter_class=_FMT)
+    a.add_argument("scores", type=Path, help="score run directory")
+    a.add_argument("--data", required=True, help="the rows the scores refer to")
+    a.add_argument("--top", default="10%")
+    a.add_argument("--tail", default="positive", choices=("positive", "negative"))
+    a.add_argument("--column", default=None)
+    a.add_argument("--sample", type=int, default=5000, help="window rows sampled for the baseline shares")
+    a.add_argument("--tokenizer", default=None)
+    a.add_argument("--out", required=True, type=Path)
+    a.set_defaults(func=run_analyze_cmd)
+
+    g = subparsers.add_parser("augment", help="synthesize rows with repetitive structure (.bin/.idx)",
+                              description="Seeded synthetic rows (repeated spans, markup, tables) for "
+                                          "insert-synthetic plans.", formatter_class=_FMT)
+    g.add_argument("--out", required=True, help="output prefix (writes PREFIX.bin, PREFIX.idx, PREFIX.kinds.json)")
+    g.add_argument("--n", type=int, required=True, help="rows to write")
+    g.add_argument("--seq-len", type=int, required=True, help="tokens per row (the training rows' length)")
+    g.add_argument("--kinds", default="spans,markup,table")
+    g.add_argument("--max-gap", type=int, default=None, help="max characters between span copies")
+    g.add_argument("--tokenizer", default=None, help="local tokenizer (default: bytes)")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=run_augment)
+
+    r = subparsers.add_parser("report", help="HTML report of an intervention experiment",
+                              description="Writes EXP/report.html and its PNGs.", formatter_class=_FMT)
+    r.add_argument("exp", type=Path, help="experiment directory (mda intervene --out)")
+    r.add_argument("--scores", type=Path, default=None, help="default: the experiment's scores")
+    r.add_argument("--data", default=None, help="rows for the top-row section")
+    r.add_argument("--tokenizer", default=None)
+    r.set_defaults(func=run_report)
+
+
+def run_intervene(args) -> int:
+    from mda_fast.intervene.experiment import DEFAULT_PLANS, run_experiment
+    from mda_fast.intervene.plans import parse_plan_spec
+
+    raw = list(args.plan or DEFAULT_PLANS)
+    specs = [parse_plan_spec(s) for s in raw]
+    for text, s in zip(raw, specs):
+        if args.top is not None and "top=" not in text:
+            s.top = args.top
+        if args.column is not None and s.column is None:
+            s.column = args.column
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+    summary = run_experiment(args.out, args.checkpoints, args.data, args.scores, _window(args.window), plans=specs,
+                             seeds=seeds, cadence=args.cadence, end_step=args.end_step, unit=_unit(args.unit),
+                             metric=args.metric, threshold=args.threshold,
+                             optim={"lr": args.lr} if args.lr else None, shuffle_block=args.shuffle_block,
+                             model_name=args.model_name, tokenizer=args.tokenizer, report=not args.no_report)
+    print(f"{'condition':<20} {'emergence':>18} {'delta % window':>16} {'never':>6}")
+    for cond, r in summary["conditions"].items():
+        em = f"{r['cross_mean']:.1f} ± {r['cross_std']:.1f}" if r["cross_mean"] is not None else "-"
+        d = r.get("delta_cross_pct")
+        print(f"{cond:<20} {em:>18} {('%+.1f' % d) if d is not None else '-':>16} {r['censored']:>6}")
+    print(f"wrote {args.out}/summary.json, curves.png" + ("" if args.no_report else ", report.html"))
+    return 0
+
+
+def run_analyze_cmd(args) -> int:
+    from mda_fast.intervene.analyze import run_analyze
+
+    res = run_analyze(args.scores, args.data, args.out, column=args.column, top=args.top, tail=args.tail,
+                      tokenizer=args.tokenizer, sample=args.sample)
+    print(f"{'kind':<10} {'top':>7} {'window':>7} {'enrichment':>10}")
+    for k in res["kinds"]:
+        e = res["enrichment"][k]
+        print(f"{k:<10} {100 * res['share_top'][k]:6.1f}% {100 * res['share_window'][k]:6.1f}% "
+              f"{('x%.2f' % e) if e is not None else '-':>10}")
+    print(f"wrote {args.out}/kinds.json, kinds.png")
+    return 0
+
+
+def run_augment(args) -> int:
+    from mda_fast.intervene.augment import write_synthetic
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    meta = write_synthetic(args.out, args.n, args.seq_len, tokenizer=args.tokenizer, kinds=kinds, seed=args.seed,
+                           max_gap=args.max_gap)
+    print(f"wrote {meta['n']} rows of {meta['seq_len']} tokens ({', '.join(meta['generators'])}) to {args.out}.bin/.idx")
+    return 0
+
+
+def run_report(args) -> int:
+    from mda_fast.intervene.report import write_report
+
+    if not args.exp.is_dir():
+        raise ConfigError(f"experiment directory {args.exp} does not exist")
+    path = write_report(args.exp, scores=args.scores, source=args.data, tokenizer=args.tokenizer)
+    print(f"wrote {path}")
+    return 0
