@@ -208,3 +208,26 @@ def test_package_runs_without_extension():
     res = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "fallback ok" in res.stdout
+
+
+@needs_ext
+def test_thread_count_does_not_change_results():
+    """1 thread vs the default: the T-splitting and per-thread reductions are only reorderings."""
+    gen = torch.Generator().manual_seed(5)
+    B, T, I, O = 3, 70, 20, 9
+    a, g = torch.randn(B, T, I, generator=gen), torch.randn(B, T, O, generator=gen)
+    Pi, Po, Q = torch.randn(I, 4, generator=gen), torch.randn(O, 5, generator=gen), torch.randn(2, O, I, generator=gen)
+    QA, QS = _orth(I, gen).float(), _orth(O, gen).float()
+
+    def run():
+        return (backend_cpp.project_per_sample_grad(a, g, Pi, Po), backend_cpp.grad_dot_queries(a, g, Q),
+                backend_cpp.ekfac_lambda_accumulate(a, g, QA, QS, torch.zeros(O, I)))
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(one, run()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)

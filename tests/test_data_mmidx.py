@@ -154,3 +154,16 @@ def test_token_too_big_for_dtype(tmp_path):
     with pytest.raises(DataError, match="do not fit uint16"):
         write_mmidx(tmp_path / "d", [np.array([1, 70000])], dtype=np.uint16)
     assert not list(tmp_path.iterdir())
+
+
+def test_pickle_reopens_maps(tmp_path):
+    import pickle
+
+    rows = rows_of(9, 4)
+    write_mmidx(tmp_path / "document", rows)
+    split_file(tmp_path / "document.bin", 30)
+    src = MMIdxSource(tmp_path / "document")
+    src.read([0])
+    blob = pickle.dumps(src)
+    assert len(blob) < 2000  # no token or index data travels to worker processes
+    assert np.array_equal(pickle.loads(blob).read(np.arange(9)), rows)

@@ -123,7 +123,7 @@ def write_jsonl(path, docs):
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.zst", "parquet", "txt"])
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.zst", "parquet", "arrow", "txt"])
 def test_text_packing(tmp_path, tok, fmt):
     if fmt == "jsonl":
         write_jsonl(tmp_path / "a.jsonl", DOCS)
@@ -133,6 +133,10 @@ def test_text_packing(tmp_path, tok, fmt):
         (tmp_path / "plain").unlink()
     elif fmt == "parquet":
         pq.write_table(pa.table({"text": DOCS}), tmp_path / "a.parquet")
+    elif fmt == "arrow":
+        table = pa.table({"text": DOCS})
+        with pa.ipc.new_stream(str(tmp_path / "a.arrow"), table.schema) as w:
+            w.write_table(table)
     else:  # one .txt file per document
         for i, d in enumerate(DOCS):
             (tmp_path / f"doc{i:02d}.txt").write_text(d)

@@ -109,6 +109,12 @@ def test_check_vocab_names_row_and_token():
         check_vocab(tokens, 50304, "shard.bin", row_ids=[76, 77])
 
 
+def test_check_vocab_negative_ids():
+    with pytest.raises(DataError, match="row 0 position 2 has token id -3"):
+        check_vocab(np.array([[0, 1, -3]]), 10, "a.npy")
+    check_vocab(np.array([[0, 9]], np.uint16), 10, "a.npy")
+
+
 def test_batches_check_vocab(rows):
     src = ArraySource(rows, name="rows.npy", vocab_size=int(rows.max()))  # the max id is out of range
     with pytest.raises(DataError, match="rows.npy: row"):

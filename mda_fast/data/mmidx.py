@@ -72,10 +72,20 @@ class IndexFile:
             )
         self.dtype = np.dtype(DTYPE_CODES[code])
         self.dtype_code, self.n, self.n_docs = code, n, d
-        off = HEADER.size
+        self._map_arrays()
+
+    def _map_arrays(self) -> None:
+        n, d, off = self.n, self.n_docs, HEADER.size
         self.sizes = np.memmap(self.path, np.int32, "r", off, (n,)) if n else np.zeros(0, np.int32)
         self.pointers = np.memmap(self.path, np.int64, "r", off + 4 * n, (n,)) if n else np.zeros(0, np.int64)
         self.doc_idx = np.memmap(self.path, np.int64, "r", off + 12 * n, (d,)) if d else np.zeros(0, np.int64)
+
+    def __getstate__(self):  # pickling a memmap would copy the whole index: reopen it instead
+        return {k: v for k, v in self.__dict__.items() if k not in ("sizes", "pointers", "doc_idx")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._map_arrays()
 
     def end_byte(self) -> int:
         """Byte just past the last row in the .bin."""

@@ -149,8 +149,12 @@ class RowSource:
 
     def _batch(self, a: int, b: int, vocab: int | None) -> Batch:
         ids = self.row_ids_at(np.arange(a, b, dtype=np.int64))
-        tokens = self.read_range(a, b, dtype=np.int64)
-        check_vocab(tokens, vocab, self.name, ids)
+        if vocab is None:
+            tokens = self.read_range(a, b, dtype=np.int64)
+        else:  # check the narrow storage dtype (uint16: 4x fewer bytes to scan), then widen
+            tokens = self.read_range(a, b, dtype=None)
+            check_vocab(tokens, vocab, self.name, ids)
+            tokens = tokens.astype(np.int64)
         return Batch(torch.from_numpy(ids), torch.from_numpy(tokens))
 
     def num_batches(self, batch_size: int, rank: int = 0, world_size: int = 1, start: int = 0) -> int:

@@ -41,7 +41,7 @@ def positions_of(source, row_ids: np.ndarray) -> np.ndarray:
 
 def label_rows(rows: np.ndarray, codec, min_len: int) -> tuple[list[set], list[str]]:
     """Kinds (set per row) and decoded texts of rows [n, L]."""
-    texts = [codec.decode(r) for r in rows]
+    texts = [codec.decode(r).replace("<|endoftext|>", "\n") for r in rows]   # EOD is a boundary, not text
     return [detect_kinds(t, r, min_len=min_len) for t, r in zip(texts, rows)], texts
 
 

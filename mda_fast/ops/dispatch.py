@@ -25,10 +25,11 @@ from .projection import SeededProjection
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 _MODULES = {"cpp": ".backend_cpp", "cuda": ".backend_cuda", "triton": ".backend_triton"}
-# Per op: use the C++ backend for CPU tensors when it is built (revisit with the CPU benchmarks).
+# Per op: use the C++ backend for CPU tensors when it is built; from benchmarks/results_ops.md
+# (noisy run: revisit on an idle machine).
 CPU_PREFERS_CPP = {
     "project_per_sample_grad": True,
-    "grad_dot_queries": True,
+    "grad_dot_queries": False,
     "ekfac_lambda_accumulate": True,
     "kron_inverse_apply": True,
     "kron_inverse_apply_grouped": True,

@@ -1,0 +1,85 @@
+"""run_experiment end to end on a tiny model, its validation errors (before any training), the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mda_fast.cli import main
+from mda_fast.errors import ConfigError
+from mda_fast.intervene.augment import write_synthetic
+from mda_fast.intervene.experiment import run_experiment
+from test_intervene_helpers import RPS, SEQ, tiny_setup, write_scores
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("iv")
+    data, ck, rows = tiny_setup(d, n_rows=80, ckpt_steps=(0, 2))
+    rid = np.arange(RPS * 2, RPS * 6)
+    sc = np.random.default_rng(1).normal(size=rid.size)
+    scores = write_scores(d / "scores", rid, sc, model=ck / "step6", window=(2, 6))
+    write_synthetic(d / "syn", 3, SEQ, seed=0)
+    return d, data, ck, scores
+
+
+def test_run_experiment_tiny(setup):
+    d, data, ck, scores = setup
+    out = d / "exp"
+    plans = ["baseline", "delete:top=25%", "random-delete:top=25%", f"insert-synthetic:path={d / 'syn'},per_step=2"]
+    s = run_experiment(out, ck, data, scores, (2, 6), plans=plans, seeds=(0, 1), cadence=2, end_step=7,
+                       threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None)
+    assert set(s["conditions"]) == {"baseline", "delete", "random-delete", "insert-synthetic"}
+    assert s["plans"]["delete"]["count"] == 4 and s["conditions"]["delete"]["seeds"] == ["0", "1"]
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["baseline"]["0"]["steps"] == [2, 4, 6, 7]
+    # deletion changed training, the baseline with the same seed is reproducible run to run
+    assert curves["delete"]["0"]["icl"] != curves["baseline"]["0"]["icl"]
+    m = [json.loads(l) for l in (out / "runs/delete/seed0/train/metrics.jsonl").read_text().splitlines()]
+    assert sum(x["rows_zero_weight"] for x in m) == 4 and len(m) == 5
+    for f in ("summary.json", "curves.png", "heads.json", "kinds.json", "kinds.png", "report.html",
+              "plans/delete-seed0.json"):
+        assert (out / f).is_file(), f
+    # re-running resumes: finished runs are not retrained
+    stamp = (out / "runs/delete/seed0/curve.json").stat().st_mtime_ns
+    run_experiment(out, ck, data, scores, (2, 6), plans=plans[:2], seeds=(0,), cadence=2, end_step=7,
+                   threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False, report=False)
+    assert (out / "runs/delete/seed0/curve.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(window=(2, 5)), "covers window"),
+    (dict(window=(1, 6)), "no checkpoint"),
+    (dict(unit=(0, 1)), "units"),
+    (dict(model_name="some/other-model"), "computed for model"),
+    (dict(plans=["delete:top=17"]), "window has only"),
+    (dict(end_step=500), "data source has"),
+    (dict(plans=["baseline", "insert-synthetic:path=nope"]), "nope"),
+])
+def test_bad_input_fails_before_training(setup, kw, match):
+    d, data, ck, scores = setup
+    args = dict(out_dir=d / "bad", checkpoints=ck, source=data, scores=scores, window=(2, 6), seeds=(0,),
+                plans=["baseline", "delete"], log=None)
+    args.update(kw)
+    with pytest.raises(Exception, match=match) as ei:
+        run_experiment(**args)
+    assert ei.type.__name__ in ("ConfigError", "DataError")
+    assert not (d / "bad" / "runs").exists()
+
+
+def test_cli_intervene_error_is_one_line(setup, capsys):
+    d, data, ck, scores = setup
+    rc = main(["intervene", "--checkpoints", str(ck), "--data", str(data), "--scores", str(scores),
+               "--window", "2:5", "--out", str(d / "cli")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "window" in err
+
+
+def test_cli_analyze_and_report(setup, capsys):
+    d, data, ck, scores = setup
+    assert main(["analyze", str(scores), "--data", str(data), "--out", str(d / "an"), "--top", "4"]) == 0
+    assert json.loads((d / "an" / "kinds.json").read_text())["count"] == 4
+    if (d / "exp" / "summary.json").is_file():
+        assert main(["report", str(d / "exp"), "--data", str(data)]) == 0
+        assert "Top rows" in (d / "exp" / "report.html").read_text()
+    assert main(["report", str(d / "missing")]) == 2
