@@ -119,7 +119,7 @@ def extensions():
     cpp = sorted(glob.glob("csrc/*.cpp"))
     if cpp:
         exts.append(Extension("mda_fast._C", cpp, include_dirs=[get_include(), "csrc"], language="c++",
-                              extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"],
+                              extra_compile_args=["-O3", "-g0", "-std=c++17", "-fvisibility=hidden"],
                               extra_link_args=[]))
     nvcc, why = want_cuda()
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
@@ -129,7 +129,7 @@ def extensions():
                         include_dirs=[get_include(), "csrc/cuda", os.path.join(home, "include")],
                         library_dirs=[os.path.join(home, "lib64")], libraries=["cudart"],
                         runtime_library_dirs=[os.path.join(home, "lib64")], language="c++",
-                        extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"])
+                        extra_compile_args=["-O3", "-g0", "-std=c++17", "-fvisibility=hidden"])
         ext.nvcc, ext.cu_sources = nvcc, cu
         exts.append(ext)
     elif cu:

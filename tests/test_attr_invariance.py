@@ -31,7 +31,7 @@ def run(tmp, name, model=None, factors=None, **kw):
 
 def close(x, y, tol=1e-5):
     err = np.abs(x - y).max() / np.abs(y).max()
-    assert err <= tol, err
+    assert err <= tol, (err, np.abs(x - y).max(0) / np.abs(y).max(0), np.abs(x - y).max(1))
 
 
 def test_batch_size_invariance(tmp_path):

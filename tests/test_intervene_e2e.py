@@ -10,6 +10,7 @@ from mda_fast.errors import ConfigError
 from mda_fast.intervene.augment import write_synthetic
 from mda_fast.intervene.experiment import run_experiment
 from test_intervene_helpers import RPS, SEQ, tiny_setup, write_scores
+from test_intervene_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

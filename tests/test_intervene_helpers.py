@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 SEQ = 17
@@ -48,3 +49,12 @@ def tiny_setup(tmp: Path, n_rows: int = 120, ckpt_steps=(0, 2), hidden: int = 32
     train(model, open_source(tmp / "data"), (0, max(ckpt_steps)), RPS, opt, out_dir=tmp / "ck",
           save_steps=list(ckpt_steps))
     return tmp / "data", tmp / "ck", rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are ~50x slower with 2 OpenMP threads on a busy 2-core machine; use 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,6 +11,7 @@ from mda_fast.intervene.plans import SYNTH_BASE, Plan
 from mda_fast.intervene.retrain import PlanTransform, delete_weights, local_shuffle
 from mda_fast.models.configs import tiny_neox_config
 from mda_fast.training import OptimConfig, train
+from test_intervene_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 RPS, L = 4, 9
 

@@ -9,6 +9,7 @@ import torch
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.summary import plot_curves, resolve_threshold, summarize
 from mda_fast.intervene.track import (Tracker, emergence, icl_positions, repeated_random_tokens)
+from test_intervene_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 
 def _sigmoid_curve(mid, steps=np.arange(0, 201, 10), top=0.8):
