@@ -32,26 +32,36 @@ void grad_dot_queries(View3 a, View3 g, int64_t B, int64_t T, int64_t I, int64_t
   if (B <= 0 || n <= 0) return;
   const int64_t OI = O * I;
   if (factored) {
-    // For each query: Y = a2 @ Q_q^T [B*T, O], out[b,q] = sum_t <Y_bt, g_bt>.
-    const int64_t M = B * T;
-    std::vector<float> Y(static_cast<size_t>(std::max<int64_t>(M, 1) * O));
-    PackedB Qt;
-    for (int64_t q = 0; q < n; ++q) {
-      pack_b(I, O, Q + q * OI, 1, I, Qt);
-      gemm_parallel(M, a.p, a.st, a.sf, Qt, Y.data(), O, false, nthreads);
+    // Y = a_rows @ Q_q^T [rows, O], out[b,q] = sum_t <Y_bt, g_bt>. Two parallel regions in all
+    // (packing, then sample chunks x all queries): tiny T=1 problems must not pay a fork per query.
+    std::vector<PackedB> Qt(static_cast<size_t>(n));
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-      for (int64_t b = 0; b < B; ++b) {
-        float s = 0.0f;
-        for (int64_t t = 0; t < T; ++t) {
-          const float* y = Y.data() + (b * T + t) * O;
-          const float* gr = g.p + b * g.sb + t * g.st;
-          if (g.sf == 1) {
-            s += dot(y, gr, O);
-          } else {
-            for (int64_t o = 0; o < O; ++o) s += y[o] * gr[o * g.sf];
+    for (int64_t q = 0; q < n; ++q) pack_b(I, O, Q + q * OI, 1, I, Qt[q]);
+    const int64_t per_task = std::max<int64_t>(1, std::min<int64_t>((B + nthreads - 1) / nthreads,
+                                                                    std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1))));
+    const int64_t ntasks = (B + per_task - 1) / per_task;
+#pragma omp parallel num_threads(nthreads)
+    {
+      std::vector<float> Y(static_cast<size_t>(per_task * std::max<int64_t>(T, 1) * O));
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < ntasks; ++task) {
+        const int64_t b0 = task * per_task, b1 = std::min(B, b0 + per_task), rows = (b1 - b0) * T;
+        for (int64_t q = 0; q < n; ++q) {
+          gemm_serial(rows, a.p + b0 * a.sb, a.st, a.sf, Qt[q], Y.data(), O, false);
+          for (int64_t b = b0; b < b1; ++b) {
+            float s = 0.0f;
+            for (int64_t t = 0; t < T; ++t) {
+              const float* y = Y.data() + ((b - b0) * T + t) * O;
+              const float* gr = g.p + b * g.sb + t * g.st;
+              if (g.sf == 1) {
+                s += dot(y, gr, O);
+              } else {
+                for (int64_t o = 0; o < O; ++o) s += y[o] * gr[o * g.sf];
+              }
+            }
+            out[b * n + q] = s;
           }
         }
-        out[b * n + q] = s;
       }
     }
     return;

@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q "torch==2.13.0" || python3 -m pip install -q "torch>=2.1"
-python3 -m pip install -q -e ".[test]"
+python3 -m pip install -q "setuptools>=77" wheel "pybind11>=2.11"
+# No build isolation: the build needs only setuptools + pybind11, installed just above.
+python3 -m pip install -q --no-build-isolation -e ".[test]"
 python3 -m mda_fast env || true

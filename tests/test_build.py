@@ -139,6 +139,11 @@ def test_noncontiguous_lowprecision_and_grouped():
     Q = torch.randn(2, O, I, generator=gen).half()
     ref = torch.einsum("bto,noi,bti->bn", gb.double(), Q.double(), ab.double())
     _close(backend_cpp.grad_dot_queries(ab, gb, Q), ref, 1e-5)
+    # T == 1 with an odd stride on the size-1 dim (torch still calls it contiguous): factored route
+    a1 = torch.randn(B, I, generator=gen).as_strided((B, 1, I), (I, 99, 1))
+    g1 = torch.randn(B, 1, O, generator=gen)
+    ref = torch.einsum("bto,noi,bti->bn", g1.double(), Q.double(), a1.double())
+    _close(backend_cpp.grad_dot_queries(a1, g1, Q, route="factored"), ref, 1e-5)
     # grouped op 4 over blocks of different shapes equals one call per block
     blocks = []
     for O_, I_, n in [(4, 6, 3), (8, 5, 1), (3, 3, 2)]:

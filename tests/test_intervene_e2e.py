@@ -84,3 +84,19 @@ def test_cli_analyze_and_report(setup, capsys):
         assert main(["report", str(d / "exp"), "--data", str(data)]) == 0
         assert "Top rows" in (d / "exp" / "report.html").read_text()
     assert main(["report", str(d / "missing")]) == 2
+
+
+def test_scores_from_the_attribution_front_door_are_accepted_and_checked(tmp_path):
+    from mda_fast.data import open_source
+    from mda_fast.intervene.demo_exp import score_window
+
+    data, ck, _ = tiny_setup(tmp_path, n_rows=48, ckpt_steps=(0, 2, 6))
+    table = score_window(ck / "step6", open_source(data), (2, 6), RPS, (1, 0), tmp_path / "scores",
+                         settings={"probe_n": 4, "probe_seq_len": 12, "progress": False})
+    assert table.row_ids.tolist() == list(range(8, 24))
+    s = run_experiment(tmp_path / "exp", ck, data, tmp_path / "scores", (2, 6), plans=["baseline", "delete"],
+                       seeds=(0,), cadence=2, threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None,
+                       analyze=False, report=False)
+    assert s["plans"]["delete"]["column"] == "L1.H0.qk/copy_target"
+    with pytest.raises(ConfigError, match=r"rows \[8, 24\)"):
+        run_experiment(tmp_path / "bad", ck, data, tmp_path / "scores", (2, 5), log=None)

@@ -132,6 +132,8 @@ class MDA:
         """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same settings."""
         if len(source) == 0:
             raise DataError("the window is empty: there are no rows to score")
+        if self.factors is None:
+            raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
         r, w = dist.rank(), dist.world_size()
         fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")} if self.factors else None
         manifest = dict(self._identity(), probes=[p.name for p in self.probes], columns=self.columns,

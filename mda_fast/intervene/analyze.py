@@ -27,16 +27,23 @@ def default_min_len(codec) -> int:
 
 
 def positions_of(source, row_ids: np.ndarray) -> np.ndarray:
-    """Source positions of global row ids (DataError via the source when one is missing)."""
-    ids = source.row_ids()
+    """Source positions of global row ids, without materializing a big source's id array when
+    its ids are ``row_id_offset + position`` (the default mapping)."""
+    from mda_fast.data import RowSource
+
     row_ids = np.asarray(row_ids, dtype=np.int64)
-    if len(ids) and np.array_equal(ids, ids[0] + np.arange(len(ids))):
-        pos = row_ids - ids[0]
-        if pos.size and (pos.min() < 0 or pos.max() >= len(ids)):
-            bad = row_ids[(pos < 0) | (pos >= len(ids))][0]
-            raise ConfigError(f"row id {int(bad)} of the scores file is not in the data source ({len(ids)} rows)")
-        return pos
-    return np.asarray([source.position_of(int(r)) for r in row_ids], dtype=np.int64)
+    n = len(source)
+    if type(source).row_ids_at is RowSource.row_ids_at:
+        pos = row_ids - int(getattr(source, "row_id_offset", 0))
+    else:
+        ids = source.row_ids()
+        order = np.argsort(ids, kind="stable")
+        k = np.clip(np.searchsorted(ids[order], row_ids), 0, max(n - 1, 0))
+        pos = np.where(ids[order][k] == row_ids, order[k], -1) if n else np.full(row_ids.size, -1)
+    bad = (pos < 0) | (pos >= n)
+    if bad.any():
+        raise ConfigError(f"row id {int(row_ids[bad][0])} of the scores file is not in the data source ({n} rows)")
+    return pos
 
 
 def label_rows(rows: np.ndarray, codec, min_len: int) -> tuple[list[set], list[str]]:

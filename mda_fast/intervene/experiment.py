@@ -104,7 +104,7 @@ def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_P
         unit = units[0]
     unit = (int(unit[0]), int(unit[1]))
     check_scores_match(table.manifest, model=model_name or checkpoints, window=(a, b), unit=unit,
-                       where=f"scores {scores if isinstance(scores, (str, Path)) else 'table'}")
+                       rows_per_step=rps, where=f"scores {scores if isinstance(scores, (str, Path)) else 'table'}")
     model0 = load_checkpoint_model(ckpts[a], device)
     cfg = model0.config
     if not (unit[0] < cfg.num_hidden_layers and unit[1] < cfg.num_attention_heads):

@@ -99,7 +99,8 @@ def _summary_table(summary: dict) -> str:
             "<th>Δ emergence, % of window</th><th>Δ steepest, %</th><th>final score</th><th>never crossed</th></tr>"]
     for cond, r in summary.get("conditions", {}).items():
         rows.append(
-            f"<tr><td>{html.escape(cond)}</td><td>{_fmt(r['cross_mean'])} ± {_fmt(r['cross_std'])}</td>"
+            f"<tr><td>{html.escape(cond)}</td><td>{'≥ ' if r['censored'] else ''}{_fmt(r['cross_mean'])} ± "
+            f"{_fmt(r['cross_std'])}</td>"
             f"<td>{_fmt(r['steepest_mean'])} ± {_fmt(r['steepest_std'])}</td>"
             f"<td>{_fmt(r.get('delta_cross_pct'))} ± {_fmt(r.get('delta_cross_pct_std'))}</td>"
             f"<td>{_fmt(r.get('delta_steepest_pct'))}</td><td>{_fmt(r['final_mean'], 3)} ± {_fmt(r['final_std'], 3)}</td>"

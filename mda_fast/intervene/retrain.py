@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
+from mda_fast.intervene.analyze import positions_of
 from mda_fast.intervene.plans import SYNTH_BASE, Plan
 
 
@@ -41,14 +42,9 @@ class PlanTransform:
         self.order = order
         self.sub = dict(zip(plan.targets.tolist(), plan.sources.tolist()))
         self.synthetic = None if synthetic is None else np.asarray(synthetic)
-        ids = source.row_ids()
-        self._identity = bool(np.array_equal(ids, np.arange(len(ids)) + ids[0])) if len(ids) else True
-        self._ids = ids
-        self._offset = int(ids[0]) if len(ids) else 0
-        self._pos = None if self._identity else {int(r): i for i, r in enumerate(ids)}
-
-    def pos(self, row_id: int) -> int:
-        return row_id - self._offset if self._identity else self._pos[row_id]
+        real = [r for r in self.sub.values() if r < SYNTH_BASE]
+        # positions of the rows to copy, resolved once (a big source's id array is never built)
+        self._pos = dict(zip(real, positions_of(source, np.asarray(real, np.int64)).tolist())) if real else {}
 
     def _rows(self, ids: list[int]) -> np.ndarray:
         out = []
@@ -56,7 +52,7 @@ class PlanTransform:
             if r >= SYNTH_BASE:
                 out.append(self.synthetic[r - SYNTH_BASE])
             else:
-                out.append(self.source.read(np.array([self.pos(r)]))[0])
+                out.append(self.source.read(np.array([self._pos[r]]))[0])
         return np.stack(out)
 
     def __call__(self, step: int, row_ids: torch.Tensor, tokens: torch.Tensor):
@@ -67,7 +63,7 @@ class PlanTransform:
         if self.order is not None:
             lo = (step - self.a) * self.rps
             pos = self.order[lo:lo + self.rps] + self.rps * self.a
-            ids = self._ids[pos].tolist()
+            ids = self.source.row_ids_at(pos).tolist()
             tok = torch.as_tensor(self.source.read(pos), dtype=torch.long)
         slots = [i for i, r in enumerate(ids) if r in self.sub]
         if slots:

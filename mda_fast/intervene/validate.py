@@ -19,7 +19,18 @@ _UNIT = re.compile(r"L(\d+)\.H(\d+)")
 _STEP_SUFFIX = re.compile(r"[/@:]?(step\d+|main)$")
 
 
+def manifest_rows(manifest: dict, rows_per_step: int) -> tuple[int, int] | None:
+    """[lo, hi) row ids the scores cover: from the attribution front door's window_info
+    (``first_row_id``/``last_row_id``) or a step window times ``rows_per_step``."""
+    w = manifest.get("window")
+    if isinstance(w, dict) and w.get("first_row_id") is not None and w.get("last_row_id") is not None:
+        return int(w["first_row_id"]), int(w["last_row_id"]) + 1
+    steps = manifest_window(manifest)
+    return None if steps is None else (steps[0] * rows_per_step, steps[1] * rows_per_step)
+
+
 def manifest_window(manifest: dict) -> tuple[int, int] | None:
+    """A step window ``(a, b)`` when the manifest states one."""
     w = manifest.get("window")
     if w is None:
         return None
@@ -67,18 +78,33 @@ def model_key(name) -> str:
     return s
 
 
+def _is_hub_id(key: str) -> bool:
+    return not os.path.isabs(key) and not os.path.exists(key) and key.count("/") == 1
+
+
 def same_model(a, b) -> bool:
+    """Same path (after dropping ``stepN``), or a hub id ``org/name`` vs a local dir named ``name``."""
     ka, kb = model_key(a), model_key(b)
-    return ka == kb or Path(ka).name.lower() == Path(kb).name.lower()
+    if ka == kb:
+        return True
+    if _is_hub_id(ka) or _is_hub_id(kb):
+        return Path(ka).name.lower() == Path(kb).name.lower() and not (_is_hub_id(ka) and _is_hub_id(kb))
+    return False
 
 
-def check_scores_match(manifest: dict, *, model=None, window=None, unit=None, where="scores file") -> None:
+def check_scores_match(manifest: dict, *, model=None, window=None, unit=None, rows_per_step: int = 1,
+                       where="scores file") -> None:
     """ConfigError when the scores were computed for another model, window or unit."""
     if model is not None and manifest.get("model") is not None and not same_model(manifest["model"], model):
         raise ConfigError(f"{where} was computed for model {manifest['model']!r}, not the retrained {str(model)!r}")
-    mw = manifest_window(manifest)
-    if window is not None and mw is not None and tuple(mw) != tuple(window):
-        raise ConfigError(f"{where} covers window {list(mw)}, not the retraining window {list(window)}")
+    rows = manifest_rows(manifest, rows_per_step)
+    if window is not None and rows is not None:
+        want = (window[0] * rows_per_step, window[1] * rows_per_step)
+        if tuple(rows) != want:
+            mw = manifest_window(manifest)
+            have = f"window {list(mw)}" if mw else f"rows [{rows[0]}, {rows[1]})"
+            raise ConfigError(f"{where} covers {have}, not the retraining window {list(window)} "
+                              f"(rows [{want[0]}, {want[1]}) at {rows_per_step} rows per step)")
     units = manifest_units(manifest)
     if unit is not None and units is not None and tuple(unit[:2]) not in units:
         raise ConfigError(f"{where} scores units {['L%d.H%d' % u for u in units]}, not the tracked "

@@ -161,10 +161,12 @@ def grad_dot_queries(a, g, Q, route: str = "auto") -> torch.Tensor:
         return out
     if route == "auto":
         route = grad_dot_route(B, T, O, I, n)
+    sa = _strides(a)
     if route == "factored":  # the factored kernel reads a as [B*T, I] rows
-        a = a.contiguous()
+        # explicit strides: torch ignores the strides of size-1 dims when calling a tensor contiguous
+        a, sa = a.contiguous(), (T * I, I, 1)
     Q = _dense(Q)
-    _ext().grad_dot_queries(a.data_ptr(), _strides(a), g.data_ptr(), _strides(g), B, T, I, O,
+    _ext().grad_dot_queries(a.data_ptr(), sa, g.data_ptr(), _strides(g), B, T, I, O,
                             Q.data_ptr(), n, out.data_ptr(), route == "factored", _threads())
     return out
 
