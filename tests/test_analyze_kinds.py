@@ -67,3 +67,16 @@ def test_positions_of_default_and_custom_row_ids():
         positions_of(sub, [103])
     with pytest.raises(ConfigError):
         positions_of(src, [99])
+
+
+def test_detectors_agree_with_the_demo_generators():
+    gens = pytest.importorskip("mda_fast.demo.generators").GENERATORS
+    import random
+
+    c, rng = ByteCodec(), random.Random(0)
+    for kind, gen in gens.items():
+        hits = 0
+        for _ in range(40):
+            t = c.encode(gen(rng))[:128]                       # one demo row's worth
+            hits += kind in detect_kinds(c.decode(t), t, min_len=12)
+        assert hits >= 28, (kind, hits)                        # >= 70% recall per kind

@@ -46,6 +46,11 @@ def test_run_experiment_tiny(setup):
     run_experiment(out, ck, data, scores, (2, 6), plans=plans[:2], seeds=(0,), cadence=2, end_step=7,
                    threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False, report=False)
     assert (out / "runs/delete/seed0/curve.json").stat().st_mtime_ns == stamp
+    # ... but a changed plan is
+    run_experiment(out, ck, data, scores, (2, 6), plans=["baseline", "delete:top=50%"], seeds=(0,), cadence=2,
+                   end_step=7, threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False,
+                   report=False)
+    assert (out / "runs/delete/seed0/curve.json").stat().st_mtime_ns != stamp
 
 
 @pytest.mark.parametrize("kw,match", [

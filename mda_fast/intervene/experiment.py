@@ -16,6 +16,8 @@ Everything that can be wrong with the inputs is checked before the first trainin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -40,6 +42,12 @@ def _specs(plans) -> list[PlanSpec]:
     if dup:
         raise ConfigError(f"plans {sorted(dup)} appear twice; give them distinct name=... options")
     return specs
+
+
+def _fingerprint(plan, *settings) -> str:
+    """Identity of a run: a finished run is reused only when plan and settings are unchanged."""
+    blob = json.dumps([plan.to_json(), settings], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def _heldout(source, rps: int, end: int, n: int, window_start: int) -> tuple[torch.Tensor | None, str]:
@@ -147,16 +155,18 @@ def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_P
         for s in seeds:
             run_dir = out / "runs" / name / f"seed{s}"
             done = run_dir / "curve.json"
-            if done.is_file():
+            plan, syn = resolved[(name, s)]
+            key = _fingerprint(plan, end, cadence, shuffle_block, optim_cfg.to_dict(), probe_n, probe_len, heldout)
+            if done.is_file() and read_json(done).get("fingerprint") == key:
                 curves.setdefault(name, {})[str(s)] = read_json(done)
                 continue
-            plan, syn = resolved[(name, s)]
             tracker = Tracker(unit, probe_tokens, held, cadence, end_step=end)
             t0 = time.perf_counter()
             retrain(ckpts[a], source, plan, end, optim_cfg, run_dir / "train", callbacks=[tracker], seed=s,
                     shuffle_block=shuffle_block, synthetic=syn, device=device)
             curve = tracker.curve()
             curve["sec"] = time.perf_counter() - t0
+            curve["fingerprint"] = key
             write_json(done, curve)
             curves.setdefault(name, {})[str(s)] = curve
             if log:

@@ -107,7 +107,7 @@ def load_checkpoint_model(path, device="cpu"):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager",
-                                                     torch_dtype=torch.float32)
+                                                     dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"checkpoint {path} cannot be loaded as a model ({exc.__class__.__name__})") from None
     return model.to(device)
