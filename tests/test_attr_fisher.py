@@ -56,3 +56,19 @@ def test_ekfac_tracks_exact_damped_fisher(fisher, tmp_path):
     rho = spearmanr(table.scores[:, 0], exact).statistic
     print(f"{fisher} Fisher: Spearman(EK-FAC scores, exact damped Fisher scores) = {rho:.3f}")
     assert rho >= FLOOR
+
+
+def test_sampled_labels_follow_the_model_softmax_and_depend_on_row_only():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 6) * 2
+    draws = torch.cat([sample_labels(logits, torch.tensor([i]), 0) for i in range(6000)])  # [6000, 3]
+    for t in range(3):
+        freq = torch.bincount(draws[:, t], minlength=6).double() / len(draws)
+        p = torch.softmax(logits[0, t].double(), -1)
+        assert float((freq - p).abs().max()) < 4 * float((p * (1 - p) / len(draws)).sqrt().max()) + 1e-3
+    big = torch.randn(4, 5, 6)
+    ids = torch.tensor([10, 11, 12, 13])
+    together = sample_labels(big, ids, 7)
+    alone = torch.cat([sample_labels(big[i : i + 1], ids[i : i + 1], 7) for i in range(4)])
+    assert torch.equal(together, alone)
+    assert not torch.equal(sample_labels(big, ids, 8), together)

@@ -20,19 +20,22 @@ def row_seed(seed: int, row_id: int) -> int:
     return (int(seed) * _MIX + int(row_id) * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
 
 
-def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int) -> torch.Tensor:
-    """Labels [B, T] drawn from softmax(logits [B, T, V]) by Gumbel-max, one generator per row.
+def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int, chunk: int = 256) -> torch.Tensor:
+    """Labels [B, T] drawn from softmax(logits [B, T, V]) by inverse-CDF sampling.
 
-    Per-row generators make the draw independent of batch size and world size.
+    The uniforms come from one generator per row, so the draw depends on (seed, row id) only and
+    not on batch size or world size; only T random numbers per row (Gumbel-max would need T * V).
+    The CDF is float64 (no rounding gaps) in chunks of ``chunk`` positions to bound memory.
     """
     B, T, V = logits.shape
     out = torch.empty(B, T, dtype=torch.long, device=logits.device)
     for b in range(B):
-        gen = torch.Generator(device=logits.device).manual_seed(row_seed(seed, int(row_ids[b])))
-        u = torch.rand(T, V, generator=gen, device=logits.device, dtype=torch.float32)
-        gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
-        out[b] = (logits[b].float() + gumbel).argmax(-1)
-    return out
+        gen = torch.Generator().manual_seed(row_seed(seed, int(row_ids[b])))
+        u = torch.rand(T, 1, generator=gen, dtype=torch.float64).to(logits.device)
+        for t0 in range(0, T, chunk):
+            cdf = torch.softmax(logits[b, t0 : t0 + chunk].double(), dim=-1).cumsum_(-1)  # [t, V]
+            out[b, t0 : t0 + chunk] = torch.searchsorted(cdf, u[t0 : t0 + chunk] * cdf[:, -1:]).squeeze(-1)
+    return out.clamp_(max=V - 1)
 
 
 def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
