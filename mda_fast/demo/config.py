@@ -32,6 +32,7 @@ class DemoConfig:
     corpus_seed: int = 0
     mix: dict = field(default_factory=lambda: {"code": 0.50, "prose": 0.10, "markup": 0.10,
                                                "latex": 0.075, "records": 0.075, "repeated": 0.15})
+    repeat_rows: float = 0.0                 # share of rows overwritten by a repeated random span
     # training
     steps: int = 1200
     rows_per_step: int = 32

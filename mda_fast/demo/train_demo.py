@@ -35,9 +35,11 @@ def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
     if meta_path.is_file() and Path(str(prefix) + ".bin").is_file():
         meta = json.loads(meta_path.read_text())
         if (meta.get("seed"), meta.get("n_rows"), meta.get("seq_len")) == \
-                (cfg.corpus_seed, cfg.n_rows, cfg.seq_len) and meta.get("mix_requested") == cfg.mix:
+                (cfg.corpus_seed, cfg.n_rows, cfg.seq_len) and meta.get("mix_requested") == cfg.mix \
+                and meta.get("repeat_rows") == cfg.repeat_rows:
             return prefix
-    info = build_corpus(prefix, cfg.n_rows, cfg.seq_len, cfg.corpus_seed, cfg.mix)
+    info = build_corpus(prefix, cfg.n_rows, cfg.seq_len, cfg.corpus_seed, cfg.mix,
+                        repeat_rows=cfg.repeat_rows)
     meta = json.loads(meta_path.read_text())
     meta["mix_requested"] = cfg.mix
     tmp = meta_path.with_name(meta_path.name + ".tmp")

@@ -16,28 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mda_fast.demo.pipeline import score_window
 from mda_fast.errors import ConfigError
 
 PLANS = ("baseline", "delete", "random-delete", "duplicate", "random-duplicate")
-
-
-def score_window(ckpt_dir, source, window, rows_per_step, unit, out_dir, probe_low=32, probe_high=127,
-                 settings: dict | None = None):
-    """MDA scores of the window's rows for head ``unit`` (QK, copy-target probe) into ``out_dir``."""
-    from mda_fast.attribution import MDA
-    from mda_fast.attribution.store import load_scores
-    from mda_fast.data import select_steps
-    from mda_fast.intervene.retrain import load_checkpoint_model
-
-    out_dir = Path(out_dir)
-    if (out_dir / "scores.npz").is_file():
-        return load_scores(str(out_dir))
-    model = load_checkpoint_model(ckpt_dir)
-    win = select_steps(source, window[0], window[1], rows_per_step)
-    st = {"probe_vocab_low": probe_low, "probe_vocab_high": probe_high, **(settings or {})}
-    mda = MDA(model, [f"L{unit[0]}.H{unit[1]}.qk"], ["copy_target"], settings=st, model_name=str(ckpt_dir))
-    mda.fit(win)
-    return mda.score(win, str(out_dir))
 
 
 def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", margin: float = 1.0,
