@@ -246,6 +246,7 @@ class Capture:
         self.grad_only_from_layer = grad_only_from_layer
         self._inputs: dict[str, torch.Tensor] = {}  # module path -> input [B, T, in_full]
         self._grads: dict[str, torch.Tensor] = {}  # module path -> output grad [B, T, out_full]
+        self._outputs: dict[str, torch.Tensor] = {}  # module path -> output (meta: shape/dtype only)
         self._handles: list = []
         self._requires_grad: list[tuple[nn.Parameter, bool]] = []
 
@@ -262,12 +263,20 @@ class Capture:
 
     @property
     def g(self) -> dict[str, torch.Tensor]:
-        """Block name -> gradient w.r.t. the block output ``[B, T, O]``."""
+        """Block name -> gradient w.r.t. the block output ``[B, T, O]``.
+
+        A block whose output the loss does not depend on (e.g. the ``o`` block under a probe that
+        reads attention patterns) gets no backward call; its gradient is zero.
+        """
         out = {}
         for b in self.blocks:
             parts = []
             for piece in b.pieces:
-                grad = self._need(self._grads, piece.module, "backward")
+                if piece.module not in self._grads:
+                    out_like = self._need(self._outputs, piece.module, "forward")
+                    device = self._inputs[piece.module].device
+                    self._grads[piece.module] = torch.zeros(out_like.shape, dtype=out_like.dtype, device=device)
+                grad = self._grads[piece.module]
                 parts.append(grad if piece.out_rows is None else grad[..., piece.out_rows])
             out[b.name] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return out
@@ -309,6 +318,7 @@ class Capture:
     def _hook_for(self, path: str):
         def hook(module, args, output):
             self._inputs[path] = args[0].detach()
+            self._outputs[path] = torch.empty_like(output, device="meta")
             if output.requires_grad:
                 output.register_hook(lambda grad: self._grads.__setitem__(path, grad.detach()))
         return hook

@@ -119,3 +119,16 @@ def test_out_of_range_and_bad_mode_are_clear_errors():
     with pytest.raises(ConfigError, match="cannot parse unit"):
         Unit.parse("layer one")
     assert Unit.parse("L1.H3.qkvo") == Unit(1, 3, "qkvo") and Unit.parse("2:1") == Unit(2, 1, "qk")
+
+
+def test_block_not_reached_by_the_loss_has_zero_gradient():
+    model = make_model("gpt_neox")
+    adapter = get_adapter(model)
+    blocks = adapter.block(1, 0, "qk"), adapter.block(1, 0, "o")
+    tokens = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(3))
+    with Capture(model, blocks) as cap:
+        out = model(tokens, output_attentions=True)
+        out.attentions[1][:, 0].diagonal(offset=-1, dim1=-2, dim2=-1).sum().backward()  # reads the pattern only
+    g = cap.g
+    assert g["L1.H0.o"].shape == (2, 9, 32) and not g["L1.H0.o"].any()
+    assert g["L1.H0.qk"].abs().sum() > 0

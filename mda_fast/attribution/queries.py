@@ -38,25 +38,14 @@ def probe_gradients(model, adapter, blocks, probe, tokens: torch.Tensor, batch_s
             if not val.requires_grad:  # f does not depend on any block (e.g. a probe below them)
                 continue
             val.backward()
-            a = cap.a
-            # A block the probe does not reach gets no hook call (its gradient is zero).
-            reached = cap._grads  # noqa: SLF001  TODO(units): public "has gradient" query
+            a, g = cap.a, cap.g  # a block the probe does not reach has g == 0
             for b in blocks:
-                if not all(p.module in reached for p in b.pieces):
-                    continue
-                g2 = _block_g(cap, b)
+                g2 = g[b.name]
                 grads[b.name] += g2.reshape(-1, b.out_dim).float().T @ a[b.name].reshape(-1, b.in_dim).float()
     for b in blocks:
         grads[b.name] /= n
         check_finite(grads[b.name], f"probe gradient of {probe.name}", b.name, "the probe set")
     return grads
-
-
-def _block_g(cap: Capture, block) -> torch.Tensor:
-    """g [B, T, O] of one block, read from the capture's per-module gradients."""
-    parts = [cap._grads[p.module] if p.out_rows is None else cap._grads[p.module][..., p.out_rows]  # noqa: SLF001
-             for p in block.pieces]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def precondition(factors: FactorSet, grads: dict[str, torch.Tensor], backend: str = "auto") -> dict[str, torch.Tensor]:
