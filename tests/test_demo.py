@@ -10,7 +10,7 @@ import yaml
 from mda_fast.demo.config import DEFAULT_YAML, DemoConfig, load_demo_config
 from mda_fast.demo.corpus import KINDS, build_corpus, load_row_kinds, make_documents, pack_rows
 from mda_fast.demo.generators import GENERATORS
-from mda_fast.demo.measure import formation_window, induction_scores
+from mda_fast.demo.measure import formation_window, measure_heads
 from mda_fast.demo.tokenizer import EOD_ID, byte_tokenizer, decode_ids, encode_bytes
 from mda_fast.errors import ConfigError
 
@@ -101,13 +101,13 @@ def test_formation_window():
     assert formation_window({0: 0.0, 50: 0.2}) is None
 
 
-def test_induction_score_detects_copying_head():
-    """A hand-set attention that looks at t - S + 1 scores ~1; a fresh model scores low."""
+def test_fresh_model_has_no_formed_heads():
     from mda_fast.demo.train_demo import new_model
-    cfg = DemoConfig(layers=1, d_model=32, heads=2, intermediate=64)
+    cfg = DemoConfig(layers=1, d_model=32, heads=2, intermediate=64, probe_n=4, probe_len=8)
     m = new_model(cfg)
-    s = induction_scores(m, n=4, S=8)
-    assert s.shape == (1, 2) and (s < 0.3).all()
+    s = measure_heads(m, cfg)
+    assert np.shape(s["induction"]) == (1, 2) and np.shape(s["previous_token"]) == (1, 2)
+    assert max(map(max, s["induction"])) < 0.3 and max(map(max, s["previous_token"])) < 0.5
     assert m.config._attn_implementation == "sdpa"   # switched back after measuring
 
 

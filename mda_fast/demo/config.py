@@ -30,20 +30,20 @@ class DemoConfig:
     # corpus (rows = seq_len tokens: seq_len-1 inputs + shifted label)
     seq_len: int = 129
     corpus_seed: int = 0
-    mix: dict = field(default_factory=lambda: {"code": 0.50, "prose": 0.10, "markup": 0.10,
-                                               "latex": 0.075, "records": 0.075, "repeated": 0.15})
-    repeat_rows: float = 0.0                 # share of rows overwritten by a repeated random span
+    mix: dict = field(default_factory=lambda: {"code": 0.80, "prose": 0.10, "markup": 0.05,
+                                               "latex": 0.025, "records": 0.025, "repeated": 0.0})
+    repeat_rows: float = 0.3                 # share of rows overwritten by a repeated random span
     # training
-    steps: int = 1200
+    steps: int = 600
     rows_per_step: int = 32
     lr: float = 3e-3
-    betas: tuple = (0.9, 0.95)
+    betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.01
     clip: float = 1.0
     warmup_steps: int = 0
     schedule: str = "constant"
     # checkpoints: Pythia's step0 + 1, 2, 4, ..., 512, then every `save_every`
-    save_every: int = 50
+    save_every: int = 25
     # induction measurement: n sequences of S random tokens from [low, high) repeated twice
     probe_n: int = 32
     probe_len: int = 32
@@ -52,6 +52,8 @@ class DemoConfig:
     probe_seed: int = 12345
     formation_low: float = 0.1
     formation_high: float = 0.5
+    prev_low: float = 0.2                    # previous-token head formation: score < prev_low -> > prev_high
+    prev_high: float = 0.5
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

@@ -6,15 +6,15 @@ the mean attention from position t (second half) to t - S + 1 (TransformerLens' 
 
 from __future__ import annotations
 
-import torch
 
-from mda_fast.heads import induction_scores as _heads_induction_scores
+def measure_heads(model, cfg) -> dict:
+    """{"induction": [L][H], "previous_token": [L][H]} on the demo's printable-byte probe sequences."""
+    from mda_fast.heads import head_scores
 
-
-def induction_scores(model, n: int = 32, S: int = 32, low: int = 32, high: int = 127,
-                     seed: int = 12345) -> torch.Tensor:
-    """[layers, heads] induction (prefix-matching) scores on printable-byte probe tokens."""
-    return _heads_induction_scores(model, n=n, S=S, low=low, high=high, seed=seed)
+    res = head_scores(model, n=cfg.probe_n, seq_len=2 * cfg.probe_len, seed=cfg.probe_seed,
+                      vocab_low=cfg.probe_low, vocab_high=cfg.probe_high)
+    return {"induction": res.scores["prefix_matching"].tolist(),
+            "previous_token": res.scores["previous_token"].tolist()}
 
 
 def formation_window(curve: dict[int, float], low: float = 0.1, high: float = 0.5):

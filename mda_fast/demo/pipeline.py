@@ -29,8 +29,8 @@ def attribution_window(info: dict, cfg: DemoConfig) -> tuple[int, int]:
 
 
 def score_window(ckpt_dir, source, window, rows_per_step, unit, out_dir, probe_low=32, probe_high=127,
-                 settings: dict | None = None, tokenizer=None):
-    """MDA scores of the window's rows for head ``unit`` (QK block, copy-target probe) into ``out_dir``.
+                 settings: dict | None = None, tokenizer=None, probe: str = "copy_target"):
+    """MDA scores of the window's rows for head ``unit`` (QK block, ``probe``) into ``out_dir``.
 
     The checkpoint at the end of the window is the model attributed (the head exists there).
     Reuses a complete score table already in ``out_dir``; a partial one is resumed.
@@ -46,7 +46,7 @@ def score_window(ckpt_dir, source, window, rows_per_step, unit, out_dir, probe_l
     model, _ = load_model(str(ckpt_dir), load_tokenizer=False)
     win = select_steps(source, window[0], window[1], rows_per_step)
     st = {"probe_vocab_low": probe_low, "probe_vocab_high": probe_high, **(settings or {})}
-    mda = MDA(model, [f"L{unit[0]}.H{unit[1]}.qk"], ["copy_target"], tokenizer=tokenizer, settings=st,
+    mda = MDA(model, [f"L{unit[0]}.H{unit[1]}.qk"], [probe], tokenizer=tokenizer, settings=st,
               model_name=str(ckpt_dir))
     mda.fit(win, out_dir=str(out_dir.parent / "factors"))
     return mda.score(win, str(out_dir))
@@ -68,7 +68,7 @@ def kind_enrichment(scores: np.ndarray, row_ids: np.ndarray, row_kind: np.ndarra
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, progress: bool = True,
              log=print) -> dict:
     """Run every stage of the demo into ``out``; returns (and writes ``out/demo.json``) a summary."""
-        from mda_fast.data import MMIdxSource
+    from mda_fast.data import MMIdxSource
     from mda_fast.demo.corpus import load_row_kinds
     from mda_fast.demo.tokenizer import byte_tokenizer
     from mda_fast.demo.train_demo import corpus_prefix, run_demo_training
@@ -87,11 +87,14 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     layer, head = int(info["layer"]), int(info["head"])
     a, b = attribution_window(info, cfg)
     formed = info.get("window") is not None
-    log(f"      induction score of L{layer}.H{head}: " +
+    log(f"      {info['metric']} score of L{layer}.H{head}: " +
         ", ".join(f"step {s}: {v:.2f}" for s, v in curve.items() if int(s) % 200 == 0 or int(s) == cfg.steps))
+    best_ind = max(info.get("induction_best", {"0": 0.0}).values())
+    if info["metric"] != "induction":
+        log(f"      no induction head formed in {cfg.steps} steps (best score {best_ind:.2f}); the demo "
+            f"attributes the previous-token head that formed instead")
     if not formed:
-        log(f"      no induction head formed (no score rose above {cfg.formation_high}); attributing the "
-            f"last quarter {a}-{b} instead")
+        log(f"      no head formed (no score crossed its threshold); attributing the last quarter {a}-{b}")
 
     ckpts = out / "checkpoints"
     log(f"[2/4] localizing heads at step {b}")
@@ -102,11 +105,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     heads.to_csv(str(out / "heads" / "heads.csv")), heads.heatmap(str(out / "heads" / "heads.png"))
     log(heads.table(sort="prefix_matching", k=4))
 
-    log(f"[3/4] EK-FAC on L{layer}.H{head}.qk + scoring the {(b - a) * cfg.rows_per_step} rows of steps {a}-{b}")
+    probe = info["probe"]
+    log(f"[3/4] EK-FAC on L{layer}.H{head}.qk, probe {probe}, scoring the {(b - a) * cfg.rows_per_step} "
+        f"rows of steps {a}-{b}")
     source = MMIdxSource(corpus_prefix(out), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     table = score_window(ckpts / f"step{b}", source, (a, b), cfg.rows_per_step, (layer, head),
                          out / "mda" / "scores", cfg.probe_low, cfg.probe_high,
-                         settings={"progress": progress})
+                         settings={"progress": progress}, probe=probe)
 
     log("[4/4] top rows")
     from mda_fast.attribution import format_report, report_top
@@ -125,7 +130,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     enrich = kind_enrichment(scores, table.row_ids, row_kind, kinds)
     log("      kind shares, top 10% vs window: " +
         ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in enrich.items()))
-    summary = {"unit": f"L{layer}.H{head}.qk", "formed": formed, "window": [a, b], "curve": curve,
+    summary = {"unit": f"L{layer}.H{head}.qk", "metric": info["metric"], "probe": probe, "formed": formed, "window": [a, b], "curve": curve,
                "top10_share_of_positive_influence": report["top10_share"],
                "kind_enrichment": enrich, "top": report, "outputs": {
                    "checkpoints": str(ckpts), "heads": str(out / "heads"), "scores": str(out / "mda" / "scores"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from mda_fast.demo.pipeline import score_window
 from mda_fast.errors import ConfigError
 
+TRACK_METRIC = {"induction": "induction", "previous_token": "prev_token"}  # demo name -> track name
 PLANS = ("baseline", "delete", "random-delete", "duplicate", "random-duplicate")
 
 
@@ -40,7 +41,7 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
     unit = tuple(unit) if unit else (int(info["layer"]), int(info["head"]))
     window = tuple(window) if window else (tuple(info["window"]) if info.get("window") else None)
     if window is None:
-        raise ConfigError(f"the demo run in {demo_dir} formed no induction head (no formation window); "
+        raise ConfigError(f"the demo run in {demo_dir} formed no head (no formation window); "
                           "pass window=(a, b)")
     a, b = int(window[0]), int(window[1])
     end = min(cfg.steps, b + int(round(margin * (b - a))))
@@ -49,7 +50,7 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
     if log:
         log(f"[demo-intervene] unit L{unit[0]}.H{unit[1]}, window {a}-{b}, retrain to {end}")
     table = score_window(ck / f"step{b}", source, (a, b), cfg.rows_per_step, unit, out / "scores",
-                         cfg.probe_low, cfg.probe_high)
+                         cfg.probe_low, cfg.probe_high, probe=info.get("probe", "copy_target"))
     plans = list(PLANS)
     plans = [p if p == "baseline" else f"{p}:top={top}" for p in plans]
     if synthetic:
@@ -61,4 +62,5 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
     del table                                   # scored (or reused) on disk; run_experiment reloads it
     return run_experiment(out / "experiment", ck, source, out / "scores", (a, b), plans=plans, seeds=seeds,
                           cadence=cadence or max(1, (end - a) // 40), end_step=end, unit=unit,
+                          metric=TRACK_METRIC[info.get("metric", "induction")],
                           threshold=threshold, log=log)
