@@ -103,7 +103,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
                         vocab_low=cfg.probe_low, vocab_high=cfg.probe_high)
     (out / "heads").mkdir(exist_ok=True)
     heads.to_csv(str(out / "heads" / "heads.csv")), heads.heatmap(str(out / "heads" / "heads.png"))
-    log(heads.table(sort="prefix_matching", k=4))
+    log(heads.table(sort="prefix_matching" if info["metric"] == "induction" else info["metric"], k=4))
 
     probe = info["probe"]
     log(f"[3/4] EK-FAC on L{layer}.H{head}.qk, probe {probe}, scoring the {(b - a) * cfg.rows_per_step} "
