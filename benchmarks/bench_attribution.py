@@ -32,9 +32,9 @@ from mda_fast.models import make_tiny_model
 CASES = {
     # the demo model (mda-reference §4): GPT-NeoX 2 x 128, 4 heads, byte vocabulary, rows of 128 tokens
     "demo": (lambda: make_tiny_model("neox", seed=0, hidden_size=128, num_attention_heads=4,
-                                     intermediate_size=256, max_position_embeddings=256), 128, 129, 16, "L1.H0.qk"),
+                                     intermediate_size=256, max_position_embeddings=256), 1024, 129, 32, "L1.H0.qk"),
     # Pythia-70M shape (6 x 512, 8 heads, vocab 50304), short rows on the CPU
-    "pythia-70m": (lambda: make_tiny_model("pythia-70m", seed=0), 32, 65, 8, "L3.H0.qk"),
+    "pythia-70m": (lambda: make_tiny_model("pythia-70m", seed=0), 64, 65, 8, "L3.H0.qk"),
 }
 
 

@@ -49,7 +49,10 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
     ck = demo_dir / "checkpoints"
     if log:
         log(f"[demo-intervene] unit L{unit[0]}.H{unit[1]}, window {a}-{b}, retrain to {end}")
-    table = score_window(ck / f"step{b}", source, (a, b), cfg.rows_per_step, unit, out / "scores",
+    scores_dir = demo_dir / "mda" / "scores"  # the demo's own scores when it scored this window already
+    if window != tuple(info["window"] or ()) or unit != (int(info["layer"]), int(info["head"])):
+        scores_dir = out / "scores"
+    table = score_window(ck / f"step{b}", source, (a, b), cfg.rows_per_step, unit, scores_dir,
                          cfg.probe_low, cfg.probe_high, probe=info.get("probe", "copy_target"))
     plans = list(PLANS)
     plans = [p if p == "baseline" else f"{p}:top={top}" for p in plans]
@@ -60,7 +63,7 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
         write_synthetic(out / "synthetic", n, cfg.seq_len, seed=0)
         plans.append(f"insert-synthetic:path={out / 'synthetic'}")
     del table                                   # scored (or reused) on disk; run_experiment reloads it
-    return run_experiment(out / "experiment", ck, source, out / "scores", (a, b), plans=plans, seeds=seeds,
+    return run_experiment(out / "experiment", ck, source, scores_dir, (a, b), plans=plans, seeds=seeds,
                           cadence=cadence or max(1, (end - a) // 40), end_step=end, unit=unit,
                           metric=TRACK_METRIC[info.get("metric", "induction")],
                           threshold=threshold, log=log)

@@ -6,7 +6,7 @@ Backends are modules exposing ``available() -> (bool, reason)`` and the five op 
 non-contiguous and of dtype fp32/bf16/fp16; projections as tensors or SeededProjection.
 
 Auto choice: CUDA tensors -> triton, else cuda, else torch. CPU tensors -> cpp where
-``CPU_PREFERS_CPP[op]`` (set from benchmarks/results_ops.md), else torch. The Triton interpreter
+``CPU_PREFERS_CPP[op]`` (set from benchmarks/RESULTS.md), else torch. The Triton interpreter
 (TRITON_INTERPRET=1) runs CPU tensors only when asked for by name (tests).
 """
 
@@ -25,7 +25,7 @@ from .projection import SeededProjection
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 _MODULES = {"cpp": ".backend_cpp", "cuda": ".backend_cuda", "triton": ".backend_triton"}
-# Per op: use the C++ backend for CPU tensors when it is built; from benchmarks/results_ops.md
+# Per op: use the C++ backend for CPU tensors when it is built; from benchmarks/RESULTS.md
 # (noisy run: revisit on an idle machine).
 CPU_PREFERS_CPP = {
     "project_per_sample_grad": True,
