@@ -128,3 +128,25 @@ def test_demo_smoke(tmp_path):
     assert st["demo_config"]["steps"] == 6
     again = run_demo_training(tmp_path, cfg, progress=False)    # everything already there
     assert again["curve"] == s["curve"] and again["sec_per_step"] is None
+
+
+def test_repeated_span_rows_overwrite_the_requested_share():
+    from mda_fast.demo.corpus import overwrite_repeated_spans
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (200, 129)).astype(np.uint16)
+    kinds = np.zeros(rows.shape, np.int8)
+    before = rows.copy()
+    chosen = overwrite_repeated_spans(rows, kinds, 0.3, seed=1)
+    assert len(chosen) == 60 and len(set(chosen.tolist())) == 60
+    changed = np.nonzero((rows != before).any(axis=1))[0]
+    assert set(changed.tolist()) <= set(chosen.tolist())
+    rep = KINDS.index("repeated")
+    for r in chosen:
+        marked = kinds[r] == rep
+        assert marked.mean() > 0.2                     # spans of 6-24 with gaps of 0-12 keep the text between
+        run = bytes(rows[r][marked].astype(np.uint8))  # the marked tokens are one span repeated
+        period = next(p for p in range(1, len(run) + 1) if len(run) % p == 0 and run == run[:p] * (len(run) // p))
+        assert 6 <= period <= 24 and len(run) // period >= 3
+    with pytest.raises(ConfigError):
+        overwrite_repeated_spans(rows, kinds, 1.5, seed=0)

@@ -43,9 +43,6 @@ def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
 
 
 def test_auto_on_cpu_never_picks_the_interpreter():
-    a, g = torch.randn(2, 3, 4), torch.randn(2, 3, 5)
-    calls = []
-    mod = dispatch._pick("grad_dot_queries", "auto", a.device, False)
-    calls.append(mod.__name__)
-    assert not calls[0].endswith("backend_triton")
+    mod = dispatch._pick("grad_dot_queries", "auto", torch.device("cpu"), False)
+    assert not mod.__name__.endswith("backend_triton")
     assert calls[0].endswith(("reference", "backend_cpp"))

@@ -5,25 +5,7 @@ import torch
 
 import mda_fast.ops as ops
 from mda_fast.ops import reference as R
-
-ALL = [("torch", "cpu"), ("cpp", "cpu"), ("triton", "cpu"), ("triton", "cuda"), ("cuda", "cuda")]
-BACKENDS = [pytest.param(b, d, id=f"{b}-{d}") for b, d in ALL]
-# fp32: fp32 accumulation over <= a few hundred terms. Low precision: inputs are rounded identically
-# for the oracle, but GPU kernels may also round an explicit fp32 projection to the input dtype.
-TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-
-
-def need(backend, device):
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    if backend not in ops.available_backends(device):
-        pytest.skip(f"{backend}: {ops.backend_status()[backend][1]}")
-
-
-def close(out, want, dtype):
-    assert out.dtype == torch.float32 and out.shape == want.shape
-    err = (out.cpu().double() - want).abs().max().item()
-    assert err <= TOL[dtype] * max(1.0, want.abs().max().item()), err
+from op_cases import BACKENDS, need, close
 
 
 def block(n, O, I, device="cpu", dtype=torch.float32, damping=0.1):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
 from mda_fast.attribution import dist
@@ -23,7 +22,7 @@ from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.top import plot_cumulative, plot_histogram, top_rows
 from mda_fast.errors import ConfigError, DataError
-from mda_fast.probes import Probe, default_vocab_high, make_data, parse_probe
+from mda_fast.probes import Probe, default_vocab_high, parse_probe
 from mda_fast.units import Unit, get_adapter
 
 

@@ -29,7 +29,7 @@ def gen_markup(rng: random.Random) -> str:
     root, child = rng.sample(_TAGS, 2)
     fields = rng.sample(_TAGS, rng.randint(1, 4))
     attr = _word(rng, 2, 6)
-    lines = [f'<?xml version="1.0"?>' if rng.random() < 0.5 else "<html><body>", f"<{root}>"]
+    lines = ['<?xml version="1.0"?>' if rng.random() < 0.5 else "<html><body>", f"<{root}>"]
     for i in range(rng.randint(4, 30)):
         inner = "".join(f"<{f}>{rng.choice([_word(rng), _num(rng)])}</{f}>" for f in fields)
         lines.append(f'  <{child} {attr}="{i}">{inner}</{child}>')
