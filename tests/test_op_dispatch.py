@@ -44,5 +44,4 @@ def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
 
 def test_auto_on_cpu_never_picks_the_interpreter():
     mod = dispatch._pick("grad_dot_queries", "auto", torch.device("cpu"), False)
-    assert not mod.__name__.endswith("backend_triton")
-    assert calls[0].endswith(("reference", "backend_cpp"))
+    assert mod.__name__.endswith(("reference", "backend_cpp"))
