@@ -150,3 +150,17 @@ def test_repeated_span_rows_overwrite_the_requested_share():
         assert 6 <= period <= 24 and len(run) // period >= 3
     with pytest.raises(ConfigError):
         overwrite_repeated_spans(rows, kinds, 1.5, seed=0)
+
+
+def test_format_emergence_lists_every_condition_with_its_shift():
+    from mda_fast.cli.demo_cmd import format_emergence
+    from mda_fast.intervene.summary import summarize
+
+    steps = list(range(0, 101, 10))
+    ramp = lambda at: [0.0 if s < at else 1.0 for s in steps]  # noqa: E731
+    curves = {"baseline": {"0": {"steps": steps, "prev_token": ramp(40)}},
+              "delete": {"0": {"steps": steps, "prev_token": ramp(70)}}}
+    text = format_emergence(summarize(curves, (0, 100), "prev_token", 0.5))
+    base, delete = text.splitlines()[1:]
+    assert base.split()[0] == "baseline" and "shift" not in base
+    assert delete.split()[0] == "delete" and "+30.0%" in delete

@@ -38,5 +38,18 @@ def cmd_demo(args) -> int:
     if args.experiment:
         from mda_fast.intervene.demo_exp import run_demo_experiment
 
-        run_demo_experiment(f"{args.out}/experiment", demo_dir=args.out, seeds=tuple(range(args.seeds)))
+        res = run_demo_experiment(f"{args.out}/experiment", demo_dir=args.out, seeds=tuple(range(args.seeds)))
+        print(format_emergence(res))
     return 0
+
+
+def format_emergence(summary: dict) -> str:
+    """One line per condition: emergence step (mean ± std over seeds) and the paired shift vs baseline."""
+    lines = [f"emergence of {summary['metric']} (first crossing of {summary['threshold']:.3f}), "
+             f"window {summary['window'][0]}-{summary['window'][1]}:"]
+    for cond, row in summary["conditions"].items():
+        shift = row.get("delta_cross_pct")
+        lines.append(f"  {cond:<40s} step {row['cross_mean']:7.1f} ± {row['cross_std'] or 0:5.1f}"
+                     + (f"   shift {shift:+6.1f}% ± {row['delta_cross_pct_std'] or 0:4.1f}% of the window"
+                        if shift is not None else "") + (f"   ({row['censored']} never crossed)" if row["censored"] else ""))
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ PLANS = ("baseline", "delete", "random-delete", "duplicate", "random-duplicate")
 
 def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", margin: float = 1.0,
                         cadence: int | None = None, window=None, unit=None, synthetic: bool = True,
-                        threshold="50%", log=print) -> dict:
+                        threshold=None, log=print) -> dict:
     """Train (or reuse) the demo, score its formation window, run the interventions; returns the summary."""
     from mda_fast.data import MMIdxSource
     from mda_fast.demo.config import DemoConfig
@@ -44,6 +44,8 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
         raise ConfigError(f"the demo run in {demo_dir} formed no head (no formation window); "
                           "pass window=(a, b)")
     a, b = int(window[0]), int(window[1])
+    if threshold is None:  # emergence = crossing the score the demo itself calls "formed"
+        threshold = cfg.formation_high if info.get("metric", "induction") == "induction" else cfg.prev_high
     end = min(cfg.steps, b + int(round(margin * (b - a))))
     source = MMIdxSource(corpus_prefix(demo_dir), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     ck = demo_dir / "checkpoints"
