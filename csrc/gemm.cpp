@@ -33,17 +33,6 @@ static bool use_avx2() { return !g_force_generic && cpu_has_avx2_fma(); }
 
 const char* simd_path() { return use_avx2() ? "avx2+fma" : "generic"; }
 
-// ---------------------------------------------------------------- seeded projection
-float seeded_entry(uint32_t seed, uint32_t i, uint32_t j, float scale) {
-  uint32_t h = seed * 0x9E3779B1u + i * 0x85EBCA77u + j * 0xC2B2AE3Du;
-  h ^= h >> 16;
-  h *= 0x7FEB352Du;
-  h ^= h >> 15;
-  h *= 0x846CA68Bu;
-  h ^= h >> 16;
-  return (h & 1u) ? scale : -scale;
-}
-
 // ---------------------------------------------------------------- packing
 template <class Get>
 static void pack_impl(int64_t K, int64_t N, Get get, PackedB& out) {

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "projection_hash.h"
+
 namespace mda {
 
 constexpr int MR = 6;     // rows of the register tile
@@ -30,8 +32,8 @@ struct PackedB {
 void pack_b(int64_t K, int64_t N, const float* src, int64_t rs, int64_t cs, PackedB& out);
 // Pack the seeded Rademacher matrix P[dim, k] (hash in ARCHITECTURE.md), never stored unpacked.
 void pack_b_seeded(int64_t dim, int64_t k, uint32_t seed, PackedB& out);
-// One entry of the seeded projection; identical to the Python/Triton/CUDA definitions.
-float seeded_entry(uint32_t seed, uint32_t i, uint32_t j, float scale);
+// One entry of the seeded projection (projection_hash.h, shared with the CUDA backend).
+using mda_hash::seeded_entry;
 
 // C[m, n] at C + m*ldc + n; A(m, k) at A + m*rsA + k*csA. Runs on the calling thread.
 void gemm_serial(int64_t M, const float* A, int64_t rsA, int64_t csA, const PackedB& B,

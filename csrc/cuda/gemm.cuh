@@ -16,6 +16,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "../projection_hash.h"
+
 namespace mdacuda {
 
 enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
@@ -24,16 +26,7 @@ __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// ARCHITECTURE.md projection hash (all arithmetic mod 2^32).
-__host__ __device__ __forceinline__ float seeded_entry(uint32_t seed, uint32_t i, uint32_t j, float scale) {
-  uint32_t h = seed * 0x9E3779B1u + i * 0x85EBCA77u + j * 0xC2B2AE3Du;
-  h ^= h >> 16;
-  h *= 0x7FEB352Du;
-  h ^= h >> 15;
-  h *= 0x846CA68Bu;
-  h ^= h >> 16;
-  return (h & 1u) ? scale : -scale;
-}
+using mda_hash::seeded_entry;  // ARCHITECTURE.md projection hash, shared with the C++ backend
 
 struct GemmDesc {
   const void* A;
