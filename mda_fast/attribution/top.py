@@ -64,6 +64,17 @@ def top_rows(table: ScoreTable, k: int = 10, column: str | None = None, source=N
     return out
 
 
+def _save(fig, path: str) -> str:
+    """Write ``fig`` to ``path`` atomically (a half-written PNG never carries the final name)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return path
+
+
 def plot_histogram(scores: np.ndarray, path: str, title: str = "") -> str:
     import matplotlib
 
@@ -76,11 +87,7 @@ def plot_histogram(scores: np.ndarray, path: str, title: str = "") -> str:
     ax.set_xlabel("influence score (positive = strengthens the probed behaviour)")
     ax.set_ylabel("rows")
     ax.set_title(title or "score histogram")
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-    return path
+    return _save(fig, path)
 
 
 def plot_cumulative(scores: np.ndarray, path: str, title: str = "") -> str:
@@ -99,11 +106,7 @@ def plot_cumulative(scores: np.ndarray, path: str, title: str = "") -> str:
     ax.set_xlabel("top x% of rows (by score)")
     ax.set_ylabel("% of total positive influence")
     ax.set_title(title or "cumulative influence")
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-    return path
+    return _save(fig, path)
 
 
 def format_report(report: dict) -> str:
