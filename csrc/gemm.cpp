@@ -152,6 +152,10 @@ void gemm_serial(int64_t M, const float* A, int64_t rsA, int64_t csA, const Pack
 #ifdef MDA_HAVE_X86
   if (use_avx2()) kern = kernel_avx2;
 #endif
+  // A read along k with a stride (g^T, Q_S^T): each k step would touch a new cache line, so an
+  // MR x kc strip (6 KiB) is copied k-major first; it then serves every panel of the NC block.
+  const bool pack_a = csA != 1;
+  alignas(32) float strip[MR * KC];
   for (int64_t n0 = 0; n0 < N; n0 += NC) {
     const int64_t p0 = n0 / NR, p1 = std::min<int64_t>(B.npanels, (n0 + NC) / NR);
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -160,9 +164,15 @@ void gemm_serial(int64_t M, const float* A, int64_t rsA, int64_t csA, const Pack
       for (int64_t m0 = 0; m0 < M; m0 += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, M - m0));
         const float* a = A + m0 * rsA + k0 * csA;
+        int64_t rs = rsA, cs = csA;
+        if (pack_a) {
+          for (int64_t k = 0; k < kc; ++k)
+            for (int r = 0; r < MR; ++r) strip[k * MR + r] = r < mr ? a[r * rsA + k * csA] : 0.0f;
+          a = strip, rs = 1, cs = MR;
+        }
         for (int64_t p = p0; p < p1; ++p) {
           const int nr = static_cast<int>(std::min<int64_t>(NR, N - p * NR));
-          kern(kc, a, rsA, csA, B.panel(k0, p), C + m0 * ldc + p * NR, ldc, mr, nr, acc);
+          kern(kc, a, rs, cs, B.panel(k0, p), C + m0 * ldc + p * NR, ldc, mr, nr, acc);
         }
       }
     }

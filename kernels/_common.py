@@ -19,6 +19,20 @@ def lowp_dot(dtype: torch.dtype) -> bool:
     return dtype != torch.float32 and not INTERPRET
 
 
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (sizes grids); 8 for CPU tensors (interpreter)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 8
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def num_warps(lowp: bool) -> int:
+    """Warps for a kernel holding 64x64 fp32 tiles: 8 for exact fp32 dots (with 4, ptxas spills
+    ~1 KiB per thread on sm_90, see tests/triton_aot.py), 4 for bf16/fp16 tensor-core dots."""
+    return 4 if lowp else 8
+
+
 def seed_term(seed: int) -> int:
     """seed * 0x9E3779B1 mod 2^32, folded on the host (passed to kernels as an int)."""
     return (int(seed) & 0xFFFFFFFF) * SEED_MUL & 0xFFFFFFFF

@@ -1,25 +1,32 @@
 """Triton op 3: out[O, I] += sum_b (Q_S^T G_b Q_A)^2 = sum_b (g'_b^T a'_b)^2, a' = a Q_A, g' = g Q_S.
 
 The rotations a', g' ([B, T, I], [B, T, O], same size as the inputs) are dense GEMMs left to
-torch/cuBLAS; the kernel then runs one program per (O tile, I tile), looping over b: it builds the
-rotated per-sample tile R_b = g'_b^T a'_b on chip, squares it and accumulates, so [B, O, I] is never
-stored. FLOPs: 2BT(I^2 + O^2) for the rotations + 2BTOI in the kernel.
+torch/cuBLAS; the kernel then runs one program per (O tile, I tile, sample range), looping over
+the samples of its range: it builds the rotated per-sample tile R_b = g'_b^T a'_b on chip, squares
+it and accumulates, so [B, O, I] is never stored. FLOPs: 2BT(I^2 + O^2) for the rotations + 2BTOI
+in the kernel. A head-sized block has few tiles (128 x 512 -> 16), so the samples are cut into S
+ranges until there are 2 programs per SM; the S partial [O, I] sums are added in a fixed order.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from ._common import num_warps, sm_count
+
 
 @triton.jit
-def _lambda_kernel(a_ptr, g_ptr, out_ptr, B, T, I, O,
-                   s_ab, s_at, s_ai, s_gb, s_gt, s_go, s_oo, s_oi,
+def _lambda_kernel(a_ptr, g_ptr, out_ptr, B, T, I, O, B_SPLIT,
+                   s_ab, s_at, s_ai, s_gb, s_gt, s_go, s_os, s_oo, s_oi,
                    BT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     offs_o = tl.program_id(0) * BO + tl.arange(0, BO)
     offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
+    split = tl.program_id(2)
+    b0 = split * B_SPLIT
     acc = tl.zeros((BO, BI), dtype=tl.float32)
-    a_row, g_row = a_ptr, g_ptr  # advanced by pointer steps: 64-bit addresses, no int32 b*stride
-    for b in range(0, B):
+    # advanced by pointer steps: 64-bit addresses, no int32 b*stride
+    a_row, g_row = a_ptr + b0.to(tl.int64) * s_ab, g_ptr + b0.to(tl.int64) * s_gb
+    for b in range(b0, tl.minimum(B, b0 + B_SPLIT)):
         R = tl.zeros((BO, BI), dtype=tl.float32)
         for t0 in range(0, T, BT):
             offs_t = t0 + tl.arange(0, BT)
@@ -32,8 +39,7 @@ def _lambda_kernel(a_ptr, g_ptr, out_ptr, B, T, I, O,
         a_row += s_ab
         g_row += s_gb
     mask = (offs_o[:, None] < O) & (offs_i[None, :] < I)
-    ptrs = out_ptr + offs_o[:, None] * s_oo + offs_i[None, :] * s_oi
-    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + acc, mask=mask)
+    tl.store(out_ptr + split * s_os + offs_o[:, None] * s_oo + offs_i[None, :] * s_oi, acc, mask=mask)
 
 
 def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out):
@@ -44,7 +50,14 @@ def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out):
     gr = torch.matmul(g.float(), Q_S.float())  # [B, T, O] fp32
     BO = max(16, min(64, triton.next_power_of_2(O)))
     BI = max(16, min(64, triton.next_power_of_2(I)))
-    _lambda_kernel[(triton.cdiv(O, BO), triton.cdiv(I, BI))](
-        ar, gr, out, B, T, I, O, *ar.stride(), *gr.stride(), *out.stride(), BT=32, BO=BO, BI=BI,
+    tiles = (triton.cdiv(O, BO), triton.cdiv(I, BI))
+    S = max(1, min(B, triton.cdiv(2 * sm_count(a.device), tiles[0] * tiles[1])))
+    b_split = triton.cdiv(B, S)
+    S = triton.cdiv(B, b_split)
+    part = torch.empty(S, O, I, dtype=torch.float32, device=a.device)
+    _lambda_kernel[(*tiles, S)](
+        ar, gr, part, B, T, I, O, b_split, *ar.stride(), *gr.stride(), *part.stride(), BT=32, BO=BO, BI=BI,
+        num_warps=num_warps(False),  # fp32 rotated operands: exact dots
     )
+    out += part[0] if S == 1 else part.sum(0)
     return out

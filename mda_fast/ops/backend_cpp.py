@@ -1,10 +1,11 @@
 """C++ CPU backend ("cpp"): thin wrappers around the pybind11 extension ``mda_fast._C``.
 
-Every function validates its arguments (device CPU, dtype fp32/bf16/fp16, shapes, finite damping)
-and allocates outputs with torch BEFORE any call into C++; the extension only sees raw addresses,
-shapes and element strides of fp32 buffers. bf16/fp16 inputs are upcast to fp32 here (bf16 matmul
-on this class of CPU is ~100x slower than fp32, so converting once is the fast path); accumulation
-and outputs are fp32. ``a`` and ``g`` may be non-contiguous: their strides go to the kernels as is.
+Every function validates its arguments with ``validate`` (device CPU, dtype fp32/bf16/fp16,
+shapes, finite damping) and allocates outputs with torch BEFORE any call into C++; the extension
+only sees raw addresses, shapes and element strides of fp32 buffers. bf16/fp16 inputs are upcast
+to fp32 here (bf16 matmul on this class of CPU is ~100x slower than fp32, so converting once is the
+fast path); accumulation and outputs are fp32. ``a`` and ``g`` may be non-contiguous: their
+strides go to the kernels as is.
 Threads: ``torch.get_num_threads()`` (so ``torch.set_num_threads`` governs both).
 
 Set ``MDA_FAST_DISABLE_CPP=1`` to make this backend report itself unavailable (tests of the
@@ -13,23 +14,29 @@ torch fallback).
 
 from __future__ import annotations
 
-import math
+import importlib
 import os
+from types import ModuleType
+from typing import Optional
 
 import torch
 
-FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-MASK32 = 0xFFFFFFFF
+from . import validate
 
-try:  # the extension is optional: the package runs its torch paths without it
-    if os.environ.get("MDA_FAST_DISABLE_CPP") == "1":
-        raise ImportError("disabled by MDA_FAST_DISABLE_CPP=1")
-    from mda_fast import _C  # type: ignore[attr-defined]
 
-    _IMPORT_ERROR = ""
-except ImportError as exc:  # not built, or disabled
-    _C = None
-    _IMPORT_ERROR = str(exc)
+def import_extension(name: str) -> tuple[Optional[ModuleType], str]:
+    """(mda_fast.<name>, "") or (None, why not): the compiled extensions are optional, the package
+    runs its torch paths without them."""
+    try:
+        return importlib.import_module(f"mda_fast.{name}"), ""
+    except ImportError as exc:  # not built
+        return None, str(exc)
+
+
+if os.environ.get("MDA_FAST_DISABLE_CPP") == "1":
+    _C, _IMPORT_ERROR = None, "disabled by MDA_FAST_DISABLE_CPP=1"
+else:
+    _C, _IMPORT_ERROR = import_extension("_C")
 
 
 def available() -> tuple[bool, str]:
@@ -40,30 +47,7 @@ def available() -> tuple[bool, str]:
     return True, f"mda_fast._C ({_C.simd_path()}, OpenMP {'on' if _C.openmp else 'off'})"
 
 
-# ---- validation helpers -----------------------------------------------------------------------------
-def _tensor_any(x, name: str, shape: str, ndim: int) -> torch.Tensor:
-    """Type, rank and dtype checks shared with the CUDA backend (any device)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if x.dtype not in FLOATS:
-        raise ValueError(f"{name} must be float32, bfloat16 or float16 (shape {shape}), got {x.dtype}")
-    return x
-
-
-def _tensor(x, name: str, shape: str, ndim: int) -> torch.Tensor:
-    _tensor_any(x, name, shape, ndim)
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} must be a CPU tensor for the cpp backend, got device {x.device}")
-    return x
-
-
-def _shape(x: torch.Tensor, name: str, shape: str, expected: tuple) -> None:
-    if tuple(x.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {shape} = {tuple(expected)}, got {tuple(x.shape)}")
-
-
+# ---- helpers ------------------------------------------------------------------------------------------
 def _f32(x: torch.Tensor) -> torch.Tensor:
     """fp32 view or copy; keeps strides of fp32 tensors (the kernels take strides)."""
     return x if x.dtype == torch.float32 else x.float()
@@ -74,12 +58,8 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 
 
 def _activations(a, g) -> tuple[torch.Tensor, torch.Tensor, int, int, int, int]:
-    _tensor(a, "a", "[B, T, I]", 3)
-    _tensor(g, "g", "[B, T, O]", 3)
-    if g.shape[:2] != a.shape[:2]:
-        raise ValueError(f"g must have shape [B, T, O] with B, T = {tuple(a.shape[:2])} from a, got {tuple(g.shape)}")
-    B, T, I = a.shape
-    return _f32(a), _f32(g), B, T, I, g.shape[2]
+    B, T, I, O = validate.activations(a, g, device_type="cpu")
+    return _f32(a), _f32(g), B, T, I, O
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -87,16 +67,10 @@ def _strides(x: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _projection(P, name: str, dim: int, dimname: str):
-    """(tensor or None, seed, k) for a dense [dim, k] tensor or a SeededProjection (duck-typed)."""
-    if all(hasattr(P, attr) for attr in ("dim", "k", "seed")) and not isinstance(P, torch.Tensor):
-        if int(P.dim) != dim or int(P.k) < 1:
-            raise ValueError(f"{name} must have shape [{dimname}, k] with {dimname} = {dim}, got "
-                             f"SeededProjection(dim={P.dim}, k={P.k})")
-        return None, int(P.seed) & MASK32, int(P.k)
-    _tensor(P, name, f"[{dimname}, k]", 2)
-    if P.shape[0] != dim or P.shape[1] < 1:
-        raise ValueError(f"{name} must have shape [{dimname}, k] with {dimname} = {dim}, k >= 1, got {tuple(P.shape)}")
-    return _dense(P), 0, int(P.shape[1])
+    """(fp32 contiguous tensor or None, seed, k) for a dense [dim, k] CPU tensor or a SeededProjection
+    (duck-typed: anything with ``dim``, ``k`` and ``seed``)."""
+    P, seed, k = validate.projection(P, name, dim, dimname, torch.device("cpu"))
+    return (None if P is None else _dense(P)), seed, k
 
 
 def _threads() -> int:
@@ -150,12 +124,9 @@ def grad_dot_queries(a, g, Q, route: str = "auto") -> torch.Tensor:
     ``route``: "auto" (grad_dot_route's FLOP rule), "factored" or "materialized".
     """
     a, g, B, T, I, O = _activations(a, g)
-    _tensor(Q, "Q", "[n, O, I]", 3)
-    if tuple(Q.shape[1:]) != (O, I):
-        raise ValueError(f"Q must have shape [n, O, I] with O, I = {(O, I)}, got {tuple(Q.shape)}")
+    n = validate.queries(Q, O, I, a.device)
     if route not in ("auto", "factored", "materialized"):
         raise ValueError(f"route must be 'auto', 'factored' or 'materialized', got {route!r}")
-    n = Q.shape[0]
     out = torch.zeros(B, n, dtype=torch.float32)
     if out.numel() == 0 or a.numel() == 0 or g.numel() == 0:
         return out
@@ -186,13 +157,7 @@ def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out, route: str = "auto") -> torch.T
     One G_b per thread at a time; per-thread partial sums are reduced in a fixed order.
     """
     a, g, B, T, I, O = _activations(a, g)
-    _tensor(Q_A, "Q_A", "[I, I]", 2)
-    _tensor(Q_S, "Q_S", "[O, O]", 2)
-    _shape(Q_A, "Q_A", "[I, I]", (I, I))
-    _shape(Q_S, "Q_S", "[O, O]", (O, O))
-    if not isinstance(out, torch.Tensor) or out.device.type != "cpu" or out.dtype != torch.float32:
-        raise ValueError("out must be a float32 CPU tensor of shape [O, I]")
-    _shape(out, "out", "[O, I]", (O, I))
+    validate.lambda_operands(Q_A, Q_S, out, I, O, a.device)
     if route not in ("auto", "inputs", "gradients"):
         raise ValueError(f"route must be 'auto', 'inputs' or 'gradients', got {route!r}")
     if a.numel() == 0 or g.numel() == 0:
@@ -210,43 +175,24 @@ def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out, route: str = "auto") -> torch.T
 
 
 # ---- op 4 ---------------------------------------------------------------------------------------------
-def _kron_block(Q_A, Q_S, lam, V, damping, where: str = ""):
-    _tensor(V, f"{where}V", "[n, O, I]", 3)
-    n, O, I = V.shape
-    _tensor(Q_A, f"{where}Q_A", "[I, I]", 2)
-    _tensor(Q_S, f"{where}Q_S", "[O, O]", 2)
-    _tensor(lam, f"{where}lam", "[O, I]", 2)
-    _shape(Q_A, f"{where}Q_A", "[I, I]", (I, I))
-    _shape(Q_S, f"{where}Q_S", "[O, O]", (O, O))
-    _shape(lam, f"{where}lam", "[O, I]", (O, I))
-    if isinstance(damping, torch.Tensor) and damping.numel() == 1:
-        damping = damping.item()
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not math.isfinite(float(damping)):
-        raise ValueError(f"{where}damping must be a finite real number, got {damping!r}")
-    return _dense(Q_A), _dense(Q_S), _dense(lam), _dense(V), float(damping)
-
-
-def kron_inverse_apply(Q_A, Q_S, lam, V, damping) -> torch.Tensor:
-    """[n, O, I] fp32 = Q_S [(Q_S^T V_q Q_A) / (lam + damping)] Q_A^T for each query q."""
-    return kron_inverse_apply_grouped([(Q_A, Q_S, lam, V, damping)])[0]
-
-
 def kron_inverse_apply_grouped(blocks) -> list[torch.Tensor]:
     """kron_inverse_apply for a list of (Q_A, Q_S, lam, V, damping) blocks of any shapes, in one
     parallel region over all (block, query) pairs. Returns a list of [n, O, I] fp32 tensors."""
-    if not isinstance(blocks, (list, tuple)):
-        raise ValueError("blocks must be a list of (Q_A, Q_S, lam, V, damping) tuples")
+    blocks = validate.kron_blocks(blocks, device_type="cpu")
     dense, outs, args = [], [], []
-    for k, blk in enumerate(blocks):
-        if not isinstance(blk, (list, tuple)) or len(blk) != 5:
-            raise ValueError(f"blocks[{k}] must be a (Q_A, Q_S, lam, V, damping) tuple")
-        QA, QS, lam, V, d = _kron_block(*blk, where=f"blocks[{k}]." if len(blocks) > 1 else "")
+    for blk in blocks:
+        QA, QS, lam, V = (_dense(x) for x in blk[:4])
         n, O, I = V.shape
         out = torch.empty(n, O, I, dtype=torch.float32)
         outs.append(out)
         dense.append((QA, QS, lam, V))  # keep alive until the call returns
         if out.numel():
-            args.append((QA.data_ptr(), QS.data_ptr(), lam.data_ptr(), V.data_ptr(), out.data_ptr(), O, I, n, d))
+            args.append((QA.data_ptr(), QS.data_ptr(), lam.data_ptr(), V.data_ptr(), out.data_ptr(), O, I, n, blk[4]))
     if args:
         _ext().kron_inverse_apply_grouped(args, _threads())
     return outs
+
+
+def kron_inverse_apply(Q_A, Q_S, lam, V, damping) -> torch.Tensor:
+    """[n, O, I] fp32 = Q_S [(Q_S^T V_q Q_A) / (lam + damping)] Q_A^T for each query q."""
+    return kron_inverse_apply_grouped([(Q_A, Q_S, lam, V, damping)])[0]
