@@ -27,10 +27,11 @@ def sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def num_warps(lowp: bool) -> int:
-    """Warps for a kernel holding 64x64 fp32 tiles: 8 for exact fp32 dots (with 4, ptxas spills
-    ~1 KiB per thread on sm_90, see tests/triton_aot.py), 4 for bf16/fp16 tensor-core dots."""
-    return 4 if lowp else 8
+def num_warps(tensor_core: bool) -> int:
+    """Warps for a kernel holding 64x64 fp32 tiles: 4 when its dots are bf16/fp16 tensor-core MMAs,
+    else 8 (exact fp32 dots, or an in-kernel hashed projection: with 4 warps ptxas spilled up to
+    1.3 KiB per thread on sm_80/sm_90; tests/triton_aot.py and test_triton_compile.py check)."""
+    return 4 if tensor_core else 8
 
 
 def seed_term(seed: int) -> int:

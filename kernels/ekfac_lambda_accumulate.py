@@ -56,7 +56,7 @@ def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out):
     S = triton.cdiv(B, b_split)
     part = torch.empty(S, O, I, dtype=torch.float32, device=a.device)
     _lambda_kernel[(*tiles, S)](
-        ar, gr, part, B, T, I, O, b_split, *ar.stride(), *gr.stride(), *part.stride(), BT=32, BO=BO, BI=BI,
+        ar, gr, part, B, T, I, O, b_split, *ar.stride(), *gr.stride(), *part.stride(), BT=16, BO=BO, BI=BI,
         num_warps=num_warps(False),  # fp32 rotated operands: exact dots
     )
     out += part[0] if S == 1 else part.sum(0)

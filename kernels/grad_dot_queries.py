@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import lowp_dot
+from ._common import lowp_dot, num_warps
 
 
 @triton.jit
@@ -49,6 +49,6 @@ def grad_dot_queries(a, g, Q):
     part = torch.empty(B, to * ti, N, dtype=torch.float32, device=a.device)
     _gdq_kernel[(B, to, ti)](
         a, g, Q, part, T, I, O, N, ti, *a.stride(), *g.stride(), *Q.stride(), part.stride(0), part.stride(1),
-        BT=32, BO=BO, BI=BI, LOWP=lowp_dot(a.dtype),
+        BT=32, BO=BO, BI=BI, LOWP=lowp_dot(a.dtype), num_warps=num_warps(lowp_dot(a.dtype)),
     )
     return part.sum(1)

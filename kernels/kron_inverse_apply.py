@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET
+from ._common import INTERPRET, num_warps
 
 _NF = 16  # problem-table fields, see _problems
 
@@ -104,7 +104,8 @@ def kron_inverse_apply_grouped(blocks):
     grid = (len(tiles),)
     stages = ((1, src, src, X, False), (2, X, src, Y, True), (3, src, Y, X, False), (4, X, src, Y, False))
     for stage, A, Bm, C, has_d in stages:
-        _grouped_gemm[grid](A, Bm, C, src, damp, table(stage), tile_t, HAS_D=has_d, BM=BM, BN=BN, BK=BK)
+        _grouped_gemm[grid](A, Bm, C, src, damp, table(stage), tile_t, HAS_D=has_d, BM=BM, BN=BN, BK=BK,
+                            num_warps=num_warps(False))  # fp32 operands: exact dots
     return [Y[c:c + V.numel()].view(V.shape) for c, (_, _, _, V, _) in zip(out_offs, blocks)]
 
 

@@ -74,13 +74,17 @@ def project_per_sample_grad(a, g, P_in, P_out, seeds=(None, None), scale=1.0):
     pin = P_in if P_in is not None else part  # unused pointer when the projection is seeded
     pout = P_out if P_out is not None else part
     lowp = lowp_dot(a.dtype)
+    dense = P_in is not None and P_out is not None
+    # Tile depth and warps from tests/triton_aot.py (no spills on sm_80/sm_90): the in-kernel hash of a
+    # seeded P and exact fp32 dots both need short BD and 8 warps; bf16 x dense P runs BD=64, 4 warps.
+    fast = lowp and dense
     _ppsg_kernel[(B, S, tiles)](
         a, g, pin, pout, part, T, I, O, KI, KO, t_split, n_ki,
         *a.stride(), *g.stride(),
         pin.stride(0), pin.stride(1), pout.stride(0), pout.stride(1), *part.stride(),
         seed_term(seed_in[0]) if P_in is None else 0, seed_term(seed_out[0]) if P_out is None else 0,
         float(scale),
-        SEEDED_IN=P_in is None, SEEDED_OUT=P_out is None, BT=BT, BD=64 if lowp else 16, BKI=BKI, BKO=BKO, LOWP=lowp,
-        num_warps=num_warps(lowp),
+        SEEDED_IN=P_in is None, SEEDED_OUT=P_out is None, BT=BT, BD=64 if fast else 16, BKI=BKI, BKO=BKO, LOWP=lowp,
+        num_warps=num_warps(fast),
     )
     return part[:, 0] if S == 1 else part.sum(1)

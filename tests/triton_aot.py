@@ -6,7 +6,7 @@ recorder, so what gets compiled is exactly what the launcher would launch: same 
 with ``triton.compile`` and reported: registers per thread, spilled bytes, shared memory, whether
 the PTX uses tensor-core MMA, and the grid (programs launched).
 
-    python tests/triton_aot.py --arch 90        # table for sm_90 (H100/H200)
+    python tests/triton_aot.py --arch 80 --arch 90    # table for sm_80 (A100) and sm_90 (H100/H200)
 
 Must run without TRITON_INTERPRET=1 (the interpreter replaces the JIT functions); tests call it in a
 subprocess for that reason.
@@ -145,23 +145,23 @@ _KERNEL_MODULES = {
 }
 
 
-def compile_all(arch: int) -> list[Compiled]:
-    seen, out = set(), []
+def compile_all(archs: list[int]) -> list[Compiled]:
+    seen, unique = set(), []
     for launch in record_launches():
         key = (launch.kernel, *(json.dumps(d, sort_keys=True) for d in (launch.signature, launch.constexprs, launch.options)))
-        if key in seen:  # the same specialization launched twice (e.g. op 4's four stages)
-            continue
-        seen.add(key)
-        out.append(compile_launch(launch, arch))
-    return out
+        if key not in seen:  # the same specialization launched twice (e.g. op 4's four stages) compiles once
+            seen.add(key)
+            unique.append(launch)
+    return [compile_launch(launch, arch) for arch in archs for launch in unique]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (80 = A100, 90 = H100/H200)")
+    ap.add_argument("--arch", type=int, action="append",
+                    help="compute capability x10 (80 = A100, 90 = H100/H200); repeatable; default 90")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = ap.parse_args(argv)
-    rows = compile_all(args.arch)
+    rows = compile_all(args.arch or [90])
     if args.json:
         print(json.dumps([asdict(r) for r in rows]))
         return 0
