@@ -69,6 +69,22 @@ def rowwise_score(attn: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
     return (mass * rows[:, None]).sum(-1) / rows.sum(-1, keepdim=True).float()
 
 
+# ---------------------------------------------------------------- by position on repeated data
+def repeat_scores(attn: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefix_matching [H], previous [H]) of attention [B, H, 2S, 2S] on S tokens repeated twice.
+
+    By position, not token match (in-half repeats do not count): prefix_matching = mean attention
+    from t in [S, 2S) to t - S + 1; previous = mean attention from t >= 1 to t - 1, i.e. the
+    per-row form (head_scores' "mul" previous_token is this x (T-1)/T). Means over batch and rows.
+    Takes attentions, not a model, so the retraining tracker (intervene/track.py) reuses the
+    forward pass it already runs for its probe.
+    """
+    S = int(half)
+    q = torch.arange(S, 2 * S, device=attn.device)
+    t = torch.arange(1, 2 * S, device=attn.device)
+    return attn[:, :, q, q - S + 1].float().mean(dim=(0, 2)), attn[:, :, t, t - 1].float().mean(dim=(0, 2))
+
+
 # ---------------------------------------------------------------- running the model
 @contextlib.contextmanager
 def eager_attention(model):
@@ -259,9 +275,7 @@ def induction_scores(model, n: int = 32, S: int = 32, low: int = 2, high: int | 
     high = default_vocab_high(model) if high is None else high
     tokens = make_data(n, 2 * S, low, high, seed)
     _check_tokens(model, tokens)
-    t = torch.arange(S, 2 * S)
-    rows = [att[:, :, t, t - S + 1].float().mean(dim=(0, 2)).cpu() for att in attentions(model, tokens)]
-    return torch.stack(rows)
+    return torch.stack([repeat_scores(att, S)[0].cpu() for att in attentions(model, tokens)])
 
 
 def icl_score(model, tokens: torch.Tensor, early: int = 50, late: int = 500, batch_size: int = 8) -> float:
@@ -288,5 +302,5 @@ def icl_score(model, tokens: torch.Tensor, early: int = 50, late: int = 500, bat
 
 
 __all__ = ["HeadScores", "head_scores", "induction_scores", "icl_score", "attentions", "mul_score",
-           "rowwise_score", "previous_token_pattern", "duplicate_token_pattern", "induction_pattern",
-           "SCORE_NAMES", "eager_attention"]
+           "rowwise_score", "repeat_scores", "previous_token_pattern", "duplicate_token_pattern",
+           "induction_pattern", "SCORE_NAMES", "eager_attention"]

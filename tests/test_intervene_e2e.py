@@ -1,6 +1,8 @@
 """run_experiment end to end on a tiny model, its validation errors (before any training), the CLI."""
 
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -46,6 +48,28 @@ def test_run_experiment_tiny(setup):
     run_experiment(out, ck, data, scores, (2, 6), plans=plans[:2], seeds=(0,), cadence=2, end_step=7,
                    threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False, report=False)
     assert (out / "runs/delete/seed0/curve.json").stat().st_mtime_ns == stamp
+    # ... also with the scores and synthetic rows copied elsewhere: runs are keyed by content, not paths
+    moved = d / "moved"
+    shutil.copytree(scores, moved / "scores")
+    for f in d.glob("syn.*"):
+        shutil.copy(f, moved / f.name)
+    done = {c: (out / f"runs/{c}/seed0/curve.json").stat().st_mtime_ns for c in ("delete", "insert-synthetic")}
+    moved_plans = plans[:3] + [f"insert-synthetic:path={moved / 'syn'},per_step=2"]
+    run_experiment(out, ck, data, moved / "scores", (2, 6), plans=moved_plans, seeds=(0,), cadence=2, end_step=7,
+                   threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False, report=False)
+    assert {c: (out / f"runs/{c}/seed0/curve.json").stat().st_mtime_ns for c in done} == done
+    # ... also a run stamped with the fingerprint used before content keys (it is re-stamped)
+    curve = out / "runs/delete/seed0/curve.json"
+    plan, cfg = json.loads((out / "plans/delete-seed0.json").read_text()), json.loads((out / "config.json").read_text())
+    settings = (7, 2, cfg["shuffle_block"], cfg["optim"], 4, 6, 4)
+    old_key = hashlib.sha1(json.dumps([plan, settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    curve.write_text(json.dumps({**json.loads(curve.read_text()), "fingerprint": old_key}))
+    trained = (out / "runs/delete/seed0/train/metrics.jsonl").stat().st_mtime_ns
+    run_experiment(out, ck, data, scores, (2, 6), plans=plans[:2], seeds=(0,), cadence=2, end_step=7,
+                   threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False, report=False)
+    assert (out / "runs/delete/seed0/train/metrics.jsonl").stat().st_mtime_ns == trained
+    assert json.loads(curve.read_text())["fingerprint"] not in (old_key, None)
+    stamp = curve.stat().st_mtime_ns
     # ... but a changed plan is
     run_experiment(out, ck, data, scores, (2, 6), plans=["baseline", "delete:top=50%"], seeds=(0,), cadence=2,
                    end_step=7, threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None, analyze=False,

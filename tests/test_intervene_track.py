@@ -76,7 +76,47 @@ def test_tracker_records_cadence_and_matches_attention():
         tr.on_step_end(s, m, {})
     c = tr.curve()
     assert c["steps"] == [0, 5, 10, 12]
-    att = m(input_ids=toks, output_attentions=True).attentions[1][:, 2]
+    with torch.no_grad():
+        out = m(input_ids=toks, output_attentions=True)
+        ce = torch.nn.functional.cross_entropy(m(input_ids=held[:, :-1]).logits.transpose(1, 2), held[:, 1:],
+                                               reduction="none")
+    att = out.attentions[1][:, 2]
+    # the definitions the tracker has always used (merging it into heads.py must not move them)
     want = np.mean([att[:, t, t - 5].mean().item() for t in range(6, 12)])
     assert c["induction"][0] == pytest.approx(want, rel=1e-5)
+    assert c["prev_token"][0] == pytest.approx(np.mean([att[:, t, t - 1].mean().item() for t in range(1, 12)]), rel=1e-5)
+    logp = out.logits[:, 6:11].log_softmax(-1).gather(-1, toks[:, 7:12, None])
+    assert c["probe"][0] == pytest.approx(logp.mean().item(), rel=1e-5)
+    early, late = icl_positions(20)
+    assert c["icl"][0] == pytest.approx((ce[:, late] - ce[:, early]).mean().item(), rel=1e-4, abs=1e-6)
     assert all(np.isfinite(c["icl"])) and all(v < 0 for v in c["probe"])
+
+
+def test_tracker_scores_are_heads_scores():
+    """One implementation: the tracker scores with mda_fast.heads and matches its front doors."""
+    from transformers import AutoModelForCausalLM
+
+    from mda_fast import heads
+    from mda_fast.intervene import track
+    from mda_fast.models.configs import tiny_neox_config
+    from mda_fast.probes import make_data
+
+    assert track.repeat_scores is heads.repeat_scores and track.icl_score is heads.icl_score
+    torch.manual_seed(1)
+    m = AutoModelForCausalLM.from_config(tiny_neox_config(vocab_size=257, hidden_size=32, intermediate_size=64),
+                                         attn_implementation="eager").eval()
+    n, S, low, high, seed = 5, 8, 32, 127, 3
+    toks = repeated_random_tokens(n, S, low, high, seed)
+    assert torch.equal(toks, make_data(n, 2 * S, low, high, seed))
+    held = torch.randint(32, 127, (3, 40), generator=torch.Generator().manual_seed(0))
+    point = Tracker((1, 2), toks, held, cadence=1).measure(m, 0)
+    ind = heads.induction_scores(m, n=n, S=S, low=low, high=high, seed=seed).numpy()
+    T = 2 * S                                 # head_scores' "mul" previous_token = per-row mean x (T-1)/T
+    prev = heads.head_scores(m, tokens=toks).scores["previous_token"] * T / (T - 1)
+    assert point["induction"] == pytest.approx(ind[1, 2], rel=1e-6)
+    assert point["prev_token"] == pytest.approx(prev[1, 2], rel=1e-5)
+    every = track.all_head_scores(m, toks)
+    np.testing.assert_allclose(every["induction"], ind, rtol=1e-6)
+    np.testing.assert_allclose(every["prev_token"], prev, rtol=1e-5)
+    early, late = icl_positions(held.shape[1])   # prediction i is token i + 1 in heads.icl_score's terms
+    assert point["icl"] == pytest.approx(heads.icl_score(m, held, early=early + 1, late=late + 1), rel=1e-6)

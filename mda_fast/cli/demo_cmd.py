@@ -40,6 +40,7 @@ def cmd_demo(args) -> int:
 
         res = run_demo_experiment(f"{args.out}/experiment", demo_dir=args.out, seeds=tuple(range(args.seeds)))
         print(format_emergence(res))
+        print(f"experiment: {args.out}/experiment/summary.json, curves.png, report.html")
     return 0
 
 

@@ -1,7 +1,11 @@
 """The demo's causal-validation experiment in one call (issue 5, "the experiment to reproduce").
 
     from mda_fast.intervene.demo_exp import run_demo_experiment
-    run_demo_experiment("runs/demo-intervene")          # trains the demo first if needed
+    run_demo_experiment("runs/demo-intervene")          # trains the demo first if needed (into ./demo)
+    run_demo_experiment("demo_out/experiment", demo_dir="demo_out")   # what `mda demo --experiment` runs
+
+``out`` is the experiment directory itself (the layout of ``experiment.py``, plus the synthetic
+rows ``synthetic.bin/.idx`` and, for a window other than the demo's, its ``scores/``).
 
 Steps: (1) the embedded demo run (``mda_fast.demo.train_demo``) gives checkpoints and the best
 last-layer induction head with its formation window [a, b) (checkpoint steps where the score goes
@@ -34,6 +38,7 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
     from mda_fast.intervene.experiment import run_experiment
 
     out = Path(out)
+    _adopt_nested_run(out)
     demo_dir = Path(demo_dir) if demo_dir else out / "demo"
     info_path = demo_dir / "induction.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else run_demo_training(demo_dir)
@@ -65,7 +70,20 @@ def run_demo_experiment(out, demo_dir=None, seeds=(0, 1, 2), top: str = "10%", m
         write_synthetic(out / "synthetic", n, cfg.seq_len, seed=0)
         plans.append(f"insert-synthetic:path={out / 'synthetic'}")
     del table                                   # scored (or reused) on disk; run_experiment reloads it
-    return run_experiment(out / "experiment", ck, source, scores_dir, (a, b), plans=plans, seeds=seeds,
+    return run_experiment(out, ck, source, scores_dir, (a, b), plans=plans, seeds=seeds,
                           cadence=cadence or max(1, (end - a) // 40), end_step=end, unit=unit,
                           metric=TRACK_METRIC[info.get("metric", "induction")],
                           threshold=threshold, log=log)
+
+
+def _adopt_nested_run(out: Path) -> None:
+    """Move a run made when the experiment went to ``out/experiment/`` (a path joined twice) up
+    into ``out``, so re-running resumes it instead of retraining every condition."""
+    nested = out / "experiment"
+    if not (nested / "config.json").is_file() or (out / "config.json").is_file():
+        return
+    for p in nested.iterdir():
+        if not (out / p.name).exists():
+            p.rename(out / p.name)
+    if not any(nested.iterdir()):
+        nested.rmdir()

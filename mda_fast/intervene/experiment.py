@@ -4,7 +4,8 @@ Experiment directory::
 
     config.json                  the arguments (resolved)
     plans/<cond>-seed<k>.json    resolved row ids of each plan
-    runs/<cond>/seed<k>/curve.json (+ metrics.jsonl)   a finished run is skipped when re-run
+    runs/<cond>/seed<k>/curve.json (+ metrics.jsonl)   a finished run is skipped when re-run with the
+                                 same inputs (content, not paths: fingerprint.py)
     curves.json, curves.png      all tracked curves
     heads.json                   all heads' induction/previous-token scores at the window's end
     kinds.json, kinds.png        data-kind enrichment of the top rows (``analyze=True``)
@@ -16,8 +17,6 @@ Everything that can be wrong with the inputs is checked before the first trainin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
+from mda_fast.intervene.fingerprint import legacy_fingerprint, run_fingerprint
 from mda_fast.intervene.io import read_json, write_json
 from mda_fast.intervene.plans import PlanSpec, build_plan, parse_plan_spec
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint, retrain
@@ -42,12 +42,6 @@ def _specs(plans) -> list[PlanSpec]:
     if dup:
         raise ConfigError(f"plans {sorted(dup)} appear twice; give them distinct name=... options")
     return specs
-
-
-def _fingerprint(plan, *settings) -> str:
-    """Identity of a run: a finished run is reused only when plan and settings are unchanged."""
-    blob = json.dumps([plan.to_json(), settings], sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def _heldout(source, rps: int, end: int, n: int, window_start: int) -> tuple[torch.Tensor | None, str]:
@@ -156,9 +150,14 @@ def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_P
             run_dir = out / "runs" / name / f"seed{s}"
             done = run_dir / "curve.json"
             plan, syn = resolved[(name, s)]
-            key = _fingerprint(plan, end, cadence, shuffle_block, optim_cfg.to_dict(), probe_n, probe_len, heldout)
-            if done.is_file() and read_json(done).get("fingerprint") == key:
-                curves.setdefault(name, {})[str(s)] = read_json(done)
+            settings = (end, cadence, shuffle_block, optim_cfg.to_dict(), probe_n, probe_len, heldout)
+            key = run_fingerprint(plan, syn, *settings)
+            prev = read_json(done) if done.is_file() else {}
+            if prev.get("fingerprint") in (key, legacy_fingerprint(plan, *settings)):
+                if prev["fingerprint"] != key:              # re-stamp an older run with its content key
+                    prev["fingerprint"] = key
+                    write_json(done, prev)
+                curves.setdefault(name, {})[str(s)] = prev
                 continue
             tracker = Tracker(unit, probe_tokens, held, cadence, end_step=end)
             t0 = time.perf_counter()

@@ -12,8 +12,10 @@ it measures, with the model in eval mode and no grad:
   an early one (500 and 50 for 2048-token rows, scaled to the row length), negative = in-context
   learning helps.
 
-The tracking data (random sequences, held-out rows) is fixed by ``data_seed`` and is the same for
-every condition and seed, so curves are comparable point by point.
+The scores come from :mod:`mda_fast.heads` (``repeat_scores``, ``icl_score``), one implementation
+for ``mda heads``, the demo and this tracker; only the probe is the tracker's own. The tracking
+data (random sequences, held-out rows) is fixed by ``data_seed`` and is the same for every
+condition and seed, so curves are comparable point by point.
 
 :func:`emergence` finds the step a curve first crosses a threshold (linear interpolation between
 measurements) and the step of steepest rise.
@@ -27,14 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mda_fast.heads import icl_score, repeat_scores
+from mda_fast.probes import make_data
+
 METRICS = ("induction", "prev_token", "probe", "icl")
 
 
 def repeated_random_tokens(n: int, half: int, low: int, high: int, seed: int) -> torch.Tensor:
-    """LongTensor[n, 2 * half]: ``half`` random tokens in [low, high) repeated once."""
-    g = torch.Generator().manual_seed(seed)
-    first = torch.randint(low, high, (n, half), generator=g)
-    return torch.cat([first, first], dim=1)
+    """LongTensor[n, 2 * half]: ``half`` random tokens in [low, high) repeated once (probes.make_data)."""
+    return make_data(n, 2 * half, low, high, seed)
 
 
 def default_token_range(vocab_size: int) -> tuple[int, int]:
@@ -51,43 +54,32 @@ def icl_positions(seq_len: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def head_scores(model, tokens: torch.Tensor, layer: int, head: int) -> dict:
-    """{"induction", "prev_token", "probe"} of one head on repeated random sequences [n, 2S]."""
+def unit_scores(model, tokens: torch.Tensor, layer: int, head: int) -> dict:
+    """{"induction", "prev_token", "probe"} of one head on repeated random sequences [n, 2S].
+
+    One forward gives both the attention (scored by ``heads.repeat_scores``) and the logits of
+    the probe: mean log p of the repeated token over the second half (predicts tokens S+1 .. 2S-1).
+    """
     out = model(input_ids=tokens, output_attentions=True)
-    att = out.attentions[layer][:, head].float()                    # [n, 2S, 2S]
     S = tokens.shape[1] // 2
-    q = torch.arange(S, 2 * S)
-    induction = att[:, q, q - S + 1].mean().item()
-    t = torch.arange(1, 2 * S)
-    prev = att[:, t, t - 1].mean().item()
-    logp = F.log_softmax(out.logits[:, S:2 * S - 1].float(), dim=-1)   # predicts tokens S+1 .. 2S-1
+    induction, prev = repeat_scores(out.attentions[layer][:, head:head + 1], S)
+    logp = F.log_softmax(out.logits[:, S:2 * S - 1].float(), dim=-1)
     probe = logp.gather(-1, tokens[:, S + 1:, None]).mean().item()
-    return {"induction": induction, "prev_token": prev, "probe": probe}
+    return {"induction": induction.item(), "prev_token": prev.item(), "probe": probe}
 
 
 @torch.no_grad()
 def all_head_scores(model, tokens: torch.Tensor) -> dict:
     """Induction and previous-token scores of every head: {"induction": [[...] per layer], ...}."""
     out = model(input_ids=tokens, output_attentions=True)
-    S = tokens.shape[1] // 2
-    q = torch.arange(S, 2 * S)
-    t = torch.arange(1, 2 * S)
-    ind, prev = [], []
-    for att in out.attentions:                                       # [n, H, 2S, 2S]
-        att = att.float()
-        ind.append(att[:, :, q, q - S + 1].mean(dim=(0, 2)).tolist())
-        prev.append(att[:, :, t, t - 1].mean(dim=(0, 2)).tolist())
-    return {"induction": ind, "prev_token": prev}
+    pairs = [repeat_scores(att, tokens.shape[1] // 2) for att in out.attentions]
+    return {"induction": [i.tolist() for i, _ in pairs], "prev_token": [p.tolist() for _, p in pairs]}
 
 
-@torch.no_grad()
-def icl_score(model, rows: torch.Tensor, positions: tuple[int, int] | None = None) -> float:
-    """Mean over rows [n, L] of CE at the late prediction minus CE at the early one."""
-    early, late = positions or icl_positions(rows.shape[1])
-    logits = model(input_ids=rows[:, :-1]).logits.float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1),
-                         reduction="none").view(rows.shape[0], -1)
-    return (ce[:, late] - ce[:, early]).mean().item()
+def heldout_icl(model, rows: torch.Tensor) -> float:
+    """ICL score of rows [n, L] at :func:`icl_positions` (prediction i is token i + 1), one batch."""
+    early, late = icl_positions(rows.shape[1])
+    return icl_score(model, rows, early=early + 1, late=late + 1, batch_size=max(1, len(rows)))
 
 
 class Tracker:
@@ -111,14 +103,14 @@ class Tracker:
         was_training = model.training
         model.eval()
         dev = next(model.parameters()).device
-        parts = [head_scores(model, self.probe_tokens[i:i + self.batch].to(dev), self.layer, self.head)
+        parts = [unit_scores(model, self.probe_tokens[i:i + self.batch].to(dev), self.layer, self.head)
                  for i in range(0, len(self.probe_tokens), self.batch)]
         w = [min(self.batch, len(self.probe_tokens) - i) for i in range(0, len(self.probe_tokens), self.batch)]
         point = {"step": int(step)}
         for k in ("induction", "prev_token", "probe"):
             point[k] = float(np.average([p[k] for p in parts], weights=w))
         if self.heldout is not None and len(self.heldout):
-            point["icl"] = icl_score(model, self.heldout.to(dev))
+            point["icl"] = heldout_icl(model, self.heldout.to(dev))
         else:
             point["icl"] = float("nan")
         if was_training:
