@@ -88,7 +88,7 @@ def machine():
 def run(benchmark, machine):
     """run(fn, flops, **info): benchmark fn (pedantic, few rounds), record GFLOP/s and % of peak."""
 
-    def _run(fn, flops, rounds=3, **info):
+    def _run(fn, flops, rounds=5, **info):
         def call():
             fn()
             _sync()

@@ -27,24 +27,27 @@ static void per_sample_grad(View3 a, View3 g, int64_t b, int64_t t0, int64_t t1,
   }
 }
 
-// Materialized route, fused: G_b is built one [ob, ib] tile at a time for a group of samples and
+// Materialized route, fused: G_b is built one [rows, ib] tile at a time for a group of samples and
 // contracted with the same tile of every query while it is in L2. Neither [B, O, I] nor a whole
 // G_b is ever written, and Q streams from memory once per sample group instead of once per sample
-// (at 70m-layer shapes Q is 25 MB: re-reading it per sample cost ~30%). A task owns ob rows of O
-// and walks the column tiles of NC, whose packed input block (T x ib) stays in L2. Partial sums are kept per task and added
-// in task order, so the result does not depend on the thread count.
+// (at 70m-layer shapes Q is 25 MB: re-reading it per sample cost ~30%). A task owns a range of
+// MR-row strips of O and walks the column tiles of NC, whose packed input block (T x ib) stays in
+// L2. Partial sums are kept per task and added in task order, so the result does not depend on
+// the thread count.
 static void grad_dot_materialized(View3 a, View3 g, int64_t B, int64_t T, int64_t I, int64_t O,
                                   const float* Q, int64_t n, float* out, int nthreads) {
   const int64_t OI = O * I, Tp = std::max<int64_t>(T, 1);
   // Samples per group: their packed inputs (T x I each) stay under 64 MiB.
   const int64_t group = std::clamp<int64_t>((int64_t{16} << 20) / (Tp * I), 1, std::min<int64_t>(B, 8));
   const int64_t ib = std::min(I, NC), ni = (I + ib - 1) / ib;
-  // Rows per task: the group's G tiles fill ~256 KiB (half of a Zen L2), a multiple of MR, and
-  // at least one task per thread.
-  const int64_t oblocks = (O + MR - 1) / MR;
-  int64_t ob = std::max<int64_t>(1, ((int64_t{64} << 10) / (group * ib)) / MR);
-  ob = std::min(ob, std::max<int64_t>(1, oblocks / nthreads)) * MR;
-  const int64_t ntasks = (O + ob - 1) / ob;
+  // Tasks: enough that the group's G tiles of one task fit ~256 KiB (half of a Zen L2), rounded up
+  // to a multiple of the threads, strips dealt out evenly (O=128 on 2 threads: 5,6,5,6 strips, not
+  // 10,10,2, which left one thread idle half the time).
+  const int64_t strips = (O + MR - 1) / MR;
+  const int64_t budget = std::max<int64_t>(1, ((int64_t{64} << 10) / (group * ib)) / MR);
+  int64_t ntasks = (strips + budget - 1) / budget;
+  ntasks = std::min(strips, (ntasks + nthreads - 1) / nthreads * nthreads);
+  const int64_t ob = (strips + ntasks - 1) / ntasks * MR;  // most rows of one task
   std::vector<float> part(static_cast<size_t>(ntasks * B * n));
   std::vector<PackedB> pa(static_cast<size_t>(group * ni));  // [sample][column tile]
   for (int64_t b0 = 0; b0 < B; b0 += group) {
@@ -59,7 +62,7 @@ static void grad_dot_materialized(View3 a, View3 g, int64_t B, int64_t T, int64_
       std::vector<float> tiles(static_cast<size_t>(bc * ob * ib));
 #pragma omp for schedule(static)
       for (int64_t task = 0; task < ntasks; ++task) {
-        const int64_t o0 = task * ob, rows = std::min(ob, O - o0);
+        const int64_t o0 = strips * task / ntasks * MR, rows = std::min(O, strips * (task + 1) / ntasks * MR) - o0;
         float* acc = part.data() + task * B * n;
         for (int64_t ti = 0; ti < ni; ++ti) {
           const int64_t i0 = ti * ib, cols = std::min(ib, I - i0);
