@@ -43,5 +43,16 @@ def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
 
 
 def test_auto_on_cpu_never_picks_the_interpreter():
-    mod = dispatch._pick("grad_dot_queries", "auto", torch.device("cpu"), False)
+    mod = dispatch._pick("grad_dot_queries", "auto", torch.device("cpu"), False, (8, 1536, 512))
     assert mod.__name__.endswith(("reference", "backend_cpp"))
+
+
+def test_cpu_op2_routing_follows_the_l3_rule(monkeypatch):
+    if not dispatch._load("cpp")[1]:
+        pytest.skip("C++ extension not built")
+    pick = lambda shape: dispatch._pick("grad_dot_queries", "auto", torch.device("cpu"), False, shape).__name__
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert pick((8, 1536, 512)).endswith("backend_cpp")  # 25 MB of queries: > L3
+    assert pick((8, 128, 512)).endswith("reference")     # 2 MB: fits
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert pick((8, 1536, 512)).endswith("reference")

@@ -6,7 +6,7 @@ Backends are modules exposing ``available() -> (bool, reason)`` and the five op 
 non-contiguous and of dtype fp32/bf16/fp16; projections as tensors or SeededProjection.
 
 Auto choice: CUDA tensors -> triton, else cuda, else torch. CPU tensors -> cpp where
-``CPU_PREFERS_CPP[op]`` (set from benchmarks/RESULTS.md), else torch. The Triton interpreter
+``CPU_PREFERS_CPP[op]`` says so (measured, benchmarks/RESULTS.md), else torch. The Triton interpreter
 (TRITON_INTERPRET=1) runs CPU tensors only when asked for by name (tests).
 """
 
@@ -21,15 +21,26 @@ from . import reference, validate
 
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 _MODULES = {"cpp": ".backend_cpp", "cuda": ".backend_cuda", "triton": ".backend_triton"}
-# Per op: use the C++ backend for CPU tensors when it is built; from benchmarks/RESULTS.md
-# (noisy run: revisit on an idle machine).
+# CPU routing, from benchmarks/RESULTS.md (2026-11-24, 1 and 2 threads, quiet machine). Ops 2-4 are
+# GEMM-bound and MKL runs them at 85-100% of peak, as does our C++; cpp is chosen only where it was
+# ahead in both runs. A callable decides per call from (n, O, I).
 CPU_PREFERS_CPP = {
-    "project_per_sample_grad": True,
-    "grad_dot_queries": False,
-    "ekfac_lambda_accumulate": True,
-    "kron_inverse_apply": True,
-    "kron_inverse_apply_grouped": True,
+    "project_per_sample_grad": True,       # 1.05-1.11x torch at 2 threads, 1.0-1.2x at 1
+    "grad_dot_queries": lambda n, O, I: _op2_q_outgrows_l3(n, O, I),
+    "ekfac_lambda_accumulate": False,      # 0.93-1.0x torch at 2 threads (ties at 1)
+    "kron_inverse_apply": False,           # 0.95-1.0x torch at 2 threads (ties at 1)
+    "kron_inverse_apply_grouped": True,    # one parallel region over all blocks: 1.01-1.08x
 }
+L3_BYTES = 8 << 20  # this CPU's last-level cache; a larger one only moves the crossover
+
+
+def _op2_q_outgrows_l3(n: int, O: int, I: int) -> bool:
+    """C++ op 2 streams the queries once per group of samples, torch's materialized route once per
+    sample: it pays off (1.09-1.17x torch, 2 threads) once Q's 4*n*O*I bytes no longer fit in L3,
+    and ties or loses (0.90-1.0x) below that, or with one thread (no second core to hide the dots)."""
+    return torch.get_num_threads() > 1 and 4 * n * O * I > L3_BYTES
+
+
 _cache: dict[str, tuple[object, bool, str]] = {}
 
 
@@ -70,7 +81,7 @@ def available_backends(device="cpu") -> list[str]:
     return [n for n in order if _device_ok(n, dt) and _load(n)[1]]
 
 
-def _pick(op: str, backend: str, device: torch.device, empty: bool):
+def _pick(op: str, backend: str, device: torch.device, empty: bool, shape: tuple = ()):
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     if backend == "auto":
@@ -79,7 +90,8 @@ def _pick(op: str, backend: str, device: torch.device, empty: bool):
         if device.type == "cuda":
             choices = ("triton", "cuda")
         else:
-            choices = ("cpp",) if CPU_PREFERS_CPP.get(op, False) else ()
+            prefer = CPU_PREFERS_CPP.get(op, False)
+            choices = ("cpp",) if (prefer(*shape) if callable(prefer) else prefer) else ()
         for name in choices:
             mod, ok, _ = _load(name)
             if ok:
@@ -113,8 +125,8 @@ def grad_dot_queries(a, g, Q, *, backend: str = "auto") -> torch.Tensor:
     there); the compiled backends compute G_b tiles on chip and contract them with Q directly.
     """
     B, T, I, O = validate.activations(a, g, same_dtype=True)
-    validate.queries(Q, O, I, a.device)
-    mod = _pick("grad_dot_queries", backend, a.device, a.numel() == 0 or Q.numel() == 0)
+    n = validate.queries(Q, O, I, a.device)
+    mod = _pick("grad_dot_queries", backend, a.device, a.numel() == 0 or Q.numel() == 0, (n, O, I))
     return mod.grad_dot_queries(a, g, Q)
 
 
