@@ -4,6 +4,8 @@ fp32 accumulates over at most a few hundred terms; low-precision inputs are roun
 the float64 oracle, but GPU kernels may also round an explicit fp32 projection to the input dtype.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -37,3 +39,27 @@ def inputs(B, T, I, O, dtype=torch.float32, noncontig=False, device="cpu"):
     else:
         a, g = torch.randn(B, T, I, generator=gen), torch.randn(B, T, O, generator=gen)
     return a.to(device=device, dtype=dtype), g.to(device=device, dtype=dtype)
+
+
+def hash_entry(seed: int, i: int, j: int, k: int) -> float:
+    """The ARCHITECTURE.md projection hash in plain Python ints (independent of every backend)."""
+    M = 0xFFFFFFFF
+    h = (seed * 0x9E3779B1 + i * 0x85EBCA77 + j * 0xC2B2AE3D) & M
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & M
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & M
+    h ^= h >> 16
+    return (1.0 if h & 1 else -1.0) / math.sqrt(k)
+
+
+class Seeded:
+    """Duck-typed like mda_fast.ops.projection.SeededProjection (what the compiled backends accept),
+    with ``dense()``: the float64 [dim, k] matrix from hash_entry."""
+
+    def __init__(self, dim, k, seed):
+        self.dim, self.k, self.seed = dim, k, seed
+
+    def dense(self) -> torch.Tensor:
+        return torch.tensor([[hash_entry(self.seed, i, j, self.k) for j in range(self.k)]
+                             for i in range(self.dim)], dtype=torch.float64)

@@ -3,7 +3,6 @@ refused in Python before any C++ call, and the package falls back to torch witho
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -12,29 +11,9 @@ import pytest
 import torch
 
 from mda_fast.ops import backend_cpp
+from op_cases import Seeded
 
 needs_ext = pytest.mark.skipif(not backend_cpp.available()[0], reason=backend_cpp.available()[1])
-
-
-def _hash_entry(seed: int, i: int, j: int, k: int) -> float:
-    """The ARCHITECTURE.md projection hash in plain Python ints (independent of every backend)."""
-    M = 0xFFFFFFFF
-    h = (seed * 0x9E3779B1 + i * 0x85EBCA77 + j * 0xC2B2AE3D) & M
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & M
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & M
-    h ^= h >> 16
-    return (1.0 if h & 1 else -1.0) / math.sqrt(k)
-
-
-class Seeded:  # duck-typed like mda_fast.ops.projection.SeededProjection
-    def __init__(self, dim, k, seed):
-        self.dim, self.k, self.seed = dim, k, seed
-
-    def dense(self) -> torch.Tensor:
-        return torch.tensor([[_hash_entry(self.seed, i, j, self.k) for j in range(self.k)]
-                             for i in range(self.dim)], dtype=torch.float64)
 
 
 def _close(x, ref, tol):

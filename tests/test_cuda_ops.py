@@ -7,34 +7,12 @@ import pytest
 import torch
 
 from mda_fast.ops import backend_cuda
+from op_cases import Seeded
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not backend_cuda.available()[0], reason=backend_cuda.available()[1]),
 ]
-
-
-class Seeded:
-    def __init__(self, dim, k, seed):
-        self.dim, self.k, self.seed = dim, k, seed
-
-
-def _seeded_dense(dim, k, seed):
-    """The ARCHITECTURE.md projection hash in plain Python ints (independent of the kernels)."""
-    M = 0xFFFFFFFF
-    rows = []
-    for i in range(dim):
-        row = []
-        for j in range(k):
-            h = (seed * 0x9E3779B1 + i * 0x85EBCA77 + j * 0xC2B2AE3D) & M
-            h ^= h >> 16
-            h = (h * 0x7FEB352D) & M
-            h ^= h >> 15
-            h = (h * 0x846CA68B) & M
-            h ^= h >> 16
-            row.append((1.0 if h & 1 else -1.0) / k**0.5)
-        rows.append(row)
-    return torch.tensor(rows, dtype=torch.float64)
 
 
 def _close(x, ref, tol):
@@ -60,7 +38,7 @@ def test_cuda_ops_match_einsum(shape, dtype, tol):
     Pi, Po = torch.randn(I, ki, generator=gen), torch.randn(O, ko, generator=gen)
     ref = torch.einsum("bto,bti,ok,ij->bkj", g64, a64, Po.double(), Pi.double())
     _close(backend_cuda.project_per_sample_grad(ad, gd, Pi.cuda(), Po.cuda()), ref, tol)
-    ref = torch.einsum("bto,bti,ok,ij->bkj", g64, a64, _seeded_dense(O, ko, 5), _seeded_dense(I, ki, 3))
+    ref = torch.einsum("bto,bti,ok,ij->bkj", g64, a64, Seeded(O, ko, 5).dense(), Seeded(I, ki, 3).dense())
     _close(backend_cuda.project_per_sample_grad(ad, gd, Seeded(I, ki, 3), Seeded(O, ko, 5)), ref, tol)
     # non-contiguous a
     at = a.transpose(0, 1).contiguous().transpose(0, 1).cuda()

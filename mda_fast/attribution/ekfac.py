@@ -12,7 +12,7 @@ import torch
 
 from mda_fast import ops
 from mda_fast.attribution import dist
-from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, damping_of, eigh_factor
+from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, covariance, damping_of, eigh_factor
 from mda_fast.attribution.forward import captured_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.errors import DataError
@@ -74,10 +74,9 @@ def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict
 
     eig = {}
     for b in blocks:
-        A = 0.5 * (A_sum[b.name] + A_sum[b.name].T) / float(n_tok)
-        S = 0.5 * (S_sum[b.name] + S_sum[b.name].T) / float(n_tok)
-        _, Q_A = eigh_factor(A_sum[b.name], float(n_tok), b.name, "A")
-        _, Q_S = eigh_factor(S_sum[b.name], float(n_tok), b.name, "S")
+        A, S = covariance(A_sum[b.name], float(n_tok)), covariance(S_sum[b.name], float(n_tok))
+        _, Q_A = eigh_factor(A, b.name, "A")
+        _, Q_S = eigh_factor(S, b.name, "S")
         dist.broadcast([Q_A, Q_S])  # ranks must share one eigenbasis even where eigh is not bitwise stable
         eig[b.name] = (A, S, Q_A, Q_S)
 

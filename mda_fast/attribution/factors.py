@@ -30,13 +30,15 @@ def check_finite(t: torch.Tensor, what: str, block: str, where: str) -> None:
         raise NumericalError(f"{what} of block {block} is not finite (NaN/inf) at {where}")
 
 
-def eigh_factor(total: torch.Tensor, count: float, block: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigendecomposition in float64 of ``total / count``, symmetrized, jitter 1e-6 * trace / dim.
-
-    total: [D, D] sum of outer products -> (eigenvalues [D], eigenvectors [D, D]) float64.
-    """
+def covariance(total: torch.Tensor, count: float) -> torch.Tensor:
+    """``total / count`` in float64, symmetrized: [D, D] sum of outer products -> E[x x^T]."""
     C = total.double() / max(float(count), 1.0)
-    C = 0.5 * (C + C.T)
+    return 0.5 * (C + C.T)
+
+
+def eigh_factor(C: torch.Tensor, block: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition in float64 of a covariance C [D, D] (from :func:`covariance`) plus jitter
+    1e-6 * trace / dim -> (eigenvalues [D], eigenvectors [D, D])."""
     check_finite(C, f"covariance {which}", block, "the end of pass 1")
     d = C.shape[0]
     C = C + (1e-6 * torch.trace(C).clamp_min(0) / d + 1e-30) * torch.eye(d, dtype=C.dtype, device=C.device)
