@@ -43,6 +43,18 @@ def _where(batch) -> str:
     return f"the batch of rows {int(ids[0])}..{int(ids[-1])}" if len(ids) else "an empty batch"
 
 
+def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: str, **kw):
+    """(batch, a, g) per batch of ``source`` with every block's captures checked finite."""
+    device = next(model.parameters()).device
+    for batch in _batches(source, settings, desc):
+        where = _where(batch)
+        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
+        for b in blocks:
+            check_finite(a[b.name], "input activation", b.name, where)
+            check_finite(g[b.name], "output gradient", b.name, where)
+        yield batch, a, g
+
+
 def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict | None = None) -> FactorSet:
     """Fit the EK-FAC factors of ``blocks`` on a subsample of ``source``; same result on every rank.
 
@@ -58,12 +70,8 @@ def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict
     A_sum = {b.name: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
     S_sum = {b.name: torch.zeros(b.out_dim, b.out_dim, dtype=torch.float64, device=device) for b in blocks}
     n_tok = torch.zeros(1, dtype=torch.float64, device=device)
-    for batch in _batches(sub, settings, "EK-FAC pass 1/2 (covariances)"):
-        where = _where(batch)
-        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
+    for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 1/2 (covariances)", **kw):
         for b in blocks:
-            check_finite(a[b.name], "input activation", b.name, where)
-            check_finite(g[b.name], "output gradient", b.name, where)
             a2, g2 = a[b.name].reshape(-1, b.in_dim).float(), g[b.name].reshape(-1, b.out_dim).float()
             A_sum[b.name] += (a2.T @ a2).double()  # fp32 GEMM per batch, fp64 running sum
             S_sum[b.name] += (g2.T @ g2).double()
@@ -84,11 +92,8 @@ def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict
     q32 = {n: (QA.float(), QS.float()) for n, (_, _, QA, QS) in eig.items()}
     lam_sum = {b.name: torch.zeros(b.out_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
     n_rows = torch.zeros(1, dtype=torch.float64, device=device)
-    for batch in _batches(sub, settings, "EK-FAC pass 2/2 (eigenvalues)"):
-        where = _where(batch)
-        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
+    for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 2/2 (eigenvalues)", **kw):
         for b in blocks:
-            check_finite(g[b.name], "output gradient", b.name, where)
             out = torch.zeros(b.out_dim, b.in_dim, dtype=torch.float32, device=device)
             ops.ekfac_lambda_accumulate(a[b.name], g[b.name], *q32[b.name], out, backend=settings.backend)
             lam_sum[b.name] += out.double()
