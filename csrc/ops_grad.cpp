@@ -15,15 +15,15 @@
 
 namespace mda {
 
-// G[O,I] (=|+=) sum_{t in [t0,t1)} g_bt a_bt^T.
-static void per_sample_grad(View3 a, View3 g, int64_t b, int64_t t0, int64_t t1, int64_t I, int64_t O,
-                            float* G, PackedB& scratch, int inner_threads) {
-  if (t1 <= t0) std::fill(G, G + O * I, 0.0f);
-  for (int64_t c0 = t0; c0 < t1; c0 += TC) {
-    const int64_t tc = std::min(TC, t1 - c0);
+// G[O,I] = sum_t g_bt a_bt^T, accumulated over token chunks of TC (packed chunk of a stays in L2).
+static void per_sample_grad(View3 a, View3 g, int64_t b, int64_t T, int64_t I, int64_t O, float* G,
+                            PackedB& scratch, int inner_threads) {
+  if (T <= 0) std::fill(G, G + O * I, 0.0f);
+  for (int64_t c0 = 0; c0 < T; c0 += TC) {
+    const int64_t tc = std::min(TC, T - c0);
     pack_b(tc, I, a.p + b * a.sb + c0 * a.st, a.st, a.sf, scratch);
     // A = g_chunk^T: element (o, t) at g + t*st + o*sf.
-    gemm_parallel(O, g.p + b * g.sb + c0 * g.st, g.sf, g.st, scratch, G, I, c0 > t0, inner_threads);
+    gemm_parallel(O, g.p + b * g.sb + c0 * g.st, g.sf, g.st, scratch, G, I, c0 > 0, inner_threads);
   }
 }
 
@@ -154,7 +154,7 @@ static void lambda_one_sample(View3 a, View3 g, int64_t b, int64_t T, int64_t I,
   } else {
     // G = g^T a, H = Q_S^T G, R = H Q_A.
     w1.resize(static_cast<size_t>(OI));
-    per_sample_grad(a, g, b, 0, T, I, O, w1.data(), scratch, inner);
+    per_sample_grad(a, g, b, T, I, O, w1.data(), scratch, inner);
     pack_b(O, I, w1.data(), I, 1, scratch);
     gemm_parallel(O, QS, 1, O, scratch, w1.data(), I, false, inner);  // Q_S^T: (o', o) at QS[o*O+o']
     gemm_parallel(O, w1.data(), I, 1, QAp, w2.data(), I, false, inner);

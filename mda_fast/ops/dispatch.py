@@ -21,16 +21,6 @@ from . import reference, validate
 
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 _MODULES = {"cpp": ".backend_cpp", "cuda": ".backend_cuda", "triton": ".backend_triton"}
-# CPU routing, from benchmarks/RESULTS.md (2026-11-24, 1 and 2 threads, quiet machine). Ops 2-4 are
-# GEMM-bound and MKL runs them at 85-100% of peak, as does our C++; cpp is chosen only where it was
-# ahead in both runs. A callable decides per call from (n, O, I).
-CPU_PREFERS_CPP = {
-    "project_per_sample_grad": True,       # 1.05-1.11x torch at 2 threads, 1.0-1.2x at 1
-    "grad_dot_queries": lambda n, O, I: _op2_q_outgrows_l3(n, O, I),
-    "ekfac_lambda_accumulate": False,      # 0.93-1.0x torch at 2 threads (ties at 1)
-    "kron_inverse_apply": False,           # 0.95-1.0x torch at 2 threads (ties at 1)
-    "kron_inverse_apply_grouped": True,    # one parallel region over all blocks: 1.01-1.08x
-}
 L3_BYTES = 8 << 20  # this CPU's last-level cache; a larger one only moves the crossover
 
 
@@ -41,6 +31,16 @@ def _op2_q_outgrows_l3(n: int, O: int, I: int) -> bool:
     return torch.get_num_threads() > 1 and 4 * n * O * I > L3_BYTES
 
 
+# CPU routing, from benchmarks/RESULTS.md (2026-11-24, 1 and 2 threads, quiet machine). Ops 2-4 are
+# GEMM-bound and MKL runs them at 85-100% of peak, as does our C++; cpp is chosen only where it was
+# ahead in both runs. A callable decides per call from (n, O, I).
+CPU_PREFERS_CPP = {
+    "project_per_sample_grad": True,       # 1.05-1.11x torch at 2 threads, 1.0-1.2x at 1
+    "grad_dot_queries": _op2_q_outgrows_l3,  # (n, O, I) of the call
+    "ekfac_lambda_accumulate": False,      # 0.93-1.0x torch at 2 threads (ties at 1)
+    "kron_inverse_apply": False,           # 0.95-1.0x torch at 2 threads (ties at 1)
+    "kron_inverse_apply_grouped": True,    # one parallel region over all blocks: 1.01-1.08x
+}
 _cache: dict[str, tuple[object, bool, str]] = {}
 
 
