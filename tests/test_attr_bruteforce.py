@@ -189,3 +189,22 @@ def test_probe_data_matches_probes_module():
     model = tiny("neox", 0)
     mda = MDA(model, ["L1.H0.qk"], ["copy_target"], settings=Settings(probe_n=5, probe_seq_len=10, progress=False))
     torch.testing.assert_close(mda.probe_data["copy_target"], make_data(5, 10, 2, 256, 12345))
+
+
+def test_identity_preconditioner_gives_plain_gradient_dot_products(tmp_path):
+    """The LDS baseline attributor: -<grad L(z), grad f> with no curvature, against autograd."""
+    model = tiny("neox", 2)
+    src = window()
+    mda = MDA(model, [f"L{LAYER}.H{HEAD}.qk"], [CopyTargetProbe()],
+              settings=Settings(fit_fraction=0.5, batch_size=4, progress=False, probe_n=6, probe_seq_len=16,
+                                preconditioner="identity"))
+    table = mda.fit(src).score(src, str(tmp_path / "run"))
+    model64 = copy.deepcopy(model).double()
+    pg = probe_grads(model64, "neox", CopyTargetProbe(), mda.probe_data["copy_target"])["qk"]
+    expected = np.array([-(row_grads(model64, "neox", torch.as_tensor(src.read([z])[0]))["qk"] * pg).sum().item()
+                         for z in range(N_ROWS)])
+    err = np.abs(table.scores[:, 0] - expected).max() / np.abs(expected).max()
+    assert err <= 1e-4
+    assert table.manifest["settings_score"]["preconditioner"] == "identity"
+    with pytest.raises(Exception, match="preconditioner"):
+        Settings(preconditioner="kfac")

@@ -134,33 +134,27 @@ def test_repeated_span_rows_overwrite_the_requested_share():
     from mda_fast.demo.corpus import overwrite_repeated_spans
 
     rng = np.random.default_rng(0)
-    rows = rng.integers(0, 256, (200, 129)).astype(np.uint16)
+    rows = rng.integers(0, 256, (200, 65)).astype(np.uint16)
     kinds = np.zeros(rows.shape, np.int8)
     before = rows.copy()
-    chosen = overwrite_repeated_spans(rows, kinds, 0.3, seed=1)
+    chosen = overwrite_repeated_spans(rows, kinds, 0.3, seed=1)          # default: a span tiled along the row
     assert len(chosen) == 60 and len(set(chosen.tolist())) == 60
     changed = np.nonzero((rows != before).any(axis=1))[0]
     assert set(changed.tolist()) <= set(chosen.tolist())
     rep = KINDS.index("repeated")
     for r in chosen:
+        assert (kinds[r] == rep).all()                 # the whole row
+        row = bytes(rows[r].astype(np.uint8))
+        period = next(p for p in range(1, 65) if all(row[i] == row[i % p] for i in range(65)))
+        assert 6 <= period <= 30 and all(32 <= b < 127 for b in row)
+    gapped = before.copy()
+    kinds[:] = 0
+    chosen = overwrite_repeated_spans(gapped, kinds, 0.3, seed=1, span=(6, 24), gap=(1, 12))
+    for r in chosen:                                   # text is left between copies
         marked = kinds[r] == rep
-        assert marked.mean() > 0.2                     # spans of 6-24 with gaps of 0-12 keep the text between
-        run = bytes(rows[r][marked].astype(np.uint8))  # the marked tokens are one span repeated
-        period = next(p for p in range(1, len(run) + 1) if len(run) % p == 0 and run == run[:p] * (len(run) // p))
-        assert 6 <= period <= 24 and len(run) // period >= 3
+        assert 0.2 < marked.mean() < 1.0
+        assert (gapped[r][~marked] == before[r][~marked]).all()
     with pytest.raises(ConfigError):
         overwrite_repeated_spans(rows, kinds, 1.5, seed=0)
-
-
-def test_format_emergence_lists_every_condition_with_its_shift():
-    from mda_fast.cli.demo_cmd import format_emergence
-    from mda_fast.intervene.summary import summarize
-
-    steps = list(range(0, 101, 10))
-    ramp = lambda at: [0.0 if s < at else 1.0 for s in steps]  # noqa: E731
-    curves = {"baseline": {"0": {"steps": steps, "prev_token": ramp(40)}},
-              "delete": {"0": {"steps": steps, "prev_token": ramp(70)}}}
-    text = format_emergence(summarize(curves, (0, 100), "prev_token", 0.5))
-    base, delete = text.splitlines()[1:]
-    assert base.split()[0] == "baseline" and "shift" not in base
-    assert delete.split()[0] == "delete" and "+30.0%" in delete
+    with pytest.raises(ConfigError):
+        overwrite_repeated_spans(rows, kinds, 0.3, seed=0, span=(5, 2))

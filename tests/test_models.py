@@ -126,3 +126,26 @@ def test_cli_offline_hub_error_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and "hf download mda-fast-tests/never-cached --revision step1000" in err
+
+
+def test_neox_init_uses_small_and_wang_stds():
+    import math
+
+    from mda_fast.models import make_tiny_model, neox_init
+    from mda_fast.errors import ConfigError
+
+    model = make_tiny_model("neox", hidden_size=128, intermediate_size=512, num_hidden_layers=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.ndim < 2}
+    neox_init(model, seed=0)
+    d, L = 128, 2
+    small, wang = math.sqrt(2 / (5 * d)), 2 / (L * math.sqrt(d))
+    for name, p in model.named_parameters():
+        if p.ndim < 2:
+            assert torch.equal(p, before[name]), name           # biases and LayerNorms untouched
+            continue
+        want = wang if name.endswith(("attention.dense.weight", "mlp.dense_4h_to_h.weight")) else small
+        assert abs(p.std().item() - want) < 0.1 * want, name
+    again = neox_init(make_tiny_model("neox", hidden_size=128, intermediate_size=512, num_hidden_layers=2), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    with pytest.raises(ConfigError):
+        neox_init(make_tiny_model("gpt2"))

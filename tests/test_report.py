@@ -16,17 +16,20 @@ from mda_fast.intervene.report import highlight_row, write_report
 
 def _fake_experiment(d):
     steps = list(range(0, 101, 10))
-    curve = lambda mid: {"steps": steps, "induction": [0.8 / (1 + np.exp(-(s - mid) / 6)) for s in steps],  # noqa: E731
+    curve = lambda mid: {"steps": steps, "induction": [[[0.0], [0.8 / (1 + np.exp(-(s - mid) / 6))]]  # noqa: E731
+                                                       for s in steps],
+                         "prev_token": [[[0.0], [0.0]] for _ in steps], "probe": [0.0] * len(steps),
                          "icl": [0.0] * len(steps)}
     curves = {"baseline": {"0": curve(40), "1": curve(45)}, "delete": {"0": curve(70), "1": curve(80)}}
-    from mda_fast.intervene.summary import plot_curves, summarize
+    from mda_fast.intervene.summary import TrackedUnit, plot_curves, summarize
 
-    s = summarize(curves, (20, 80))
+    units = [TrackedUnit("induction", 1, 0, "induction")]
+    s = summarize(curves, (20, 80), units, 0.4)
     write_json(d / "summary.json", s)
     write_json(d / "curves.json", curves)
-    plot_curves(curves, (20, 80), d / "curves.png", s["threshold"])
-    write_json(d / "config.json", {"unit": [1, 0], "window": [20, 80], "end_step": 100, "rows_per_step": 4,
-                                   "seeds": [0, 1], "cadence": 10, "seed_meaning": "data order"})
+    plot_curves(curves, (20, 80), d / "curves.png", units, s["threshold"])
+    write_json(d / "config.json", {"units": [u.to_dict() for u in units], "window": [20, 80], "end_step": 100,
+                                   "rows_per_step": 4, "seeds": [0, 1], "cadence": 10, "seed_meaning": "data order"})
     write_json(d / "heads.json", {"induction": [[0.1, 0.2], [0.7, 0.1]], "prev_token": [[0.5, 0.1], [0.1, 0.1]],
                                   "unit": [1, 0]})
     c = ByteCodec()

@@ -202,3 +202,19 @@ def test_bad_window():
         train(tiny_model(), Rows(), (0, 60), 4, OPT)
     with pytest.raises(ConfigError):
         train(tiny_model(), Rows(), (5, 2), 4, OPT)
+
+
+def test_a_callback_can_stop_the_run(tmp_path):
+    class StopAt:
+        stop_requested = False
+
+        def on_step_end(self, step, model, metrics):
+            self.stop_requested = step >= 3
+
+    m = tiny_model()
+    res = train(m, Rows(), (0, 10), 4, OPT, out_dir=tmp_path, save_steps=[2, 3, 10], callbacks=[StopAt()])
+    assert res.end_step == 3 and len(res.history) == 3 and res.saved == [2, 3]
+    straight = tiny_model()
+    train(straight, Rows(), (0, 3), 4, OPT)
+    for a, b in zip(m.parameters(), straight.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

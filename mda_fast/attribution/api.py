@@ -121,11 +121,13 @@ class MDA:
         return self
 
     def queries(self) -> dict[str, torch.Tensor]:
-        """{block: [n_probes, O, I]} preconditioned probe gradients H^-1 grad f."""
+        """{block: [n_probes, O, I]} preconditioned probe gradients H^-1 grad f (the raw gradients
+        with ``preconditioner="identity"``)."""
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
         return build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
-                             self.settings.probe_batch, self.settings.backend)
+                             self.settings.probe_batch, self.settings.backend,
+                             precondition=self.settings.preconditioner == "ekfac")
 
     def score(self, source, out_dir: str, *, _fail_after: int | None = None) -> ScoreTable:
         """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same settings."""

@@ -48,7 +48,7 @@ def probe_gradients(model, adapter, blocks, probe, tokens: torch.Tensor, batch_s
     return grads
 
 
-def precondition(factors: FactorSet, grads: dict[str, torch.Tensor], backend: str = "auto") -> dict[str, torch.Tensor]:
+def apply_inverse(factors: FactorSet, grads: dict[str, torch.Tensor], backend: str = "auto") -> dict[str, torch.Tensor]:
     """{block: V [n, O, I]} -> {block: H^-1 V [n, O, I]} with one grouped call over all blocks."""
     names = list(grads)
     group = []
@@ -65,8 +65,9 @@ def precondition(factors: FactorSet, grads: dict[str, torch.Tensor], backend: st
 
 
 def build_queries(model, adapter, blocks, probes, probe_data, factors: FactorSet, batch_size: int,
-                  backend: str = "auto") -> dict[str, torch.Tensor]:
-    """{block: [n_probes, O, I]} preconditioned probe gradients, probes in the given order."""
+                  backend: str = "auto", precondition: bool = True) -> dict[str, torch.Tensor]:
+    """{block: [n_probes, O, I]} preconditioned probe gradients, probes in the given order
+    (``precondition=False``: the raw gradients, for gradient-dot-product scores)."""
     per_probe = [probe_gradients(model, adapter, blocks, p, probe_data[p.name], batch_size) for p in probes]
     stacked = {b.name: torch.stack([pg[b.name] for pg in per_probe]) for b in blocks}
-    return precondition(factors, stacked, backend)
+    return apply_inverse(factors, stacked, backend) if precondition else stacked

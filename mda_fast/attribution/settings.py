@@ -21,6 +21,8 @@ class Settings:
     probe_batch    probe sequences per forward when computing the probe gradient
     probe_n, probe_seq_len, probe_seed, probe_vocab_low, probe_vocab_high
                    probe data (probes.make_data); vocab_high None = the model's real vocabulary
+    preconditioner "ekfac": queries H^-1 grad f (MDA); "identity": the raw probe gradient, i.e. plain
+                   gradient-dot-product scores (the curvature-free baseline attributor)
     backend        mda_fast.ops backend ("auto", "torch", "cpp", "cuda", "triton")
     device         torch device the model runs on (None: where the model already is)
     progress       show tqdm progress bars
@@ -40,6 +42,7 @@ class Settings:
     probe_seed: int = 12345
     probe_vocab_low: int = 2
     probe_vocab_high: int | None = None
+    preconditioner: str = "ekfac"
     backend: str = "auto"
     device: str | None = None
     progress: bool = True
@@ -58,6 +61,8 @@ class Settings:
             raise ConfigError(f"damping must be >= 0, got {self.damping}")
         if not float(self.damping_floor) > 0.0:
             raise ConfigError(f"damping_floor must be > 0, got {self.damping_floor}")
+        if self.preconditioner not in ("ekfac", "identity"):
+            raise ConfigError(f"preconditioner must be 'ekfac' or 'identity', got {self.preconditioner!r}")
         for name in ("batch_size", "chunk_rows", "probe_batch", "probe_n"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -69,7 +74,8 @@ class Settings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    PROBE_KEYS = ("probe_n", "probe_seq_len", "probe_seed", "probe_vocab_low", "probe_vocab_high")
+    # Settings that change the scores given the factors (recorded in the scores manifest).
+    PROBE_KEYS = ("probe_n", "probe_seq_len", "probe_seed", "probe_vocab_low", "probe_vocab_high", "preconditioner")
 
     def probe_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.PROBE_KEYS}

@@ -17,8 +17,11 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, metavar="YAML", help="override mda_fast/demo/demo.yaml")
     p.add_argument("--steps", type=int, default=None, help="training steps (default from the config)")
     p.add_argument("--top-k", type=int, default=8, help="top rows to print per side")
-    p.add_argument("--experiment", action="store_true", help="also run the causal retraining experiment")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the experiment")
+    p.add_argument("--experiment", action="store_true",
+                   help="also run the causal retraining experiment and the LDS check (about 25 minutes on 2 cores)")
+    p.add_argument("--seeds", type=int, default=8, help="seeds of the experiment")
+    p.add_argument("--jobs", type=int, default=2, help="retraining worker processes (one core each)")
+    p.add_argument("--lds-subsets", type=int, default=24, help="random half subsets of the LDS check (0: skip it)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -36,21 +39,8 @@ def cmd_demo(args) -> int:
     print(f"summary: {args.out}/demo.json; heads heat-map {summary['outputs']['heads']}/heads.png; "
           f"figures in {summary['outputs']['top']}")
     if args.experiment:
-        from mda_fast.intervene.demo_exp import run_demo_experiment
+        from mda_fast.demo.experiment import run_demo_experiment
 
-        res = run_demo_experiment(f"{args.out}/experiment", demo_dir=args.out, seeds=tuple(range(args.seeds)))
-        print(format_emergence(res))
-        print(f"experiment: {args.out}/experiment/summary.json, curves.png, report.html")
+        run_demo_experiment(args.out, seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets)
+        print(f"experiment: {args.out}/experiment/summary.json, curves.png, dose.png, report.html, lds/lds.json")
     return 0
-
-
-def format_emergence(summary: dict) -> str:
-    """One line per condition: emergence step (mean ± std over seeds) and the paired shift vs baseline."""
-    lines = [f"emergence of {summary['metric']} (first crossing of {summary['threshold']:.3f}), "
-             f"window {summary['window'][0]}-{summary['window'][1]}:"]
-    for cond, row in summary["conditions"].items():
-        shift = row.get("delta_cross_pct")
-        lines.append(f"  {cond:<40s} step {row['cross_mean']:7.1f} ± {row['cross_std'] or 0:5.1f}"
-                     + (f"   shift {shift:+6.1f}% ± {row['delta_cross_pct_std'] or 0:4.1f}% of the window"
-                        if shift is not None else "") + (f"   ({row['censored']} never crossed)" if row["censored"] else ""))
-    return "\n".join(lines)

@@ -45,8 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; 0 = original data order")
     p.add_argument("--cadence", type=int, default=10, help="track the head every N steps")
     p.add_argument("--unit", default=None, help="L.H of the tracked head (default: first unit of the scores)")
-    p.add_argument("--metric", default="induction", choices=("induction", "prev_token", "probe", "icl"))
+    p.add_argument("--metric", default="induction", choices=("induction", "prev_token"))
     p.add_argument("--threshold", default="50%", help="emergence threshold: a value or a %% of the baseline peak")
+    p.add_argument("--jobs", type=int, default=1, help="retraining worker processes (one core each)")
     p.add_argument("--shuffle-block", type=int, default=8, help="seed k>0 permutes rows within blocks of this many steps")
     p.add_argument("--lr", type=float, default=None, help="override the checkpoint's learning rate")
     p.add_argument("--model-name", default=None, help="model id to match against the scores manifest")
@@ -104,16 +105,16 @@ def run_intervene(args) -> int:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
+    from mda_fast.intervene.summary import format_summary
+
+    unit = _unit(args.unit)
     summary = run_experiment(args.out, args.checkpoints, args.data, args.scores, _window(args.window), plans=specs,
-                             seeds=seeds, cadence=args.cadence, end_step=args.end_step, unit=_unit(args.unit),
-                             metric=args.metric, threshold=args.threshold,
+                             seeds=seeds, cadence=args.cadence, end_step=args.end_step,
+                             units=[unit] if unit else None, metric=args.metric, threshold=args.threshold,
                              optim={"lr": args.lr} if args.lr else None, shuffle_block=args.shuffle_block,
-                             model_name=args.model_name, tokenizer=args.tokenizer, report=not args.no_report)
-    print(f"{'condition':<20} {'emergence':>18} {'delta % window':>16} {'never':>6}")
-    for cond, r in summary["conditions"].items():
-        em = f"{r['cross_mean']:.1f} ± {r['cross_std']:.1f}" if r["cross_mean"] is not None else "-"
-        d = r.get("delta_cross_pct")
-        print(f"{cond:<20} {em:>18} {('%+.1f' % d) if d is not None else '-':>16} {r['censored']:>6}")
+                             model_name=args.model_name, tokenizer=args.tokenizer, report=not args.no_report,
+                             jobs=args.jobs)
+    print(format_summary(summary))
     print(f"wrote {args.out}/summary.json, curves.png" + ("" if args.no_report else ", report.html"))
     return 0
 

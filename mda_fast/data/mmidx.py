@@ -152,6 +152,10 @@ class MMIdxSource(RowSource):
         # all rows seq_len long (known only after a full check): byte offsets need no index lookup
         self.fixed = self._checked and bool((np.asarray(idx.sizes) == self.seq_len).all())
 
+    def __reduce__(self):
+        # a worker process reopens the files (memory maps never travel as copies of their rows)
+        return (MMIdxSource, (str(self.prefix), self.seq_len, self.vocab_size, self.row_id_offset, self._checked))
+
     def __len__(self) -> int:
         return self.index.n
 

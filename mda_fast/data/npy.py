@@ -28,3 +28,8 @@ class NpySource(ArraySource):
         if array.ndim != 2:
             raise DataError(f"{path}: expected rows of shape (N, L), got shape {array.shape}")
         super().__init__(array, name=str(path), row_id_offset=row_id_offset, vocab_size=vocab_size)
+        self.path = path
+
+    def __reduce__(self):
+        # a worker process reopens the memory map (the rows never travel as a copy)
+        return (NpySource, (str(self.path), self.row_id_offset, self.vocab_size))

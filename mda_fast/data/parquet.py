@@ -38,6 +38,7 @@ class ParquetSource(RowSource):
     def __init__(self, paths, column: str = "token_ids", row_id_column: str | None = "uid",
                  row_id_offset: int = 0, vocab_size: int | None = None, seq_len: int | None = None):
         pq = _parquet()
+        self._args = ([str(p) for p in paths], column, row_id_column, row_id_offset, vocab_size, seq_len)
         self.paths = sorted((Path(p) for p in paths), key=natural_key)
         if not self.paths:
             raise DataError("no parquet files given")
@@ -68,6 +69,10 @@ class ParquetSource(RowSource):
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._id_cache: dict[int, np.ndarray] = {}
         self.seq_len = int(seq_len) if seq_len is not None else (self._group(0).shape[1] if len(self) else 0)
+
+    def __reduce__(self):
+        # a worker process reopens the files (open parquet handles cannot travel)
+        return (ParquetSource, self._args)
 
     def __len__(self) -> int:
         return self.group_starts[-1]

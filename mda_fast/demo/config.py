@@ -27,17 +27,21 @@ class DemoConfig:
     vocab_size: int = VOCAB_SIZE             # 256 bytes + EOD
     max_positions: int = 256
     model_seed: int = 0
+    init: str = "neox"                       # GPT-NeoX small_init/wang_init ("hf": std 0.02 everywhere)
     # corpus (rows = seq_len tokens: seq_len-1 inputs + shifted label)
-    seq_len: int = 129
+    seq_len: int = 65
     corpus_seed: int = 0
     mix: dict = field(default_factory=lambda: {"code": 0.80, "prose": 0.10, "markup": 0.05,
                                                "latex": 0.025, "records": 0.025, "repeated": 0.0})
-    repeat_rows: float = 0.3                 # share of rows overwritten by a repeated random span
-    # training
-    steps: int = 600
+    repeat_rows: float = 0.3                 # share of rows overwritten by a random span tiled along the row
+    repeat_span: tuple = (6, 30)             # span length, inclusive
+    repeat_gap: tuple = (0, 0)               # original-text tokens left between copies, inclusive
+    # training: at most `steps`; once the induction head has formed, `after_formed` more steps
+    steps: int = 6000
+    after_formed: int = 300                  # 0: always train all `steps`
     rows_per_step: int = 32
     lr: float = 3e-3
-    betas: tuple = (0.9, 0.999)
+    betas: tuple = (0.9, 0.95)
     weight_decay: float = 0.01
     clip: float = 1.0
     warmup_steps: int = 0
@@ -57,6 +61,11 @@ class DemoConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        self.repeat_span, self.repeat_gap = tuple(self.repeat_span), tuple(self.repeat_gap)
+        if self.init not in ("neox", "hf"):
+            raise ConfigError(f"demo init {self.init!r} is not one of 'neox', 'hf'.")
+        if self.after_formed < 0:
+            raise ConfigError(f"demo after_formed {self.after_formed} must be >= 0.")
         if self.d_model % self.heads:
             raise ConfigError(f"demo d_model {self.d_model} is not divisible by heads {self.heads}.")
         if self.vocab_size <= EOD_ID:
@@ -93,7 +102,8 @@ class DemoConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["betas"] = list(self.betas)
+        for k in ("betas", "repeat_span", "repeat_gap"):
+            d[k] = list(d[k])
         return d
 
 

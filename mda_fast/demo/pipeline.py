@@ -8,11 +8,17 @@ Every stage goes through the same code a user runs on Pythia and the Pile: the c
 MMIDIDX ``.bin/.idx`` in Pythia's row order, checkpoints are ``step{N}`` directories loaded with
 :func:`mda_fast.models.load_model`, the window is :func:`mda_fast.data.select_steps`, attribution
 is :class:`mda_fast.attribution.MDA`. Each stage reuses what an earlier (killed) run left complete.
+
+One score pass attributes every head of the model (QK subspace) with both probes, the copy-target
+probe and the previous-token probe of the demo's previous-token head, so the induction head and
+its previous-token head are attributed together and the top sets of different heads can be
+compared (the paper's "overlap" observation).
 """
 
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +31,25 @@ def attribution_window(info: dict, cfg: DemoConfig) -> tuple[int, int]:
     if info.get("window"):
         a, b = (int(s) for s in info["window"])
         return a, b
-    return int(cfg.steps * 3 // 4), int(cfg.steps)
+    last = int(info.get("last_step", cfg.steps))
+    return last * 3 // 4, last
 
 
-def score_window(ckpt_dir, source, window, rows_per_step, unit, out_dir, probe_low=32, probe_high=127,
-                 settings: dict | None = None, tokenizer=None, probe: str = "copy_target"):
-    """MDA scores of the window's rows for head ``unit`` (QK block, ``probe``) into ``out_dir``.
+def column(unit: dict, probe: str | None = None) -> str:
+    """Scores column of a demo unit (dict with layer, head, probe) under ``probe`` (default its own)."""
+    return f"L{unit['layer']}.H{unit['head']}.qk/{(probe or unit['probe']).replace(':', '.')}"
+
+
+def demo_units(info: dict, cfg: DemoConfig) -> tuple[list[str], list[str]]:
+    """(every head's QK unit, the probes of the demo's units) scored in the one pass."""
+    units = [f"L{l}.H{h}.qk" for l in range(cfg.layers) for h in range(cfg.heads)]
+    probes = list(dict.fromkeys(u["probe"] for u in info.get("units", [info])))
+    return units, probes
+
+
+def score_window(ckpt_dir, source, window, rows_per_step, units, probes, out_dir, probe_low=32, probe_high=127,
+                 settings: dict | None = None, tokenizer=None):
+    """MDA scores of the window's rows for ``units`` x ``probes`` into ``out_dir``.
 
     The checkpoint at the end of the window is the model attributed (the head exists there).
     Reuses a complete score table already in ``out_dir``; a partial one is resumed.
@@ -46,9 +65,12 @@ def score_window(ckpt_dir, source, window, rows_per_step, unit, out_dir, probe_l
     model, _ = load_model(str(ckpt_dir), load_tokenizer=False)
     win = select_steps(source, window[0], window[1], rows_per_step)
     st = {"probe_vocab_low": probe_low, "probe_vocab_high": probe_high, **(settings or {})}
-    mda = MDA(model, [f"L{unit[0]}.H{unit[1]}.qk"], [probe], tokenizer=tokenizer, settings=st,
-              model_name=str(ckpt_dir))
-    mda.fit(win, out_dir=str(out_dir.parent / "factors"))
+    mda = MDA(model, units, probes, tokenizer=tokenizer, settings=st, model_name=str(ckpt_dir))
+    factors = out_dir.parent / "factors"
+    if (factors / "manifest.json").is_file():
+        mda.load_factors(str(factors))
+    else:
+        mda.fit(win, out_dir=str(factors))
     return mda.score(win, str(out_dir))
 
 
@@ -63,6 +85,35 @@ def kind_enrichment(scores: np.ndarray, row_ids: np.ndarray, row_kind: np.ndarra
         share = float(np.mean(row_kind[top] == i))
         out[name] = {"window": window, "top": share, "enrichment": share / window if window else float("nan")}
     return out
+
+
+def top_overlap(table, columns: list[str], share: float = 0.1) -> list[dict]:
+    """|top(a) ∩ top(b)| / k for each pair of columns (k = ``share`` of the rows), with the chance level k / N."""
+    k = max(1, int(round(share * len(table.row_ids))))
+    tops = {c: set(np.argsort(-table.column(c), kind="stable")[:k].tolist()) for c in columns}
+    return [{"a": a, "b": b, "overlap": len(tops[a] & tops[b]) / k, "chance": k / len(table.row_ids)}
+            for a, b in combinations(columns, 2)]
+
+
+def overlap_report(table, heads, info: dict, cfg: DemoConfig) -> dict:
+    """Top-10% overlap of the induction head with the next-best induction head, with the least
+    induction-like head (both under the copy-target probe), and with its previous-token head."""
+    ind = info["units"][0]
+    if ind["metric"] != "induction":
+        return {}
+    pm = np.asarray(heads.scores["prefix_matching"])
+    order = [(int(l), int(h)) for l, h in zip(*np.unravel_index(np.argsort(-pm, axis=None), pm.shape))]
+    others = [lh for lh in order if lh != (ind["layer"], ind["head"])]
+    second, least = others[0], others[-1]
+    cols = {"induction": column(ind), "second induction": f"L{second[0]}.H{second[1]}.qk/copy_target",
+            "least induction-like": f"L{least[0]}.H{least[1]}.qk/copy_target"}
+    if len(info["units"]) > 1:
+        cols["previous-token (its probe)"] = column(info["units"][1])
+    pairs = top_overlap(table, list(cols.values()))
+    names = {v: k for k, v in cols.items()}
+    return {"columns": cols, "prefix_matching": {"second": float(pm[second]), "least": float(pm[least]),
+                                                  "induction": float(pm[ind["layer"], ind["head"]])},
+            "pairs": [dict(p, a_name=names[p["a"]], b_name=names[p["b"]]) for p in pairs if p["a"] == cols["induction"]]}
 
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, progress: bool = True,
@@ -80,19 +131,20 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     info_path = out / "induction.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     if info is None or info.get("config") != cfg.to_dict():
-        log(f"[1/4] corpus + training a {cfg.layers}-layer GPT-NeoX for {cfg.steps} steps "
-            f"({cfg.rows_per_step} rows of {cfg.seq_len} tokens per step)")
+        log(f"[1/4] corpus + training a {cfg.layers}-layer GPT-NeoX for up to {cfg.steps} steps "
+            f"({cfg.rows_per_step} rows of {cfg.seq_len} tokens per step; {cfg.repeat_rows:.0%} of the rows a "
+            "random span tiled along the row)")
         info = run_demo_training(out, cfg, progress=progress)
     curve = info["curve"]
     layer, head = int(info["layer"]), int(info["head"])
     a, b = attribution_window(info, cfg)
     formed = info.get("window") is not None
     log(f"      {info['metric']} score of L{layer}.H{head}: " +
-        ", ".join(f"step {s}: {v:.2f}" for s, v in curve.items() if int(s) % 200 == 0 or int(s) == cfg.steps))
-    best_ind = max(info.get("induction_best", {"0": 0.0}).values())
+        ", ".join(f"step {s}: {v:.2f}" for s, v in curve.items() if int(s) % 500 == 0 or int(s) == b))
     if info["metric"] != "induction":
-        log(f"      no induction head formed in {cfg.steps} steps (best score {best_ind:.2f}); the demo "
-            f"attributes the previous-token head that formed instead")
+        best_ind = max(info.get("induction_best", {"0": 0.0}).values())
+        log(f"      no induction head formed in {info.get('last_step', cfg.steps)} steps (best score {best_ind:.2f}); "
+            "the demo attributes the previous-token head that formed instead")
     if not formed:
         log(f"      no head formed (no score crossed its threshold); attributing the last quarter {a}-{b}")
 
@@ -105,37 +157,56 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     heads.to_csv(str(out / "heads" / "heads.csv")), heads.heatmap(str(out / "heads" / "heads.png"))
     log(heads.table(sort="prefix_matching" if info["metric"] == "induction" else info["metric"], k=4))
 
-    probe = info["probe"]
-    log(f"[3/4] EK-FAC on L{layer}.H{head}.qk, probe {probe}, scoring the {(b - a) * cfg.rows_per_step} "
-        f"rows of steps {a}-{b}")
+    units, probes = demo_units(info, cfg)
+    log(f"[3/4] EK-FAC on the QK subspace of all {len(units)} heads, probes {', '.join(probes)}, scoring the "
+        f"{(b - a) * cfg.rows_per_step} rows of steps {a}-{b}")
     source = MMIdxSource(corpus_prefix(out), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
-    table = score_window(ckpts / f"step{b}", source, (a, b), cfg.rows_per_step, (layer, head),
-                         out / "mda" / "scores", cfg.probe_low, cfg.probe_high,
-                         settings={"progress": progress}, probe=probe)
+    table = score_window(ckpts / f"step{b}", source, (a, b), cfg.rows_per_step, units, probes,
+                         out / "mda" / "scores", cfg.probe_low, cfg.probe_high, settings={"progress": progress})
 
     log("[4/4] top rows")
     from mda_fast.attribution import format_report, report_top
-
     from mda_fast.data import select_steps
 
     tok = byte_tokenizer()
-    report = report_top(table, top_k, table.columns[0], select_steps(source, a, b, cfg.rows_per_step), tok,
-                        str(out / "mda" / "top"))
     kinds, row_kind = load_row_kinds(corpus_prefix(out))
-    for side in ("positive", "negative"):
-        for row in report[side]:
-            row["kind"] = kinds[int(row_kind[int(row["row_id"])])]
-    log(format_report(report))
-    scores = table.scores[:, 0]
-    enrich = kind_enrichment(scores, table.row_ids, row_kind, kinds)
-    log("      kind shares, top 10% vs window: " +
-        ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in enrich.items()))
-    summary = {"unit": f"L{layer}.H{head}.qk", "metric": info["metric"], "probe": probe, "formed": formed, "window": [a, b], "curve": curve,
-               "top10_share_of_positive_influence": report["top10_share"],
-               "kind_enrichment": enrich, "top": report, "outputs": {
+    win = select_steps(source, a, b, cfg.rows_per_step)
+    per_unit = []
+    for unit in info.get("units", [info]):
+        col = column(unit)
+        report = report_top(table, top_k, col, win, tok, str(out / "mda" / "top"))
+        for side in ("positive", "negative"):
+            for row in report[side]:
+                row["kind"] = kinds[int(row_kind[int(row["row_id"])])]
+        enrich = kind_enrichment(table.column(col), table.row_ids, row_kind, kinds)
+        per_unit.append({"unit": f"L{unit['layer']}.H{unit['head']}.qk", "metric": unit["metric"], "probe": unit["probe"],
+                         "column": col, "top10_share_of_positive_influence": report["top10_share"],
+                         "kind_enrichment": enrich, "top": report})
+        if unit is info.get("units", [info])[0]:
+            log(format_report(report))
+        log(f"      {col}: top 10% of rows carry {report['top10_share']:.0%} of the positive influence; kind shares, "
+            "top 10% vs window: " + ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in enrich.items()
+                                             if v["window"] > 0))
+    overlap = overlap_report(table, heads, info, cfg)
+    for p in overlap.get("pairs", []):
+        log(f"      top-10% overlap of the induction head with the {p['b_name']} head: {p['overlap']:.2f} "
+            f"(chance {p['chance']:.2f})")
+    primary = per_unit[0]
+    summary = {"unit": primary["unit"], "metric": info["metric"], "probe": info["probe"], "formed": formed,
+               "window": [a, b], "curve": curve, "formation_step": _crossing(curve, cfg.formation_high),
+               "top10_share_of_positive_influence": primary["top10_share_of_positive_influence"],
+               "kind_enrichment": primary["kind_enrichment"], "top": primary["top"], "units": per_unit,
+               "overlap": overlap, "outputs": {
                    "checkpoints": str(ckpts), "heads": str(out / "heads"), "scores": str(out / "mda" / "scores"),
                    "top": str(out / "mda" / "top")}}
     tmp = out / "demo.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, default=str))
     tmp.replace(out / "demo.json")
     return summary
+
+
+def _crossing(curve: dict, threshold: float) -> float | None:
+    from mda_fast.intervene.track import emergence
+
+    steps = sorted(int(s) for s in curve)
+    return emergence(steps, [curve[str(s)] if str(s) in curve else curve[s] for s in steps], threshold)["cross"]

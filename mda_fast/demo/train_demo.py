@@ -36,10 +36,11 @@ def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
         meta = json.loads(meta_path.read_text())
         if (meta.get("seed"), meta.get("n_rows"), meta.get("seq_len")) == \
                 (cfg.corpus_seed, cfg.n_rows, cfg.seq_len) and meta.get("mix_requested") == cfg.mix \
-                and meta.get("repeat_rows") == cfg.repeat_rows:
+                and meta.get("repeat_rows") == cfg.repeat_rows \
+                and meta.get("repeat_span") == list(cfg.repeat_span) and meta.get("repeat_gap") == list(cfg.repeat_gap):
             return prefix
     info = build_corpus(prefix, cfg.n_rows, cfg.seq_len, cfg.corpus_seed, cfg.mix,
-                        repeat_rows=cfg.repeat_rows)
+                        repeat_rows=cfg.repeat_rows, repeat_span=cfg.repeat_span, repeat_gap=cfg.repeat_gap)
     meta = json.loads(meta_path.read_text())
     meta["mix_requested"] = cfg.mix
     tmp = meta_path.with_name(meta_path.name + ".tmp")
@@ -51,22 +52,33 @@ def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
 def new_model(cfg: DemoConfig):
     from transformers import GPTNeoXForCausalLM
 
+    from mda_fast.models import neox_init
+
     torch.manual_seed(cfg.model_seed)
     # sdpa for training speed; measurement switches to eager for the patterns
-    return GPTNeoXForCausalLM._from_config(cfg.model_config(), attn_implementation="sdpa")
+    model = GPTNeoXForCausalLM._from_config(cfg.model_config(), attn_implementation="sdpa")
+    return neox_init(model, seed=cfg.model_seed) if cfg.init == "neox" else model
 
 
 class HeadTracker:
     """Callback: induction and previous-token scores of every head at the given steps.
 
     ``self.scores[step] = {"induction": [L][H], "previous_token": [L][H]}`` (one eval pass each).
+    Once a last-layer head's induction score exceeds ``formation_high``, training stops
+    ``after_formed`` steps later (``stop_requested``; never with ``after_formed`` 0).
     """
 
     def __init__(self, cfg: DemoConfig, steps):
         self.cfg, self.steps, self.scores = cfg, set(steps), {}
+        self.formed_at: int | None = None
+        self.stop_requested = False
 
     def _measure(self, step, model):
         self.scores[step] = measure_heads(model, self.cfg)
+        if self.formed_at is None and max(self.scores[step]["induction"][-1]) > self.cfg.formation_high:
+            self.formed_at = step
+        if self.cfg.after_formed and self.formed_at is not None:
+            self.stop_requested = step >= self.formed_at + self.cfg.after_formed
 
     def on_train_start(self, step, model):
         if step in self.steps:
@@ -77,30 +89,35 @@ class HeadTracker:
             self._measure(step, model)
 
 
-# The unit the demo attributes: the induction head when one forms in the run, else the head whose
-# previous-token score forms (it forms within the first few hundred steps on 2 CPU cores).
-UNIT_KINDS = (("induction", "copy_target"), ("previous_token", "prev_attn"))
+# The units the demo attributes: the induction head (best last-layer prefix-matching score at the
+# end of training) over its formation window, and as a second unit in the same pass the
+# previous-token head it composes with (best previous-token score in a layer below). When no
+# induction head forms, the previous-token head that formed (any layer) is the unit.
+UNIT_PROBES = {"induction": "copy_target", "previous_token": "prev_attn"}
+
+
+def _candidate(cfg: DemoConfig, scores: dict, metric: str, layers) -> dict:
+    lo, hi = (cfg.formation_low, cfg.formation_high) if metric == "induction" else (cfg.prev_low, cfg.prev_high)
+    final = scores[max(scores)][metric]
+    layer, head = max(((l, h) for l in layers for h in range(cfg.heads)), key=lambda lh: final[lh[0]][lh[1]])
+    curve = {int(s): float(v[metric][layer][head]) for s, v in sorted(scores.items())}
+    probe = UNIT_PROBES[metric] if metric == "induction" else f"{UNIT_PROBES[metric]}:L{layer}.H{head}"
+    return {"metric": metric, "probe": probe, "layer": layer, "head": head, "curve": curve,
+            "window": formation_window(curve, lo, hi)}
 
 
 def summarize(cfg: DemoConfig, scores: dict) -> dict:
-    """The unit to attribute (metric, probe, layer, head), its curve and its formation window."""
-    last_step = max(scores)
-    found = None
-    for metric, probe in UNIT_KINDS:
-        lo, hi = (cfg.formation_low, cfg.formation_high) if metric == "induction" else (cfg.prev_low, cfg.prev_high)
-        final = scores[last_step][metric]
-        layers = [cfg.layers - 1] if metric == "induction" else range(cfg.layers)  # induction needs a layer below
-        layer, head = max(((l, h) for l in layers for h in range(cfg.heads)), key=lambda lh: final[lh[0]][lh[1]])
-        curve = {int(s): float(v[metric][layer][head]) for s, v in sorted(scores.items())}
-        window = formation_window(curve, lo, hi)
-        candidate = {"metric": metric, "probe": probe if metric == "induction" else f"{probe}:L{layer}.H{head}",
-                     "layer": layer, "head": head, "curve": curve, "window": window}
-        if found is None:
-            found = candidate  # reported even when nothing formed
-        if window is not None:
-            found = candidate
-            break
-    found["induction_best"] = {int(s): float(max(v["induction"][cfg.layers - 1])) for s, v in sorted(scores.items())}
+    """The primary unit (metric, probe, layer, head, curve, formation window) at the top level, and
+    ``units``: [primary, second unit or nothing]."""
+    last = cfg.layers - 1
+    induction = _candidate(cfg, scores, "induction", [last])       # induction needs a layer below
+    if induction["window"] is not None and last > 0:
+        units = [induction, _candidate(cfg, scores, "previous_token", range(last))]
+    else:
+        prev = _candidate(cfg, scores, "previous_token", range(cfg.layers))
+        units = [prev] if prev["window"] is not None else [induction]
+    found = dict(units[0], units=units)
+    found["induction_best"] = {int(s): float(max(v["induction"][last])) for s, v in sorted(scores.items())}
     return found
 
 
@@ -118,26 +135,30 @@ def run_demo_training(out: str | Path, cfg: DemoConfig | None = None, progress: 
     source = MMIdxSource(prefix, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     save = pythia_save_steps(cfg.steps, every=cfg.save_every)
     tracker = HeadTracker(cfg, save)
-    model = new_model(cfg)
-    t1 = time.perf_counter()
-    res = train(model, source, (0, cfg.steps), cfg.rows_per_step, cfg.optim_config(),
-                out_dir=out / "checkpoints", save_steps=save, callbacks=[tracker], resume=resume,
-                seed=cfg.model_seed, tokenizer=byte_tokenizer(), progress=progress,
-                extra_state={"demo_config": cfg.to_dict()})
-    t_train = time.perf_counter() - t1
-    # checkpoints from an earlier (resumed) part of the run: measure them from disk
+    # checkpoints of an earlier (killed) run: measured from disk first, so an early stop is decided
+    # as if the run had not been interrupted
     from mda_fast.training import list_checkpoints, load_weights
     for step, path in list_checkpoints(out / "checkpoints").items():
-        if step in tracker.steps and step not in tracker.scores:
+        if step in tracker.steps and resume:
             m = new_model(cfg)
             load_weights(path, m)
             tracker._measure(step, m)
-    secs = [h["sec"] for h in res.history]
+    model = new_model(cfg)
+    t1 = time.perf_counter()
+    history = []
+    if not tracker.stop_requested:
+        res = train(model, source, (0, cfg.steps), cfg.rows_per_step, cfg.optim_config(),
+                    out_dir=out / "checkpoints", save_steps=save, callbacks=[tracker], resume=resume,
+                    seed=cfg.model_seed, tokenizer=byte_tokenizer(), progress=progress,
+                    extra_state={"demo_config": cfg.to_dict()})
+        history = res.history
+    t_train = time.perf_counter() - t1
+    secs = [h["sec"] for h in history]
     summary = summarize(cfg, tracker.scores)
     summary.update({
         "config": cfg.to_dict(), "corpus_seconds": t_corpus, "train_seconds": t_train,
         "sec_per_step": (sum(secs) / len(secs)) if secs else None,
-        "final_loss": res.history[-1]["loss"] if res.history else None,
+        "final_loss": history[-1]["loss"] if history else None, "last_step": max(tracker.scores),
         "scores": {int(k): v for k, v in sorted(tracker.scores.items())},
     })
     path = out / "induction.json"

@@ -7,7 +7,9 @@ Generators (``random.Random -> str``, one document each):
   varying distances (filler of 0-``max_gap`` characters between copies, drawn log-uniformly so
   near and far repeats both occur; default a third of the row);
 - ``markup``: an XML/HTML list whose children repeat the same tag set with varying content;
-- ``table``:  a markdown (``| a | b |``) or CSV table with a fixed column structure.
+- ``table``:  a markdown (``| a | b |``) or CSV table with a fixed column structure;
+- ``tiled``:  a random printable span tiled along the whole row (not in the default set: the
+  demo uses it, the structure its top rows share).
 
 Rows are made by concatenating documents separated by the codec's end-of-document token until
 ``seq_len`` tokens, then cutting (each row starts at a document start). ``<prefix>.kinds.json``
@@ -84,10 +86,19 @@ def gen_table(rng: random.Random) -> str:
     return "\n".join(out) + "\n"
 
 
-GENERATORS = {"spans": gen_spans, "markup": gen_markup, "table": gen_table}
+def gen_tiled(rng: random.Random, n_chars: int = 256) -> str:
+    """A random printable span (6-30 characters) tiled with no gaps to ``n_chars``: the structure of
+    the demo's top-influence rows (a row that is one span repeated), generated afresh."""
+    span = "".join(rng.choice(string.ascii_letters + string.digits + string.punctuation + " ")
+                   for _ in range(rng.randint(6, 30)))
+    return (span * (n_chars // len(span) + 1))[:n_chars]
 
 
-def synth_rows(n: int, seq_len: int, codec=None, kinds=tuple(GENERATORS), seed: int = 0,
+GENERATORS = {"spans": gen_spans, "markup": gen_markup, "table": gen_table, "tiled": gen_tiled}
+DEFAULT_KINDS = ("spans", "markup", "table")
+
+
+def synth_rows(n: int, seq_len: int, codec=None, kinds=DEFAULT_KINDS, seed: int = 0,
                max_gap: int | None = None) -> tuple[np.ndarray, list[str]]:
     """``n`` rows of ``seq_len`` tokens: (int64[n, seq_len], generator name of each row).
 
@@ -108,14 +119,14 @@ def synth_rows(n: int, seq_len: int, codec=None, kinds=tuple(GENERATORS), seed: 
         gen = GENERATORS[kind]
         toks: list[int] = []
         while len(toks) < seq_len:
-            doc = gen(rng, max_gap) if kind == "spans" else gen(rng)
+            doc = gen(rng, max_gap) if kind == "spans" else gen(rng, seq_len) if kind == "tiled" else gen(rng)
             toks += codec.encode(doc) + [codec.eod_id]
         rows[i] = toks[:seq_len]
         names.append(kind)
     return rows, names
 
 
-def write_synthetic(prefix, n: int, seq_len: int, tokenizer=None, kinds=tuple(GENERATORS), seed: int = 0,
+def write_synthetic(prefix, n: int, seq_len: int, tokenizer=None, kinds=DEFAULT_KINDS, seed: int = 0,
                     max_gap: int | None = None) -> dict:
     """Write ``prefix.bin/.idx`` (+ ``prefix.kinds.json``); returns the metadata written."""
     from mda_fast.data import write_mmidx

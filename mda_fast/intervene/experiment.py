@@ -1,38 +1,65 @@
 """One causal-validation experiment: plans x seeds retrained from a checkpoint, tracked, summarized.
 
-Experiment directory::
+Four stages, each its own function: :func:`prepare_experiment` checks every input and resolves every
+plan for every seed before any training; :func:`run_conditions` retrains them (``runner``, in
+parallel worker processes, reusing finished runs); :func:`summarize` gives each tracked unit's
+emergence under each condition with paired effects (``summary``); :func:`write_outputs` writes the
+plots, the all-heads table, the kind enrichment and the HTML report. :func:`run_experiment` runs
+the four. Experiment directory::
 
     config.json                  the arguments (resolved)
     plans/<cond>-seed<k>.json    resolved row ids of each plan
-    runs/<cond>/seed<k>/curve.json (+ metrics.jsonl)   a finished run is skipped when re-run with the
-                                 same inputs (content, not paths: fingerprint.py)
+    runs/<cond>/seed<k>/curve.json (+ train/metrics.jsonl)   reused when its inputs are unchanged
+                                 (content, not paths: fingerprint.py)
     curves.json, curves.png      all tracked curves
     heads.json                   all heads' induction/previous-token scores at the window's end
     kinds.json, kinds.png        data-kind enrichment of the top rows (``analyze=True``)
-    summary.json                 emergence per condition, mean ± std over seeds, deltas in % of window
+    summary.json                 emergence per unit and condition: per seed, mean ± std, paired shift
+                                 in % of the window with 95% interval and p-value; ICL score changes
     report.html                  (``report=True``)
-
-Everything that can be wrong with the inputs is checked before the first training step.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.fingerprint import legacy_fingerprint, run_fingerprint
-from mda_fast.intervene.io import read_json, write_json
+from mda_fast.intervene.fingerprint import run_fingerprint
+from mda_fast.intervene.io import write_json
 from mda_fast.intervene.plans import PlanSpec, build_plan, parse_plan_spec
-from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint, retrain
-from mda_fast.intervene.summary import plot_curves, summarize
-from mda_fast.intervene.track import (Tracker, all_head_scores, default_token_range, repeated_random_tokens)
+from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
+from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
+from mda_fast.intervene.summary import TrackedUnit, plot_curves
+from mda_fast.intervene.summary import summarize as summarize_curves
+from mda_fast.intervene.track import StopRule, all_head_scores, default_token_range, repeated_random_tokens
 from mda_fast.intervene.validate import check_scores_match, check_window, manifest_units
 
 DEFAULT_PLANS = ("baseline", "delete", "random-delete", "duplicate", "random-duplicate")
+
+
+@dataclass
+class Experiment:
+    """Everything resolved before training: inputs checked, plans resolved, tasks listed."""
+
+    out: Path
+    window: tuple[int, int]
+    end_step: int
+    units: list[TrackedUnit]
+    threshold: float | str
+    specs: list[PlanSpec]
+    seeds: list[int]
+    tasks: list[RunTask]
+    shared: RunShared
+    config: dict
+    table: object                     # ScoreTable
+    source: object                    # RowSource
+    end_checkpoint: Path | None
+    resolved: dict = field(default_factory=dict)   # (label, seed) -> (Plan, synthetic rows)
 
 
 def _specs(plans) -> list[PlanSpec]:
@@ -60,30 +87,49 @@ def _heldout(source, rps: int, end: int, n: int, window_start: int) -> tuple[tor
     return torch.as_tensor(source.read(pos), dtype=torch.long), where
 
 
-def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_PLANS, seeds=(0, 1, 2),
-                   cadence: int = 10, end_step: int | None = None, unit=None, metric: str = "induction",
-                   threshold="50%", optim: dict | None = None, shuffle_block: int = 8, model_name=None,
-                   probe_n: int = 32, probe_len: int = 32, heldout: int = 32, tokenizer=None,
-                   rows_per_step: int | None = None, analyze: bool = True, report: bool = True,
-                   device: str = "cpu", log=print) -> dict:
-    """Run (or resume) an experiment; returns the summary dict (also ``out_dir/summary.json``).
+def _units(units, table, metric: str) -> list[TrackedUnit]:
+    if units:
+        return [u if isinstance(u, TrackedUnit) else TrackedUnit(f"L{u[0]}.H{u[1]}", int(u[0]), int(u[1]), metric)
+                for u in units]
+    found = manifest_units(table.manifest) or []
+    if not found:
+        raise ConfigError("the scores manifest names no unit; pass unit=(layer, head)")
+    return [TrackedUnit(metric, found[0][0], found[0][1], metric)]
 
-    checkpoints: dir with ``step{N}/`` subdirs (mda_fast.training format); source: RowSource or
-    spec for ``open_source``; scores: score run dir or a ScoreTable; window: (a, b) steps whose rows
-    the plans modify; end_step: train until here (default b; may go past b to see late emergence);
-    plans: specs like ``"delete"``, ``"duplicate:replace=random"``,
-    ``"insert-synthetic:path=syn,at=120"``; seeds: see ``retrain`` (0 = original data order).
-    """
+
+def _resolve_plans(specs, seeds, window, rps, table, unit, source) -> dict:
+    """(label, seed) -> (Plan, synthetic rows or None), synthetic files read once."""
+    from mda_fast.intervene.augment import load_synthetic
+
+    synth, resolved = {}, {}
+    for spec in specs:
+        syn = None
+        if spec.kind == "insert-synthetic":
+            if spec.synthetic not in synth:
+                synth[spec.synthetic] = load_synthetic(spec.synthetic, source.seq_len)
+            syn = synth[spec.synthetic]
+        for s in seeds:
+            plan = build_plan(spec, window, rps, table.row_ids, table.scores, table.columns, unit=unit,
+                              seed=s, n_synthetic=None if syn is None else len(syn))
+            resolved[(spec.label(), s)] = (plan, syn)
+    return resolved
+
+
+def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_PLANS, seeds=(0, 1, 2),
+                       units=None, metric: str = "induction", cadence: int = 10, end_step: int | None = None,
+                       threshold=0.5, stop_after: int | None = None, optim: dict | None = None,
+                       shuffle_block: int = 8, model_name=None, probe_n: int = 32, probe_len: int = 32,
+                       probe_range: tuple[int, int] | None = None, heldout=32, rows_per_step: int | None = None,
+                       device: str = "cpu") -> Experiment:
+    """Check the inputs and resolve every plan (see :func:`run_experiment` for the arguments)."""
     from mda_fast.attribution.store import load_scores
     from mda_fast.data import open_source
     from mda_fast.training import list_checkpoints, read_state
 
-    t_start = time.perf_counter()
     out = Path(out_dir)
     a, b = int(window[0]), int(window[1])
     end = int(end_step if end_step is not None else b)
-    specs = _specs(plans)
-    seeds = [int(s) for s in seeds]
+    specs, seeds = _specs(plans), [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("at least one seed is needed")
     ckpts = list_checkpoints(checkpoints)
@@ -91,108 +137,129 @@ def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_P
         raise ConfigError(f"{checkpoints} holds no step<N> checkpoints written by mda_fast.training")
     source = open_source(source)
     table = load_scores(str(scores)) if isinstance(scores, (str, Path)) else scores
-    if a in ckpts:
-        st = read_state(ckpts[a])
-        rps = int(rows_per_step or st.get("rows_per_step") or 0)
-    else:
-        rps = int(rows_per_step or 1)
+    rps = int(rows_per_step or (read_state(ckpts[a]).get("rows_per_step") if a in ckpts else 1) or 0)
     check_window((a, b), ckpts, len(source), max(rps, 1), end, where=str(checkpoints))
     if rps <= 0:
         raise ConfigError(f"rows per step are unknown for checkpoint {ckpts[a]}; pass rows_per_step")
-    if unit is None:
-        units = manifest_units(table.manifest) or []
-        if not units:
-            raise ConfigError("the scores manifest names no unit; pass unit=(layer, head)")
-        unit = units[0]
-    unit = (int(unit[0]), int(unit[1]))
-    check_scores_match(table.manifest, model=model_name or checkpoints, window=(a, b), unit=unit,
-                       rows_per_step=rps, where=f"scores {scores if isinstance(scores, (str, Path)) else 'table'}")
-    model0 = load_checkpoint_model(ckpts[a], device)
-    cfg = model0.config
-    if not (unit[0] < cfg.num_hidden_layers and unit[1] < cfg.num_attention_heads):
-        raise ConfigError(f"unit L{unit[0]}.H{unit[1]} is outside the model ({cfg.num_hidden_layers} layers, "
-                          f"{cfg.num_attention_heads} heads)")
+    units = _units(units, table, metric)
+    check_scores_match(table.manifest, model=model_name or checkpoints, window=(a, b),
+                       unit=(units[0].layer, units[0].head), rows_per_step=rps,
+                       where=f"scores {scores if isinstance(scores, (str, Path)) else 'table'}")
+    cfg = load_checkpoint_model(ckpts[a], device).config
+    for u in units:
+        if not (u.layer < cfg.num_hidden_layers and u.head < cfg.num_attention_heads):
+            raise ConfigError(f"unit {u.head_name} is outside the model ({cfg.num_hidden_layers} layers, "
+                              f"{cfg.num_attention_heads} heads)")
     optim_cfg = optim_from_checkpoint(ckpts[a], optim)
+    resolved = _resolve_plans(specs, seeds, (a, b), rps, table, (units[0].layer, units[0].head), source)
 
-    # resolve every plan for every seed (and read synthetic rows) before any training
-    synth_cache, resolved = {}, {}
-    for spec in specs:
-        syn = None
-        if spec.kind == "insert-synthetic":
-            from mda_fast.intervene.augment import load_synthetic
-
-            if spec.synthetic not in synth_cache:
-                synth_cache[spec.synthetic] = load_synthetic(spec.synthetic, source.seq_len)
-            syn = synth_cache[spec.synthetic]
-        for s in seeds:
-            plan = build_plan(spec, (a, b), rps, table.row_ids, table.scores, table.columns, unit=unit,
-                              seed=s, n_synthetic=None if syn is None else len(syn))
-            resolved[(spec.label(), s)] = (plan, syn)
+    low, high = probe_range or default_token_range(cfg.vocab_size)
+    probe_tokens = repeated_random_tokens(probe_n, probe_len, low, high, seed=777)
+    if isinstance(heldout, dict):
+        held = {k: v for k, v in heldout.items() if v is not None}
+        held_where = ", ".join(f"{k}: {len(v)} rows given by the caller" for k, v in held.items()) or "none"
+        held = held or None
+    elif isinstance(heldout, torch.Tensor):
+        held, held_where = heldout, f"{len(heldout)} rows given by the caller"
+    else:
+        held, held_where = _heldout(source, rps, end, int(heldout), a)
+    after = int(stop_after) if stop_after is not None else max(3 * cadence, (b - a) // 5)
+    stop = StopRule(tuple((u.metric, u.layer, u.head) for u in units), float(threshold), after, b + after) \
+        if not str(threshold).endswith("%") and stop_after != -1 else None
+    shared = RunShared(checkpoint=str(ckpts[a]), source=source, end_step=end, optim=optim_cfg, cadence=cadence,
+                       shuffle_block=shuffle_block, probe_tokens=probe_tokens, heldout=held, stop=stop,
+                       device=device)
+    settings = (end, cadence, shuffle_block, optim_cfg.to_dict(), probe_n, probe_len, [low, high],
+                None if held is None else ({k: v.shape[0] for k, v in held.items()} if isinstance(held, dict)
+                                         else held.shape[0]), None if stop is None else [list(map(list, stop.targets)),
+                                                                                   stop.threshold, stop.after, stop.not_before])
+    tasks = [RunTask(name, s, plan, syn, out / "runs" / name / f"seed{s}", run_fingerprint(plan, syn, *settings))
+             for (name, s), (plan, syn) in resolved.items()]
     config = {"checkpoints": str(checkpoints), "source": getattr(source, "name", str(source)),
               "scores": str(scores) if isinstance(scores, (str, Path)) else None, "window": [a, b],
-              "end_step": end, "rows_per_step": rps, "unit": list(unit), "plans": [s.label() for s in specs],
-              "plan_specs": [vars(s) for s in specs], "seeds": seeds, "cadence": cadence, "metric": metric,
-              "threshold": str(threshold), "optim": optim_cfg.to_dict(), "shuffle_block": shuffle_block,
-              "probe_n": probe_n, "probe_len": probe_len, "seed_meaning":
+              "end_step": end, "rows_per_step": rps, "vocab_size": int(cfg.vocab_size), "units": [u.to_dict() for u in units],
+              "plans": [s.label() for s in specs], "plan_specs": [vars(s) for s in specs], "seeds": seeds,
+              "cadence": cadence, "threshold": str(threshold), "stop_after": None if stop is None else stop.after,
+              "optim": optim_cfg.to_dict(), "shuffle_block": shuffle_block, "probe_n": probe_n,
+              "probe_len": probe_len, "probe_range": [low, high], "heldout": held_where, "seed_meaning":
               "seed 0 = original data order; seed k > 0 = window rows permuted within blocks of "
               f"{shuffle_block} steps (seeded), same order for every condition; random controls drawn per seed"}
-    write_json(out / "config.json", config)
-    for (name, s), (plan, _) in resolved.items():
-        plan.save(out / "plans" / f"{name}-seed{s}.json")
+    return Experiment(out, (a, b), end, units, threshold, specs, seeds, tasks, shared, config, table, source,
+                      ckpts.get(b), resolved)
 
-    low, high = default_token_range(cfg.vocab_size)
-    probe_tokens = repeated_random_tokens(probe_n, probe_len, low, high, seed=777)
-    held, held_where = _heldout(source, rps, end, heldout, a)
+
+def run_conditions(exp: Experiment, jobs: int = 1, log=print) -> dict:
+    """Retrain every (condition, seed); returns curves {condition: {seed(str): curve}}."""
+    write_json(exp.out / "config.json", exp.config)
+    for (name, s), (plan, _) in exp.resolved.items():
+        plan.save(exp.out / "plans" / f"{name}-seed{s}.json")
+    done = run_tasks(exp.tasks, exp.shared, jobs=jobs, log=log)
     curves: dict = {}
-    for spec in specs:
-        name = spec.label()
-        for s in seeds:
-            run_dir = out / "runs" / name / f"seed{s}"
-            done = run_dir / "curve.json"
-            plan, syn = resolved[(name, s)]
-            settings = (end, cadence, shuffle_block, optim_cfg.to_dict(), probe_n, probe_len, heldout)
-            key = run_fingerprint(plan, syn, *settings)
-            prev = read_json(done) if done.is_file() else {}
-            if prev.get("fingerprint") in (key, legacy_fingerprint(plan, *settings)):
-                if prev["fingerprint"] != key:              # re-stamp an older run with its content key
-                    prev["fingerprint"] = key
-                    write_json(done, prev)
-                curves.setdefault(name, {})[str(s)] = prev
-                continue
-            tracker = Tracker(unit, probe_tokens, held, cadence, end_step=end)
-            t0 = time.perf_counter()
-            retrain(ckpts[a], source, plan, end, optim_cfg, run_dir / "train", callbacks=[tracker], seed=s,
-                    shuffle_block=shuffle_block, synthetic=syn, device=device)
-            curve = tracker.curve()
-            curve["sec"] = time.perf_counter() - t0
-            curve["fingerprint"] = key
-            write_json(done, curve)
-            curves.setdefault(name, {})[str(s)] = curve
-            if log:
-                log(f"[intervene] {name} seed {s}: {metric} {curve[metric][0]:.3f} -> {curve[metric][-1]:.3f} "
-                    f"({curve['sec']:.0f}s)")
-    write_json(out / "curves.json", curves)
-    summary = summarize(curves, (a, b), metric, threshold)
-    plot_curves(curves, (a, b), out / "curves.png", summary["threshold"])
+    for spec in exp.specs:                       # conditions in the order the user gave them
+        for s in exp.seeds:
+            curves.setdefault(spec.label(), {})[str(s)] = done[(spec.label(), s)]
+    write_json(exp.out / "curves.json", curves)
+    return curves
 
-    end_model = load_checkpoint_model(ckpts[b], device) if b in ckpts else model0
-    heads = all_head_scores(end_model.eval(), probe_tokens.to(device))
-    heads.update({"step": b if b in ckpts else a, "unit": list(unit)})
-    write_json(out / "heads.json", heads)
+
+def summarize(exp: Experiment, curves: dict) -> dict:
+    """summary.json: every unit's emergence under every condition, the plans, the ICL change."""
+    summary = summarize_curves(curves, exp.window, exp.units, exp.threshold)
+    first = exp.seeds[0]
+    summary.update({"end_step": exp.end_step, "seeds": exp.seeds, "heldout": exp.config["heldout"],
+                    "plans": {name: {k: v for k, v in plan.info.items() if k != "spec"}
+                              for (name, s), (plan, _) in exp.resolved.items() if s == first},
+                    "run_seconds": sum(c.get("sec", 0.0) for runs in curves.values() for c in runs.values())})
+    write_json(exp.out / "summary.json", summary)
+    return summary
+
+
+def write_outputs(exp: Experiment, curves: dict, summary: dict, analyze: bool = True, report: bool = True,
+                  tokenizer=None) -> None:
+    """curves.png, heads.json, and optionally kinds.json/png and report.html."""
+    plot_curves(curves, exp.window, exp.out / "curves.png", exp.units, summary["threshold"])
+    device = exp.shared.device
+    ck = exp.end_checkpoint or exp.shared.checkpoint
+    heads = all_head_scores(load_checkpoint_model(ck, device).eval(), exp.shared.probe_tokens.to(device))
+    heads.update({"step": exp.window[1] if exp.end_checkpoint else exp.window[0],
+                  "units": [u.to_dict() for u in exp.units]})
+    write_json(exp.out / "heads.json", heads)
     if analyze:
         from mda_fast.intervene.analyze import run_analyze
 
-        spec0 = next((sp for sp in specs if sp.kind in ("delete", "duplicate")), PlanSpec("delete"))
-        col = resolved.get((spec0.label(), seeds[0]), (None,))[0]
-        run_analyze(None, source, out, column=(col.info.get("column") if col else None), top=spec0.top,
-                    tail=spec0.tail, tokenizer=tokenizer, table=table, vocab_size=cfg.vocab_size)
-    summary.update({"unit": list(unit), "end_step": end, "seeds": seeds, "heldout": held_where,
-                    "plans": {name: {k: v for k, v in plan.info.items() if k != "spec"}
-                              for (name, s), (plan, _) in resolved.items() if s == seeds[0]},
-                    "seconds": time.perf_counter() - t_start})
-    write_json(out / "summary.json", summary)
+        spec0 = next((sp for sp in exp.specs if sp.kind in ("delete", "duplicate")), PlanSpec("delete"))
+        col = exp.resolved.get((spec0.label(), exp.seeds[0]), (None,))[0]
+        run_analyze(None, exp.source, exp.out, column=(col.info.get("column") if col else None), top=spec0.top,
+                    tail=spec0.tail, tokenizer=tokenizer, table=exp.table,
+                    vocab_size=exp.config["vocab_size"])
     if report:
         from mda_fast.intervene.report import write_report
 
-        write_report(out, scores=table, source=source, tokenizer=tokenizer)
+        write_report(exp.out, scores=exp.table, source=exp.source, tokenizer=tokenizer)
+
+
+def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_PLANS, seeds=(0, 1, 2),
+                   analyze: bool = True, report: bool = True, tokenizer=None, jobs: int = 1, log=print,
+                   **options) -> dict:
+    """Run (or resume) an experiment; returns the summary dict (also ``out_dir/summary.json``).
+
+    checkpoints: dir with ``step{N}/`` subdirs (mda_fast.training format); source: RowSource or
+    spec for ``open_source``; scores: score run dir or a ScoreTable; window: (a, b) steps whose rows
+    the plans modify; plans: specs like ``"delete"``, ``"duplicate:replace=random"``,
+    ``"insert-synthetic:path=syn,at=120"``; seeds: see ``retrain`` (0 = original data order);
+    jobs: worker processes. ``options`` (see :func:`prepare_experiment`): units (TrackedUnit list or
+    (layer, head) pairs; default the scores' first unit), metric, cadence, end_step (train until
+    here, default b), threshold (emergence score, or "50%" of the baseline's peak), stop_after
+    (steps trained after every unit has emerged, and at least past b + stop_after; -1 = never
+    stop early), optim, shuffle_block,
+    model_name, probe_n, probe_len, probe_range, heldout (row count, a tensor, or {name: tensor} of held-out sets for the
+    ICL score), rows_per_step, device.
+    """
+    t0 = time.perf_counter()
+    exp = prepare_experiment(out_dir, checkpoints, source, scores, window, plans, seeds, **options)
+    curves = run_conditions(exp, jobs=jobs, log=log)
+    summary = summarize(exp, curves)
+    write_outputs(exp, curves, summary, analyze=analyze, report=report, tokenizer=tokenizer)
+    summary["seconds"] = time.perf_counter() - t0
+    write_json(exp.out / "summary.json", summary)
     return summary

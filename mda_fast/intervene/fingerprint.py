@@ -39,12 +39,3 @@ def run_fingerprint(plan, synthetic, *settings) -> str:
     if isinstance(spec, dict) and spec.get("synthetic"):
         spec["synthetic"] = rows
     return _key(["v2", d, list(settings)])
-
-
-def legacy_fingerprint(plan, *settings) -> str:
-    """The key runs were stamped with before content keys (synthetic file path included).
-
-    Still accepted so a run made then resumes instead of retraining (the demo experiment takes
-    about 30 minutes); it matches only when plan, settings and that path are all unchanged.
-    """
-    return _key([plan.to_json(), settings])

@@ -94,17 +94,22 @@ def _fmt(x, nd=1):
     return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, (int, float)) else html.escape(str(x)))
 
 
-def _summary_table(summary: dict) -> str:
-    rows = ["<tr><th>condition</th><th>emergence step (mean ± std)</th><th>steepest rise</th>"
-            "<th>Δ emergence, % of window</th><th>Δ steepest, %</th><th>final score</th><th>never crossed</th></tr>"]
-    for cond, r in summary.get("conditions", {}).items():
+def _effect_cell(e: dict | None) -> str:
+    if not e or e.get("mean") is None:
+        return "–"
+    lo, hi = e["ci95"]
+    ci = f" [{lo:+.1f}, {hi:+.1f}]" if lo is not None else ""
+    return f"{e['mean']:+.1f}%{ci}, p = {_fmt(e.get('p'), 3)}"
+
+
+def _summary_table(unit: dict) -> str:
+    rows = ["<tr><th>condition</th><th>emergence step (mean ± std)</th>"
+            "<th>shift, % of window [95% CI], sign-flip p</th><th>final score</th><th>never crossed</th></tr>"]
+    for cond, r in unit.get("conditions", {}).items():
         rows.append(
             f"<tr><td>{html.escape(cond)}</td><td>{'≥ ' if r['censored'] else ''}{_fmt(r['cross_mean'])} ± "
-            f"{_fmt(r['cross_std'])}</td>"
-            f"<td>{_fmt(r['steepest_mean'])} ± {_fmt(r['steepest_std'])}</td>"
-            f"<td>{_fmt(r.get('delta_cross_pct'))} ± {_fmt(r.get('delta_cross_pct_std'))}</td>"
-            f"<td>{_fmt(r.get('delta_steepest_pct'))}</td><td>{_fmt(r['final_mean'], 3)} ± {_fmt(r['final_std'], 3)}</td>"
-            f"<td>{r['censored']}/{len(r['seeds'])}</td></tr>")
+            f"{_fmt(r['cross_std'])}</td><td>{_effect_cell(r.get('shift_pct'))}</td>"
+            f"<td>{_fmt(r['final_mean'], 3)}</td><td>{r['censored']}/{len(r['seeds'])}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -136,15 +141,16 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
     summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {}
     sec = [f"<h1>MDA causal validation — {html.escape(d.name)}</h1>"]
     if cfg:
-        sec.append(f"<p class=note>unit L{cfg['unit'][0]}.H{cfg['unit'][1]}, window steps "
+        units = ", ".join(f"{u['name']} {u['head']}" for u in cfg.get("units", []))
+        sec.append(f"<p class=note>units {html.escape(units)}, window steps "
                    f"{cfg['window'][0]}–{cfg['window'][1]} (trained to {cfg['end_step']}), "
                    f"{cfg['rows_per_step']} rows/step, seeds {cfg['seeds']}, tracked every {cfg['cadence']} steps. "
                    f"{html.escape(cfg.get('seed_meaning', ''))}</p>")
-    if summary:
-        sec.append(f"<h2>Emergence</h2><p class=note>emergence = first step the {summary['metric']} score "
-                   f"reaches {summary['threshold']:.3f} ({html.escape(summary['threshold_spec'])}); Δ paired by seed, "
+    for name, unit in summary.get("units", {}).items():
+        sec.append(f"<h2>Emergence of {html.escape(name)} ({unit['head']})</h2><p class=note>emergence = first step "
+                   f"the {unit['metric']} score reaches {unit['threshold']:.3f}; shifts paired by seed, "
                    "positive = later. Runs that never cross count at their last tracked step.</p>")
-        sec.append(_summary_table(summary))
+        sec.append(_summary_table(unit))
     if (d / "curves.png").is_file():
         sec.append('<h2>Emergence curves</h2><img src="curves.png" alt="emergence curves">')
     if (d / "heads.json").is_file():

@@ -11,10 +11,11 @@ from mda_fast.models.configs import (
     tiny_llama_config,
     tiny_neox_config,
 )
+from mda_fast.models.init import neox_init
 from mda_fast.models.load import load_model, resolve_checkpoint
 
 __all__ = [
-    "load_model", "resolve_checkpoint", "make_tiny_model", "model_from_config", "pythia_config",
+    "load_model", "resolve_checkpoint", "neox_init", "make_tiny_model", "model_from_config", "pythia_config",
     "tiny_neox_config", "tiny_gpt2_config", "tiny_llama_config", "PYTHIA_SIZES", "PYTHIA_VOCAB",
     "PYTHIA_REAL_VOCAB",
 ]

@@ -100,7 +100,9 @@ def train(model, source, steps: tuple[int, int], rows_per_step: int, optim: Opti
       rows (duplicate / insert plans) before ``row_weights`` sees them.
     - ``callbacks``: objects with ``on_train_start(step, model)`` and/or
       ``on_step_end(step, model, metrics)`` (or bare functions = on_step_end); ``step`` there is the
-      number of updates done, matching checkpoint names.
+      number of updates done, matching checkpoint names. A callback whose ``stop_requested`` is
+      true after a step ends the run there (the step is saved when it is in ``save_steps``, and
+      ``TrainResult.end_step`` is that step).
     Metrics per update: step, lr, loss (plain mean CE), loss_weighted (the objective), grad_norm
     (before clipping), rows, rows_zero_weight, sec. They are appended to ``out_dir/metrics.jsonl``.
     """
@@ -179,6 +181,9 @@ def train(model, source, steps: tuple[int, int], rows_per_step: int, optim: Opti
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            if any(getattr(cb, "stop_requested", False) for cb in callbacks):
+                result.end_step = done
+                break
     finally:
         if log is not None:
             log.close()
