@@ -20,7 +20,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,12 +221,9 @@ class HeadScores:
 
 
 def _atomic_write(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    from mda_fast.io import write_bytes
+
+    return write_bytes(path, data)
 
 
 # ---------------------------------------------------------------- front doors

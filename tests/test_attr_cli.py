@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from mda_fast.attribution import load_scores

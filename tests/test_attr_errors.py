@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mda_fast.attribution import MDA, FactorSet, Settings, load_scores
+from mda_fast.attribution import MDA, FactorSet, load_scores
 from mda_fast.data import ArraySource
 from mda_fast.errors import ConfigError, DataError, NumericalError
 from mda_fast.probes import CallableProbe, Probe

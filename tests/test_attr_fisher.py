@@ -8,7 +8,6 @@ approximation of it, so we assert a rank-correlation floor rather than equality.
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,7 @@ import pytest
 from mda_fast.cli import main
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.augment import load_synthetic, synth_rows, write_synthetic
-from mda_fast.intervene.codec import ByteCodec
+from mda_fast.codec import ByteCodec
 from mda_fast.intervene.kinds import detect_kinds, repeated_spans
 
 

@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from mda_fast.demo.config import DEFAULT_YAML, DemoConfig, load_demo_config
 from mda_fast.demo.corpus import KINDS, build_corpus, load_row_kinds, make_documents, pack_rows
-from mda_fast.demo.generators import GENERATORS
+from mda_fast.intervene.generators import GENERATORS
 from mda_fast.demo.measure import formation_window, measure_heads
-from mda_fast.demo.tokenizer import EOD_ID, byte_tokenizer, decode_ids, encode_bytes
+from mda_fast.codec import EOD_ID, byte_tokenizer, decode_ids, encode_bytes
 from mda_fast.errors import ConfigError
 
 

@@ -2,7 +2,6 @@
 the batch exactly as specified."""
 
 import numpy as np
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 

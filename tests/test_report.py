@@ -9,8 +9,8 @@ import pytest
 
 from mda_fast.attribution.store import ScoreTable
 from mda_fast.data import ArraySource
-from mda_fast.intervene.codec import ByteCodec
-from mda_fast.intervene.io import write_json
+from mda_fast.codec import ByteCodec
+from mda_fast.io import write_json
 from mda_fast.intervene.report import highlight_row, write_report
 
 

@@ -10,7 +10,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.training import (OptimConfig, list_checkpoints, lr_at, pythia_save_steps, read_state,
-                               row_losses, train)
+                               train)
+from mda_fast.models.loss import model_row_losses as row_losses
 
 V, L = 50, 17
 

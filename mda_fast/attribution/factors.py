@@ -12,7 +12,6 @@ correction from per-sample gradients. ``H^-1 V = Q_S [(Q_S^T V Q_A) / (Lambda + 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -20,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mda_fast.errors import DataError, NumericalError
+from mda_fast.io import atomic_path
+from mda_fast.io import read_json, write_json
 
 FORMAT = "mda-fast-ekfac/1"
 
@@ -97,9 +98,8 @@ class FactorSet:
             for key in ("A", "S", "Q_A", "Q_S", "lam"):
                 tensors[f"{n}/{key}"] = getattr(f, key).detach().to("cpu", torch.float64).contiguous()
             meta[n] = {"damping": f.damping, "n_tokens": f.n_tokens, "n_samples": f.n_samples, "shape": list(f.shape)}
-        path = os.path.join(out_dir, "factors.safetensors")
-        save_file(tensors, path + ".tmp", metadata={"format": FORMAT})
-        os.replace(path + ".tmp", path)
+        with atomic_path(os.path.join(out_dir, "factors.safetensors")) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
         manifest = dict(self.manifest, format=FORMAT, blocks=meta)
         write_json(os.path.join(out_dir, "manifest.json"), manifest)
         return out_dir
@@ -126,18 +126,3 @@ class FactorSet:
                                      n_samples=int(m["n_samples"]), **t)
         return cls(blocks, manifest)
 
-
-def write_json(path: str, obj: dict) -> None:
-    """Atomic JSON write (tmp + rename)."""
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(path + ".tmp", path)
-
-
-def read_json(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as JSON: {exc}") from None

@@ -7,9 +7,9 @@ Pythia's 2049-token rows. The loss is the summed next-token cross-entropy over t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mda_fast.errors import DataError
+from mda_fast.models.loss import row_losses
 from mda_fast.units import Capture
 
 _MIX = 0x9E3779B97F4A7C15  # row-seed mixing constant (golden ratio, 64 bit)
@@ -36,13 +36,6 @@ def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int, chunk:
             cdf = torch.softmax(logits[b, t0 : t0 + chunk].double(), dim=-1).cumsum_(-1)  # [t, V]
             out[b, t0 : t0 + chunk] = torch.searchsorted(cdf, u[t0 : t0 + chunk] * cdf[:, -1:]).squeeze(-1)
     return out.clamp_(max=V - 1)
-
-
-def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy per row: logits [B, T, V], labels [B, T] -> [B] (fp32)."""
-    B, T, V = logits.shape
-    ce = F.cross_entropy(logits.float().reshape(B * T, V), labels.reshape(B * T), reduction="none")
-    return ce.view(B, T).sum(1)
 
 
 def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:

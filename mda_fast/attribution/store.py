@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mda_fast.attribution.factors import read_json, write_json
+from mda_fast.io import atomic_path, read_json, write_json
 from mda_fast.errors import ConfigError, DataError
 
 _CHUNK = re.compile(r"^chunk-(\d+)-(\d+)\.npz$")
@@ -43,9 +43,8 @@ class ScoreTable:
 
 
 def _save_npz(path: str, **arrays) -> None:
-    with open(path + ".tmp", "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(path + ".tmp", path)
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:

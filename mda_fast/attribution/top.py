@@ -6,7 +6,6 @@ the share of the total positive influence carried by the top x% of rows (of all 
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -33,10 +32,12 @@ def top_share(scores: np.ndarray, fraction: float = 0.1) -> float:
 
 
 def _decode(tokens, tokenizer, max_chars: int) -> str:
+    from mda_fast.codec import EOD_ID, decode_ids, get_codec
+
     if tokenizer is not None:
-        text = tokenizer.decode([int(t) for t in tokens])
-    elif max(tokens, default=0) < 256:  # byte-level vocabulary (the demo model)
-        text = bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
+        text = get_codec(tokenizer).decode(tokens)
+    elif max(tokens, default=0) <= EOD_ID:  # byte-level vocabulary (the demo model)
+        text = decode_ids(tokens)
     else:
         text = " ".join(str(int(t)) for t in tokens)
     text = text.replace("\n", "\\n")
@@ -66,12 +67,10 @@ def top_rows(table: ScoreTable, k: int = 10, column: str | None = None, source=N
 
 def _save(fig, path: str) -> str:
     """Write ``fig`` to ``path`` atomically (a half-written PNG never carries the final name)."""
-    import matplotlib.pyplot as plt
+    from mda_fast.io import save_figure
 
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    save_figure(fig, path, dpi=120)
     return path
 
 

@@ -172,7 +172,7 @@ def _top(cfg, table, src, tokenizer, column=None):
         return
     out = os.path.join(cfg.out, "top")
     reports = [report_top(table, int(cfg.top_k), c, src, tokenizer, out) for c in ([column] if column else table.columns)]
-    from mda_fast.attribution.factors import write_json
+    from mda_fast.io import write_json
 
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "top.json"), {"reports": reports})

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mda_fast.errors import DataError
+from mda_fast.io import atomic_path
 
 _PIECE = re.compile(r"-(\d+)-of-(\d+)\.bin$")
 
@@ -129,14 +130,12 @@ def split_file(path: Path, piece_bytes: int) -> list[Path]:
     with open(path, "rb") as f:
         for i in range(count):
             dest = piece_name(prefix, i, count - 1)
-            tmp = dest.with_name(dest.name + ".tmp")
-            with open(tmp, "wb") as g:
+            with atomic_path(dest) as tmp, open(tmp, "wb") as g:
                 left = min(piece_bytes, total - i * piece_bytes)
                 while left > 0:
                     chunk = f.read(min(left, 1 << 24))
                     g.write(chunk)
                     left -= len(chunk)
-            tmp.replace(dest)
             out.append(dest)
     path.unlink()
     return out

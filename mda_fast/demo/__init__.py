@@ -12,7 +12,7 @@ Pieces: :mod:`.corpus` (build_corpus, load_row_kinds), :mod:`.generators` (struc
 
 from mda_fast.demo.config import DEFAULT_YAML, DemoConfig, load_demo_config
 from mda_fast.demo.corpus import KINDS, build_corpus, load_row_kinds
-from mda_fast.demo.tokenizer import EOD_ID, VOCAB_SIZE, byte_tokenizer, decode_ids, encode_bytes
+from mda_fast.codec import BYTE_VOCAB_SIZE as VOCAB_SIZE, EOD_ID, byte_tokenizer, decode_ids, encode_bytes
 
 
 def run_demo_training(*args, **kwargs):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from mda_fast.demo.tokenizer import EOD_ID, VOCAB_SIZE
+from mda_fast.codec import BYTE_VOCAB_SIZE, EOD_ID
 from mda_fast.errors import ConfigError
 
 DEFAULT_YAML = Path(__file__).with_name("demo.yaml")
@@ -24,7 +24,7 @@ class DemoConfig:
     d_model: int = 128
     heads: int = 4
     intermediate: int = 256
-    vocab_size: int = VOCAB_SIZE             # 256 bytes + EOD
+    vocab_size: int = BYTE_VOCAB_SIZE        # 256 bytes + EOD
     max_positions: int = 256
     model_seed: int = 0
     init: str = "neox"                       # GPT-NeoX small_init/wang_init ("hf": std 0.02 everywhere)

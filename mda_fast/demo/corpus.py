@@ -4,7 +4,7 @@ Documents (each labelled with its kind, names as in ``mda_fast.intervene.kinds.K
 - ``code``:  the Python standard library's ``.py`` sources (no tests, no site-packages), cut into
   pieces of at most ``max_doc_bytes``;
 - ``prose``: the ``pydoc_data`` documentation topics and the Python LICENSE text;
-- ``markup``, ``latex``, ``records``, ``repeated``: generated (:mod:`mda_fast.demo.generators`).
+- ``markup``, ``latex``, ``records``, ``repeated``: generated (:mod:`mda_fast.intervene.generators`).
 ``mix`` gives each kind's share of the tokens. Documents are shuffled with ``seed``, joined with
 EOD (id 256) after every document like GPT-NeoX, and cut into rows of ``seq_len`` tokens in
 training order (a row may start mid-document). Output, written atomically:
@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from mda_fast.data import write_mmidx
-from mda_fast.demo.generators import _PRINTABLE, GENERATORS
-from mda_fast.demo.tokenizer import EOD_ID, encode_bytes
+from mda_fast.intervene.generators import _PRINTABLE, GENERATORS
+from mda_fast.codec import EOD_ID, encode_bytes
 from mda_fast.errors import ConfigError, DataError
+from mda_fast.io import write_bytes, write_json
 
 _PRINTABLE_BYTES = _PRINTABLE.encode("ascii")
 KINDS = ("code", "prose", "markup", "latex", "records", "repeated")
@@ -191,12 +192,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int = 0,
                  mix: dict | None = None, max_doc_bytes: int = 8192, repeat_rows: float = 0.0,
                  repeat_span: tuple[int, int] = (6, 30), repeat_gap: tuple[int, int] = (0, 0)) -> CorpusInfo:
@@ -213,12 +208,12 @@ def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int 
     row_kind = frac.argmax(axis=1)
     tokens_by_kind = {kind: int((kinds == k).sum()) for k, kind in enumerate(KINDS)}
     write_mmidx(prefix, iter(rows), dtype=np.uint16)
-    _atomic_write(Path(str(prefix) + ".kindfrac.npy"), lambda p: p.write_bytes(_npy_bytes(frac)))
+    write_bytes(Path(str(prefix) + ".kindfrac.npy"), _npy_bytes(frac))
     meta = {"kinds": list(KINDS), "row_kind": row_kind.tolist(), "seed": seed, "seq_len": seq_len,
             "n_rows": n_rows, "eod_id": EOD_ID, "repeat_rows": repeat_rows,
             "repeat_span": list(repeat_span), "repeat_gap": list(repeat_gap), "mix": _check_mix(mix or DEFAULT_MIX),
             "tokens_by_kind": tokens_by_kind, "python": sys.version.split()[0]}
-    _atomic_write(Path(str(prefix) + ".kinds.json"), lambda p: p.write_text(json.dumps(meta)))
+    write_json(Path(str(prefix) + ".kinds.json"), meta)
     return CorpusInfo(prefix, n_rows, seq_len, KINDS, row_kind, tokens_by_kind)
 
 

@@ -74,7 +74,7 @@ def dose_table(summary: dict) -> dict:
 
 
 def plot_dose(dose: dict, path) -> Path:
-    from mda_fast.intervene.io import pyplot, save_figure
+    from mda_fast.io import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(dose), figsize=(4.4 * len(dose), 3.4), squeeze=False)
@@ -149,7 +149,7 @@ def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float =
     from mda_fast.demo.train_demo import corpus_prefix
     from mda_fast.intervene.augment import write_synthetic
     from mda_fast.intervene.experiment import prepare_experiment, run_conditions, summarize, write_outputs
-    from mda_fast.intervene.io import write_json
+    from mda_fast.io import write_json
     from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
     from mda_fast.intervene.plans import resolve_count
     from mda_fast.intervene.summary import TrackedUnit, format_summary

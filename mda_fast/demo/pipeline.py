@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mda_fast.demo.config import DemoConfig
+from mda_fast.io import write_json
 
 
 def attribution_window(info: dict, cfg: DemoConfig) -> tuple[int, int]:
@@ -121,7 +122,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     """Run every stage of the demo into ``out``; returns (and writes ``out/demo.json``) a summary."""
     from mda_fast.data import MMIdxSource
     from mda_fast.demo.corpus import load_row_kinds
-    from mda_fast.demo.tokenizer import byte_tokenizer
+    from mda_fast.codec import byte_tokenizer
     from mda_fast.demo.train_demo import corpus_prefix, run_demo_training
     from mda_fast.heads import head_scores
     from mda_fast.models import load_model
@@ -199,9 +200,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
                "overlap": overlap, "outputs": {
                    "checkpoints": str(ckpts), "heads": str(out / "heads"), "scores": str(out / "mda" / "scores"),
                    "top": str(out / "mda" / "top")}}
-    tmp = out / "demo.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    tmp.replace(out / "demo.json")
+    write_json(out / "demo.json", summary)
     return summary
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import torch
 from mda_fast.demo.config import DemoConfig, load_demo_config
 from mda_fast.demo.corpus import build_corpus
 from mda_fast.demo.measure import formation_window, measure_heads
-from mda_fast.demo.tokenizer import byte_tokenizer
+from mda_fast.codec import byte_tokenizer
+from mda_fast.io import read_json, write_json
 
 
 def corpus_prefix(out: str | Path) -> Path:
@@ -41,11 +41,9 @@ def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
             return prefix
     info = build_corpus(prefix, cfg.n_rows, cfg.seq_len, cfg.corpus_seed, cfg.mix,
                         repeat_rows=cfg.repeat_rows, repeat_span=cfg.repeat_span, repeat_gap=cfg.repeat_gap)
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     meta["mix_requested"] = cfg.mix
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, meta_path)
+    write_json(meta_path, meta)
     return info.prefix
 
 
@@ -161,10 +159,7 @@ def run_demo_training(out: str | Path, cfg: DemoConfig | None = None, progress: 
         "final_loss": history[-1]["loss"] if history else None, "last_step": max(tracker.scores),
         "scores": {int(k): v for k, v in sorted(tracker.scores.items())},
     })
-    path = out / "induction.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    write_json(out / "induction.json", summary)
     return summary
 
 

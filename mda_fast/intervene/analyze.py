@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.codec import ByteCodec, codec_for_vocab
-from mda_fast.intervene.io import pyplot, save_figure, write_json
+from mda_fast.codec import ByteCodec, codec_for_vocab
+from mda_fast.io import pyplot, save_figure, write_json
 from mda_fast.intervene.kinds import KINDS, detect_kinds
 from mda_fast.intervene.plans import pick_column, resolve_count, select_top
 

@@ -1,15 +1,9 @@
 """Mechanistic augmentation: seeded synthetic rows with the repetitive structure found enriched
 among top-influence rows, tokenized and written as ``.bin/.idx`` rows for ``insert-synthetic``.
 
-Generators (``random.Random -> str``, one document each):
-
-- ``spans``:  a random span (8-32 characters of words/punctuation) repeated 3-12 times at
-  varying distances (filler of 0-``max_gap`` characters between copies, drawn log-uniformly so
-  near and far repeats both occur; default a third of the row);
-- ``markup``: an XML/HTML list whose children repeat the same tag set with varying content;
-- ``table``:  a markdown (``| a | b |``) or CSV table with a fixed column structure;
-- ``tiled``:  a random printable span tiled along the whole row (not in the default set: the
-  demo uses it, the structure its top rows share).
+Documents come from :mod:`mda_fast.intervene.generators` (the set the demo corpus uses too); the
+default kinds are ``spans`` (``max_gap`` characters at most between copies, default a third of
+the row), ``markup`` and ``table``; the demo inserts ``tiled`` rows.
 
 Rows are made by concatenating documents separated by the codec's end-of-document token until
 ``seq_len`` tokens, then cutting (each row starts at a document start). ``<prefix>.kinds.json``
@@ -18,83 +12,15 @@ records the generator of each row's first document.
 
 from __future__ import annotations
 
-import math
 import random
-import string
 
 import numpy as np
 
+from mda_fast.codec import get_codec
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.codec import get_codec
-from mda_fast.intervene.io import write_json
+from mda_fast.intervene.generators import GENERATORS
+from mda_fast.io import write_json
 
-_WORDS = ("data value name item list node time user type code text page file line size "
-          "key id set get run map log row col sum max min new old top end".split())
-_TAGS = ("item", "row", "entry", "node", "name", "value", "title", "li", "td", "span", "field", "key")
-_PUNCT = "-_.:;/=#@+"
-
-
-def _word(rng: random.Random) -> str:
-    if rng.random() < 0.5:
-        return rng.choice(_WORDS)
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 8)))
-
-
-def _filler(rng: random.Random, n_chars: int) -> str:
-    out = []
-    while sum(len(w) + 1 for w in out) < n_chars:
-        out.append(_word(rng))
-    return " ".join(out)[:n_chars]
-
-
-def gen_spans(rng: random.Random, max_gap: int = 200) -> str:
-    """One span repeated 3-12 times with log-uniform gaps in [0, max_gap] characters."""
-    span = ""
-    target = rng.randint(8, 32)
-    while len(span) < target:
-        span += _word(rng) + rng.choice(_PUNCT + " ")
-    span = span[:target]
-    parts = []
-    for _ in range(rng.randint(3, 12)):
-        gap = int(math.exp(rng.uniform(0, math.log(max_gap + 1)))) - 1
-        parts += [_filler(rng, gap), " " if gap else "", span, " "]
-    return "".join(parts).strip() + "\n"
-
-
-def gen_markup(rng: random.Random) -> str:
-    """<root> with 3-20 children sharing one tag set: repeated open/close tags."""
-    root, child = rng.sample(_TAGS, 2)
-    fields = rng.sample(_TAGS, rng.randint(1, 3))
-    lines = [f"<{root}>"]
-    for i in range(rng.randint(3, 20)):
-        inner = "".join(f"<{f}>{_word(rng) if rng.random() < 0.7 else rng.randint(0, 999)}</{f}>" for f in fields)
-        lines.append(f'  <{child} id="{i}">{inner}</{child}>')
-    lines.append(f"</{root}>")
-    return "\n".join(lines) + "\n"
-
-
-def gen_table(rng: random.Random) -> str:
-    """A markdown or CSV table: header + 3-20 rows with the same columns."""
-    cols = [_word(rng) for _ in range(rng.randint(2, 5))]
-    n = rng.randint(3, 20)
-    cell = lambda: _word(rng) if rng.random() < 0.5 else str(rng.randint(0, 9999))  # noqa: E731
-    if rng.random() < 0.5:
-        out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        out += ["| " + " | ".join(cell() for _ in cols) + " |" for _ in range(n)]
-    else:
-        out = [",".join(cols)] + [",".join(cell() for _ in cols) for _ in range(n)]
-    return "\n".join(out) + "\n"
-
-
-def gen_tiled(rng: random.Random, n_chars: int = 256) -> str:
-    """A random printable span (6-30 characters) tiled with no gaps to ``n_chars``: the structure of
-    the demo's top-influence rows (a row that is one span repeated), generated afresh."""
-    span = "".join(rng.choice(string.ascii_letters + string.digits + string.punctuation + " ")
-                   for _ in range(rng.randint(6, 30)))
-    return (span * (n_chars // len(span) + 1))[:n_chars]
-
-
-GENERATORS = {"spans": gen_spans, "markup": gen_markup, "table": gen_table, "tiled": gen_tiled}
 DEFAULT_KINDS = ("spans", "markup", "table")
 
 

@@ -30,7 +30,7 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.fingerprint import run_fingerprint
-from mda_fast.intervene.io import write_json
+from mda_fast.io import write_json
 from mda_fast.intervene.plans import PlanSpec, build_plan, parse_plan_spec
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks

@@ -26,7 +26,7 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.fingerprint import run_fingerprint
-from mda_fast.intervene.io import write_json
+from mda_fast.io import write_json
 from mda_fast.intervene.plans import Plan, window_rows
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
 from mda_fast.intervene.stats import spearman_ci

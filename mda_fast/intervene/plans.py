@@ -116,7 +116,7 @@ class Plan:
         return cls(**d)
 
     def save(self, path) -> None:
-        from mda_fast.intervene.io import write_json
+        from mda_fast.io import write_json
 
         write_json(path, self.to_json())
 

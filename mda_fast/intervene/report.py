@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mda_fast.intervene.io import pyplot, read_json, save_figure, write_text
+from mda_fast.io import pyplot, read_json, save_figure, write_text
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#212529;padding:0 12px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #dee2e6}
@@ -134,7 +134,7 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
     (default: config's source when it is openable) for the top rows.
     """
     from mda_fast.intervene.analyze import default_min_len, positions_of
-    from mda_fast.intervene.codec import codec_for_vocab
+    from mda_fast.codec import codec_for_vocab
 
     d = Path(exp_dir)
     cfg = read_json(d / "config.json") if (d / "config.json").is_file() else {}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.io import read_json, write_json
+from mda_fast.io import read_json, write_json
 from mda_fast.intervene.plans import Plan
 from mda_fast.intervene.track import StopRule, Tracker
 

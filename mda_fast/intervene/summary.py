@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.io import pyplot, save_figure
+from mda_fast.io import pyplot, save_figure
 from mda_fast.intervene.stats import paired_effect
 from mda_fast.intervene.track import emergence, mean_std, series
 

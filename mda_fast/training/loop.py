@@ -23,9 +23,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mda_fast.errors import ConfigError, DataError
+from mda_fast.models.loss import model_row_losses
 from mda_fast.training.checkpoints import list_checkpoints, read_state, restore, save_checkpoint
 from mda_fast.training.optim import OptimConfig, build_optimizer, lr_at, set_lr
 
@@ -39,15 +39,6 @@ class TrainResult:
     end_step: int
     history: list[dict] = field(default_factory=list)   # one metrics dict per update done here
     saved: list[int] = field(default_factory=list)      # checkpoint steps written by this call
-
-
-def row_losses(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Summed next-token CE per row. tokens [B, L] -> [B] (L-1 predictions per row), fp32."""
-    logits = model(input_ids=tokens[:, :-1]).logits          # [B, L-1, V]
-    labels = tokens[:, 1:]
-    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                         reduction="none")
-    return ce.view(labels.shape).sum(dim=1)
 
 
 def _iter_batches(source, rps: int, a: int, b: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -217,7 +208,7 @@ def _update(model, optimizer, optim: OptimConfig, s: int, row_ids, tokens, row_w
         ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                else torch.autocast(device.type, enabled=False))
         with ctx:
-            rl = row_losses(model, tok)                                        # [mb]
+            rl = model_row_losses(model, tok)                                      # [mb]
         loss = (wi * rl).sum() / denom
         loss.backward()
         tot_plain += rl.detach().sum().item()
