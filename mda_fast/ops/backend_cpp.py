@@ -138,7 +138,7 @@ def grad_dot_queries(a, g, Q, route: str = "auto") -> torch.Tensor:
         a, sa = a.contiguous(), (T * I, I, 1)
     Q = _dense(Q)
     _ext().grad_dot_queries(a.data_ptr(), sa, g.data_ptr(), _strides(g), B, T, I, O,
-                            Q.data_ptr(), n, out.data_ptr(), route == "factored", _threads())
+                            Q.data_ptr(), n, out.data_ptr(), route, _threads())
     return out
 
 
@@ -167,8 +167,8 @@ def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out, route: str = "auto") -> torch.T
     QA, QS = _dense(Q_A), _dense(Q_S)
     dst = out if out.is_contiguous() else torch.zeros(O, I, dtype=torch.float32)
     _ext().ekfac_lambda_accumulate(a.data_ptr(), _strides(a), g.data_ptr(), _strides(g), B, T, I, O,
-                                   QA.data_ptr(), QS.data_ptr(), dst.data_ptr(), route == "inputs",
-                                   _threads())
+                                   QA.data_ptr(), QS.data_ptr(), dst.data_ptr(),
+                                   "factored" if route == "inputs" else "materialized", _threads())
     if dst is not out:
         out += dst
     return out

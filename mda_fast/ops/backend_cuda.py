@@ -83,7 +83,7 @@ def grad_dot_queries(a, g, Q, route: str = "auto") -> torch.Tensor:
     chunk = max(1, min(B, _CHUNK_ELEMS // max(1, per)))
     ws = torch.empty(chunk * per, dtype=torch.float32, device=a.device)
     _ext().grad_dot_queries(_DTYPE[a.dtype], a.data_ptr(), a.stride(), g.data_ptr(), g.stride(), B, T, I, O,
-                            Qf.data_ptr(), n, out.data_ptr(), route == "factored", ws.data_ptr(), chunk,
+                            Qf.data_ptr(), n, out.data_ptr(), route, ws.data_ptr(), chunk,
                             _stream())
     return out
 
