@@ -1,8 +1,12 @@
 """Build: pure-Python package + pybind11 extensions.
 
-* ``mda_fast._C``      C++17/OpenMP CPU ops from ``csrc/*.cpp`` (always attempted).
-* ``mda_fast._C_cuda`` CUDA ops from ``csrc/cuda/*.cu`` + ``csrc/cuda/*.cpp``, built when nvcc is found
-  AND (``MDA_FAST_CUDA=1`` or an installed torch is a CUDA build). ``MDA_FAST_CUDA=0`` disables it.
+* ``mda_fast._C``      C++17/OpenMP CPU ops from ``csrc/cpu/*.cpp`` (one file per op, plus the GEMM
+  and the bindings; always attempted).
+* ``mda_fast._C_cuda`` CUDA ops from ``csrc/cuda/*.cu`` (one file per op) + ``csrc/cuda/*.cpp``, built
+  when nvcc is found AND (``MDA_FAST_CUDA=1`` or an installed torch is a CUDA build).
+  ``MDA_FAST_CUDA=0`` disables it.
+Headers shared by both (projection hash, route names) live in ``csrc/common/``.
+The Triton kernels (top-level ``kernels/``) are installed as the package ``mda_fast.kernels``.
 
 torch is never imported at build time: the bindings take raw pointers and shapes, and the CUDA
 check reads ``torch/version.py`` as text. Both extensions are optional: a failed compile prints a
@@ -116,9 +120,9 @@ def extensions():
     from pybind11 import get_include
 
     exts = []
-    cpp = sorted(glob.glob("csrc/*.cpp"))
+    cpp = sorted(glob.glob("csrc/cpu/*.cpp"))
     if cpp:
-        exts.append(Extension("mda_fast._C", cpp, include_dirs=[get_include(), "csrc"], language="c++",
+        exts.append(Extension("mda_fast._C", cpp, include_dirs=[get_include(), "csrc/cpu"], language="c++",
                               extra_compile_args=["-O3", "-g0", "-std=c++17", "-fvisibility=hidden"],
                               extra_link_args=[]))
     nvcc, why = want_cuda()

@@ -3,7 +3,7 @@
 One program per (b, O tile, I tile): the G_b tile [BO, BI] = g_b[:, tile]^T a_b[:, tile] is built
 on chip over T and contracted with every query's matching tile; per-tile partial sums
 [B, tiles, n] are reduced on the host (deterministic, no atomics). FLOPs 2*B*T*O*I + 2*B*n*O*I
-(the materialized count of reference.grad_dot_flops) without ever storing G.
+(the materialized count of flops() in mda_fast/ops/op_grad_dot_queries.py) without ever storing G.
 """
 
 import torch

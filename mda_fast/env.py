@@ -62,28 +62,15 @@ def nvcc_version() -> str | None:
     return m.group(1) if m else "unknown"
 
 
-def _backend(module: str) -> tuple[bool, str]:
+def _backends() -> dict[str, tuple[bool, str]]:
+    """The ops' own status (mda_fast.ops.backends.report): what the ops' backend choice sees, same reasons."""
     try:
-        mod = importlib.import_module(module)
-        ok, why = mod.available()
-        return bool(ok), str(why)
-    except Exception as exc:  # noqa: BLE001
-        return False, f"{type(exc).__name__}: {exc}"
+        from mda_fast.ops import backends
 
-
-def _triton(torch) -> dict[str, tuple[bool, str]]:
-    try:
-        import triton
-    except Exception as exc:  # noqa: BLE001
-        why = f"triton not importable ({type(exc).__name__}: {exc}); pip install triton"
-        return {"triton": (False, why), "triton-interpreter": (False, why)}
-    gpu = torch.cuda.is_available()
-    compiled = (True, f"triton {triton.__version__} on {torch.cuda.get_device_name()}") if gpu else \
-        (False, "no CUDA device visible to torch")
-    interp_on = os.environ.get("TRITON_INTERPRET") == "1"
-    interp = (True, f"triton {triton.__version__}; " + ("TRITON_INTERPRET=1 is set" if interp_on else
-                                                        "set TRITON_INTERPRET=1 to use it (slow, small shapes)"))
-    return {"triton": compiled, "triton-interpreter": interp}
+        return backends.report()
+    except Exception as exc:  # noqa: BLE001 - a report must not crash
+        why = f"mda_fast.ops not importable ({type(exc).__name__}: {exc})"
+        return {name: (False, why) for name in BACKEND_ORDER}
 
 
 def env_report() -> dict:
@@ -92,12 +79,7 @@ def env_report() -> dict:
 
     from mda_fast import __version__
 
-    backends = {
-        "cpp": _backend("mda_fast.ops.backend_cpp"),
-        "cuda": _backend("mda_fast.ops.backend_cuda"),
-        **_triton(torch),
-        "torch": (True, f"torch {torch.__version__}"),
-    }
+    backends = _backends()
     ext = _safe(lambda: importlib.import_module("mda_fast._C"), "missing")
     threads = {
         "torch": torch.get_num_threads(),

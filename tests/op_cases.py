@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mda_fast.ops as ops
+from mda_fast.ops import SeededProjection
 
 ALL = [("torch", "cpu"), ("cpp", "cpu"), ("triton", "cpu"), ("triton", "cuda"), ("cuda", "cuda")]
 BACKENDS = [pytest.param(b, d, id=f"{b}-{d}") for b, d in ALL]
@@ -53,12 +54,9 @@ def hash_entry(seed: int, i: int, j: int, k: int) -> float:
     return (1.0 if h & 1 else -1.0) / math.sqrt(k)
 
 
-class Seeded:
-    """Duck-typed like mda_fast.ops.projection.SeededProjection (what the compiled backends accept),
-    with ``dense()``: the float64 [dim, k] matrix from hash_entry."""
-
-    def __init__(self, dim, k, seed):
-        self.dim, self.k, self.seed = dim, k, seed
+class Seeded(SeededProjection):
+    """A SeededProjection(dim, k, seed) with ``dense()``: the float64 [dim, k] matrix from hash_entry
+    (an oracle independent of every backend's implementation of the hash)."""
 
     def dense(self) -> torch.Tensor:
         return torch.tensor([[hash_entry(self.seed, i, j, self.k) for j in range(self.k)]

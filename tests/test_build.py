@@ -1,5 +1,6 @@
-"""The compiled CPU extension: it imports, its ops match an inline float64 einsum, bad input is
-refused in Python before any C++ call, and the package falls back to torch without it."""
+"""The compiled CPU extension: it imports, its ops (through the adapter backend_cpp, both routes)
+match an inline float64 einsum, bad input is refused by the front door before any C++ call, and the
+package falls back to torch without it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import sys
 import pytest
 import torch
 
-from mda_fast.ops import backend_cpp
+import mda_fast.ops as ops
+from mda_fast.ops import backend_cpp, backends
+from mda_fast.ops import op_ekfac_lambda_accumulate as op3
+from mda_fast.ops import op_grad_dot_queries as op2
 from op_cases import Seeded
 
-needs_ext = pytest.mark.skipif(not backend_cpp.available()[0], reason=backend_cpp.available()[1])
+needs_ext = pytest.mark.skipif(not backends.status("cpp")[0], reason=backends.status("cpp")[1])
 
 
 def _close(x, ref, tol):
@@ -30,7 +34,7 @@ def _orth(n, gen):
 def test_extension_imports():
     if os.environ.get("MDA_FAST_NO_EXT") == "1":
         pytest.skip("built without extensions (MDA_FAST_NO_EXT=1)")
-    ok, why = backend_cpp.available()
+    ok, why = backends.status("cpp")
     assert ok, why
     from mda_fast import _C
 
@@ -46,6 +50,23 @@ def test_seeded_projection_matches_python_hash():
         out = torch.empty(dim, k)
         _C.seeded_projection(dim, k, seed, out.data_ptr())
         _close(out, Seeded(dim, k, seed).dense(), 1e-7)
+
+
+def test_one_cpu_source_per_op():
+    """csrc/cpu/<op>.cpp for each op, next to the shared GEMM and the bindings."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cpu")
+    names = {f for f in os.listdir(root) if f.endswith(".cpp")}
+    assert names == {"project_per_sample_grad.cpp", "grad_dot_queries.cpp", "ekfac_lambda_accumulate.cpp",
+                     "kron_inverse_apply.cpp", "gemm.cpp", "bindings.cpp"}, names
+
+
+@needs_ext
+def test_route_names_are_checked_in_cpp():
+    a, g, Q = torch.randn(2, 3, 4), torch.randn(2, 3, 5), torch.randn(1, 5, 4)
+    with pytest.raises(ValueError, match="route must be 'factored' or 'materialized'"):
+        backend_cpp.grad_dot_queries(a, g, Q, "inputs")
+    with pytest.raises(ValueError, match="route"):
+        backend_cpp.ekfac_lambda_accumulate(a, g, torch.eye(4), torch.eye(5), torch.zeros(5, 4), "gradients")
 
 
 # ---- numerics against an inline float64 einsum ------------------------------------------------------
@@ -85,14 +106,14 @@ def test_ops_match_einsum(shape, kernel_path):
     Q = torch.randn(4, O, I, generator=gen, dtype=torch.float64)
     ref = torch.einsum("bto,noi,bti->bn", g64, Q, a64)
     for route in ("factored", "materialized"):
-        _close(backend_cpp.grad_dot_queries(a, g, Q.float(), route=route), ref, 1e-5)
+        _close(backend_cpp.grad_dot_queries(a, g, Q.float(), route), ref, 1e-5)
     # op 3, both routes, accumulating into a non-zero out
     QA, QS = _orth(I, gen), _orth(O, gen)
     G = torch.einsum("bto,bti->boi", g64, a64)
     ref = ((QS.T @ G @ QA) ** 2).sum(0) + 2.0
-    for route in ("inputs", "gradients"):
+    for route in ("factored", "materialized"):
         out = torch.full((O, I), 2.0)
-        res = backend_cpp.ekfac_lambda_accumulate(a, g, QA.float(), QS.float(), out, route=route)
+        res = backend_cpp.ekfac_lambda_accumulate(a, g, QA.float(), QS.float(), out, route)
         assert res is out
         _close(out, ref, 1e-5)
     # op 4
@@ -117,12 +138,12 @@ def test_noncontiguous_lowprecision_and_grouped():
     _close(backend_cpp.project_per_sample_grad(ab, gb, Pi.bfloat16(), Po), ref, 1e-5)
     Q = torch.randn(2, O, I, generator=gen).half()
     ref = torch.einsum("bto,noi,bti->bn", gb.double(), Q.double(), ab.double())
-    _close(backend_cpp.grad_dot_queries(ab, gb, Q), ref, 1e-5)
+    _close(backend_cpp.grad_dot_queries(ab, gb, Q, "materialized"), ref, 1e-5)
     # T == 1 with an odd stride on the size-1 dim (torch still calls it contiguous): factored route
     a1 = torch.randn(B, I, generator=gen).as_strided((B, 1, I), (I, 99, 1))
     g1 = torch.randn(B, 1, O, generator=gen)
     ref = torch.einsum("bto,noi,bti->bn", g1.double(), Q.double(), a1.double())
-    _close(backend_cpp.grad_dot_queries(a1, g1, Q, route="factored"), ref, 1e-5)
+    _close(backend_cpp.grad_dot_queries(a1, g1, Q, "factored"), ref, 1e-5)
     # grouped op 4 over blocks of different shapes equals one call per block
     blocks = []
     for O_, I_, n in [(4, 6, 3), (8, 5, 1), (3, 3, 2)]:
@@ -134,27 +155,27 @@ def test_noncontiguous_lowprecision_and_grouped():
         _close(out, QS @ ((QS.T @ V @ QA) / (lam + d)) @ QA.T, 1e-5)
 
 
-# ---- bad input never reaches C++ --------------------------------------------------------------------
+# ---- bad input never reaches C++: the front door validates before it picks the backend ---------------
 class _Tripwire:
     def __getattr__(self, name):
         raise AssertionError(f"C++ was called ({name}) before the arguments were validated")
 
 
 BAD = [
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.project_per_sample_grad(a.double(), g, QA, QS), "a"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.project_per_sample_grad(a, g[:, :3], QA, QS), "g"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.project_per_sample_grad(a, g, QS, QS), "P_in"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.project_per_sample_grad(a, g, Seeded(5, 2, 0), QS), "P_in"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.project_per_sample_grad(a.int(), g, QA, QS), "a"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.grad_dot_queries(a, g, Q[:, :, :2]), "Q"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.ekfac_lambda_accumulate(a, g, QA, QA, lam), "Q_S"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.ekfac_lambda_accumulate(a, g, QA, QS, lam.double()), "out"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.kron_inverse_apply(QA, QS, lam, V, float("nan")), "damping"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.kron_inverse_apply(QA, QS, lam, V, float("inf")), "damping"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.kron_inverse_apply(QA, QS, lam.T, V, 0.1), "lam"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.kron_inverse_apply(QA, QS, lam, V[0], 0.1), "V"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.kron_inverse_apply_grouped([(QA, QS, lam, V, 0.1), (QA, QS, lam, V, None)]), "blocks[1].damping"),
-    (lambda a, g, Q, QA, QS, lam, V: backend_cpp.kron_inverse_apply(QA.to("meta"), QS, lam, V, 0.1), "Q_A"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.project_per_sample_grad(a.double(), g, QA, QS, backend="cpp"), "a"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.project_per_sample_grad(a, g[:, :3], QA, QS, backend="cpp"), "g"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.project_per_sample_grad(a, g, QS, QS, backend="cpp"), "P_in"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.project_per_sample_grad(a, g, Seeded(5, 2, 0), QS, backend="cpp"), "P_in"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.project_per_sample_grad(a.int(), g, QA, QS, backend="cpp"), "a"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.grad_dot_queries(a, g, Q[:, :, :2], backend="cpp"), "Q"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.ekfac_lambda_accumulate(a, g, QA, QA, lam, backend="cpp"), "Q_S"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.ekfac_lambda_accumulate(a, g, QA, QS, lam.double(), backend="cpp"), "out"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.kron_inverse_apply(QA, QS, lam, V, float("nan"), backend="cpp"), "damping"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.kron_inverse_apply(QA, QS, lam, V, float("inf"), backend="cpp"), "damping"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.kron_inverse_apply(QA, QS, lam.T, V, 0.1, backend="cpp"), "lam"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.kron_inverse_apply(QA, QS, lam, V[0], 0.1, backend="cpp"), "V"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.kron_inverse_apply_grouped([(QA, QS, lam, V, 0.1), (QA, QS, lam, V, None)], backend="cpp"), "blocks[1].damping"),
+    (lambda a, g, Q, QA, QS, lam, V: ops.kron_inverse_apply(QA.to("meta"), QS, lam, V, 0.1, backend="cpp"), "Q_A"),
 ]
 
 
@@ -175,8 +196,8 @@ import sys
 sys.modules["mda_fast._C"] = None  # as if the extension had never been built
 import torch
 import mda_fast, mda_fast.ops as ops
-from mda_fast.ops import backend_cpp
-ok, why = backend_cpp.available()
+from mda_fast.ops import backends
+ok, why = backends.status("cpp")
 assert not ok and "not importable" in why, why
 a, g = torch.randn(2, 5, 6), torch.randn(2, 5, 4)
 P_in, P_out = torch.randn(6, 3), torch.randn(4, 2)
@@ -204,8 +225,9 @@ def test_thread_count_does_not_change_results():
     QA, QS = _orth(I, gen).float(), _orth(O, gen).float()
 
     def run():
-        return (backend_cpp.project_per_sample_grad(a, g, Pi, Po), backend_cpp.grad_dot_queries(a, g, Q),
-                backend_cpp.ekfac_lambda_accumulate(a, g, QA, QS, torch.zeros(O, I)))
+        return (backend_cpp.project_per_sample_grad(a, g, Pi, Po),
+                backend_cpp.grad_dot_queries(a, g, Q, op2.route(B, T, O, I, Q.shape[0])),
+                backend_cpp.ekfac_lambda_accumulate(a, g, QA, QS, torch.zeros(O, I), op3.route(B, T, O, I)))
 
     before = torch.get_num_threads()
     try:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mda_fast.ops import backend_cuda
+import mda_fast.ops as ops
+from mda_fast.ops import backend_cuda, backends
 from op_cases import Seeded
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not backend_cuda.available()[0], reason=backend_cuda.available()[1]),
+    pytest.mark.skipif(not backends.status("cuda")[0], reason=backends.status("cuda")[1]),
 ]
 
 
@@ -47,11 +48,11 @@ def test_cuda_ops_match_einsum(shape, dtype, tol):
     Q = torch.randn(3, O, I, generator=gen, dtype=torch.float64)
     ref = torch.einsum("bto,noi,bti->bn", g64, Q, a64)
     for route in ("factored", "materialized"):
-        _close(backend_cuda.grad_dot_queries(ad, gd, Q.float().cuda(), route=route), ref, tol)
+        _close(backend_cuda.grad_dot_queries(ad, gd, Q.float().cuda(), route), ref, tol)
     QA, QS = _orth(I, gen), _orth(O, gen)
     G = torch.einsum("bto,bti->boi", g64, a64)
     out = torch.ones(O, I, device="cuda")
-    backend_cuda.ekfac_lambda_accumulate(ad, gd, QA.float().cuda(), QS.float().cuda(), out)
+    backend_cuda.ekfac_lambda_accumulate(ad, gd, QA.float().cuda(), QS.float().cuda(), out, "materialized")
     _close(out, ((QS.T @ G @ QA) ** 2).sum(0) + 1, tol)
 
 
@@ -68,11 +69,14 @@ def test_cuda_grouped_kron_matches_einsum():
 
 
 def test_cuda_bad_input():
+    """Refused by the front door before backend="cuda" runs anything."""
     a, g = torch.randn(2, 3, 4, device="cuda"), torch.randn(2, 3, 5, device="cuda")
     with pytest.raises(ValueError, match="^P_in"):
-        backend_cuda.project_per_sample_grad(a, g, torch.randn(5, 2, device="cuda"), torch.randn(5, 2, device="cuda"))
-    with pytest.raises(ValueError, match="^a"):
-        backend_cuda.project_per_sample_grad(a.cpu(), g, torch.randn(4, 2), torch.randn(5, 2))
+        ops.project_per_sample_grad(a, g, torch.randn(5, 2, device="cuda"), torch.randn(5, 2, device="cuda"),
+                                    backend="cuda")
+    with pytest.raises(ValueError, match="cannot run on cpu tensors"):
+        ops.project_per_sample_grad(a.cpu(), g.cpu(), torch.randn(4, 2), torch.randn(5, 2), backend="cuda")
     QA, QS = torch.eye(4, device="cuda"), torch.eye(5, device="cuda")
     with pytest.raises(ValueError, match="^damping"):
-        backend_cuda.kron_inverse_apply(QA, QS, torch.ones(5, 4, device="cuda"), torch.ones(1, 5, 4, device="cuda"), float("nan"))
+        ops.kron_inverse_apply(QA, QS, torch.ones(5, 4, device="cuda"), torch.ones(1, 5, 4, device="cuda"),
+                               float("nan"), backend="cuda")

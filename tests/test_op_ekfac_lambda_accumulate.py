@@ -1,10 +1,11 @@
-"""Op 3, ekfac_lambda_accumulate: every backend and both torch routes vs a float64 oracle, bad input."""
+"""Op 3, ekfac_lambda_accumulate: every backend and both torch routes vs a float64 oracle,
+the routing rule, bad input."""
 
 import pytest
 import torch
 
 import mda_fast.ops as ops
-from mda_fast.ops import reference as R
+from mda_fast.ops import op_ekfac_lambda_accumulate as op
 from op_cases import BACKENDS, need, close, inputs
 
 
@@ -63,7 +64,7 @@ def test_noncontiguous(backend, device):
     close(out, want, torch.float32)
 
 
-@pytest.mark.parametrize("route", ["inputs", "gradients"])
+@pytest.mark.parametrize("route", ["factored", "materialized"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_both_torch_routes(route, shape):
     B, T, I, O = shape
@@ -71,21 +72,21 @@ def test_both_torch_routes(route, shape):
     QA, QS = bases(I, O)
     out = torch.rand(O, I)
     want = oracle(a, g, QA, QS, out)
-    close(R.ekfac_lambda_accumulate(a, g, QA, QS, out, route=route), want, torch.float32)
+    close(op.reference(a, g, QA, QS, out, route), want, torch.float32)
 
 
 def test_route_formula():
-    c_in, c_g = R.ekfac_flops(B=4, T=8, O=64, I=512)
-    assert c_in < c_g  # short rows: rotate the inputs
-    c_in, c_g = R.ekfac_flops(B=4, T=2048, O=128, I=512)
-    assert c_g < c_in  # long rows: rotate G_b
+    c_f, c_m = op.flops(B=4, T=8, O=64, I=512)
+    assert c_f < c_m and op.route(4, 8, 64, 512) == "factored"  # short rows: rotate the inputs
+    c_f, c_m = op.flops(B=4, T=2048, O=128, I=512)
+    assert c_m < c_f and op.route(4, 2048, 128, 512) == "materialized"  # long rows: rotate G_b
 
 
 def test_naive_matches_reference():
     a, g = inputs(2, 9, 12, 10)
     QA, QS = bases(12, 10)
     out = torch.zeros(10, 12)
-    close(R.naive_ekfac_lambda_accumulate(a, g, QA, QS, out.clone()), oracle(a, g, QA, QS, out), torch.float32)
+    close(op.naive_reference(a, g, QA, QS, out.clone()), oracle(a, g, QA, QS, out), torch.float32)
 
 
 def _bad_cases():

@@ -1,10 +1,11 @@
-"""Op 2, grad_dot_queries: every backend and both torch routes vs a float64 oracle, bad input."""
+"""Op 2, grad_dot_queries: every backend and both torch routes vs a float64 oracle, the
+routing rule, bad input."""
 
 import pytest
 import torch
 
 import mda_fast.ops as ops
-from mda_fast.ops import reference as R
+from mda_fast.ops import op_grad_dot_queries as op
 from op_cases import BACKENDS, need, close, inputs
 
 
@@ -51,21 +52,21 @@ def test_both_torch_routes(route, shape):
     B, T, I, O, n = shape
     a, g = inputs(B, T, I, O, noncontig=True)
     Q = torch.randn(n, O, I)
-    close(R.grad_dot_queries(a, g, Q, route=route), oracle(a, g, Q), torch.float32)
+    close(op.reference(a, g, Q, route), oracle(a, g, Q), torch.float32)
 
 
 def test_route_formula():
-    cf, cm = R.grad_dot_flops(B=8, T=1, O=64, I=512, n=1)
-    assert cf < cm  # one query, one token: factored
-    cf, cm = R.grad_dot_flops(B=8, T=2048, O=64, I=512, n=16)
-    assert cm < cf  # many queries, long rows: materialize G_b once
-    assert R.grad_dot_flops(1, 3, 5, 7, 2) == (2 * (2 * 3 * 5 * 7 + 2 * 3 * 5), 2 * 3 * 5 * 7 + 2 * 2 * 5 * 7)
+    cf, cm = op.flops(B=8, T=1, O=64, I=512, n=1)
+    assert cf < cm and op.route(8, 1, 64, 512, 1) == "factored"  # one query, one token
+    cf, cm = op.flops(B=8, T=2048, O=64, I=512, n=16)
+    assert cm < cf and op.route(8, 2048, 64, 512, 16) == "materialized"  # many queries, long rows
+    assert op.flops(1, 3, 5, 7, 2) == (2 * (2 * 3 * 5 * 7 + 2 * 3 * 5), 2 * 3 * 5 * 7 + 2 * 2 * 5 * 7)
 
 
 def test_naive_matches_reference():
     a, g = inputs(2, 9, 12, 10)
     Q = torch.randn(3, 10, 12)
-    close(R.naive_grad_dot_queries(a, g, Q), oracle(a, g, Q), torch.float32)
+    close(op.naive_reference(a, g, Q), oracle(a, g, Q), torch.float32)
 
 
 def test_empty_queries():

@@ -1,6 +1,7 @@
 """Compile the Triton kernels for an NVIDIA GPU without one (ahead of time, with Triton's ptxas).
 
-Each op's launcher in ``mda_fast.kernels`` runs on CPU tensors with ``JITFunction.run`` replaced by a
+Each op's launcher in kernels/<op>.py (``mda_fast.kernels``, found by mda_fast.ops.backends.kernel:
+installed, or the source checkout's kernels/) runs on CPU tensors with ``JITFunction.run`` replaced by a
 recorder, so what gets compiled is exactly what the launcher would launch: same kernel, constexprs
 (tile sizes, LOWP), argument dtypes and grid. Each recorded launch is then compiled for the target
 with ``triton.compile`` and reported: registers per thread, spilled bytes, shared memory, whether
@@ -90,9 +91,9 @@ def record_launches() -> list[Launch]:
             case[0] = f"project_per_sample_grad/{name}/seeded"
             tb.project_per_sample_grad(a, g, SeededProjection(I, k, 1), SeededProjection(O, k, 2))
             case[0] = f"grad_dot_queries/{name}"
-            tb.grad_dot_queries(a, g, torch.randn(n, O, I).to(dt))
+            tb.grad_dot_queries(a, g, torch.randn(n, O, I).to(dt), "materialized")
             case[0] = f"ekfac_lambda_accumulate/{name}"
-            tb.ekfac_lambda_accumulate(a, g, torch.eye(I).to(dt), torch.eye(O).to(dt), torch.zeros(O, I))
+            tb.ekfac_lambda_accumulate(a, g, torch.eye(I).to(dt), torch.eye(O).to(dt), torch.zeros(O, I), "factored")
             case[0] = f"kron_inverse_apply_grouped/{name}"
             blk = (torch.eye(I).to(dt), torch.eye(O).to(dt), torch.rand(O, I).to(dt), torch.randn(n, O, I).to(dt), 0.1)
             tb.kron_inverse_apply_grouped([blk, blk])
@@ -116,13 +117,13 @@ def _resources(cubin: bytes) -> tuple[int, int, int]:
 
 def compile_launch(launch: Launch, arch: int) -> Compiled:
     """Compile one recorded launch for sm_<arch>; raises if Triton or ptxas rejects it."""
-    import importlib
-
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    mod = importlib.import_module(_KERNEL_MODULES[launch.kernel])
+    from mda_fast.ops.backends import kernel
+
+    mod = kernel(_KERNEL_FILES[launch.kernel])
     fn = getattr(mod, launch.kernel)
     src = ASTSource(fn=fn, signature=launch.signature, constexprs=launch.constexprs)
     c = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=launch.options)
@@ -136,12 +137,12 @@ def compile_launch(launch: Launch, arch: int) -> Compiled:
                     spills, int(c.metadata.shared), mma)
 
 
-# kernel function name -> module that defines it (filled from the launchers' modules)
-_KERNEL_MODULES = {
-    "_ppsg_kernel": "mda_fast.kernels.project_per_sample_grad",
-    "_gdq_kernel": "mda_fast.kernels.grad_dot_queries",
-    "_lambda_kernel": "mda_fast.kernels.ekfac_lambda_accumulate",
-    "_grouped_gemm": "mda_fast.kernels.kron_inverse_apply",
+# kernel function name -> kernels/<file>.py that defines it
+_KERNEL_FILES = {
+    "_ppsg_kernel": "project_per_sample_grad",
+    "_gdq_kernel": "grad_dot_queries",
+    "_lambda_kernel": "ekfac_lambda_accumulate",
+    "_grouped_gemm": "kron_inverse_apply",
 }
 
 

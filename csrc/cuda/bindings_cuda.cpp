@@ -1,5 +1,6 @@
 // pybind11 surface of mda_fast._C_cuda: device addresses, shapes, element strides, a stream handle.
-// mda_fast/ops/backend_cuda.py validates arguments and allocates outputs/workspaces with torch first.
+// The ops live in csrc/cuda/<op>.cu. The op's front door (mda_fast/ops/op_<op>.py) validates
+// arguments; mda_fast/ops/backend_cuda.py allocates outputs/workspaces with torch and calls in.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -28,9 +29,10 @@ PYBIND11_MODULE(_C_cuda, m) {
         GIL());
   m.def("grad_dot_queries",
         [](int dtype, uintptr_t a, S3 sa, uintptr_t g, S3 sg, int64_t B, int64_t T, int64_t I, int64_t O,
-           uintptr_t Q, int64_t n, uintptr_t out, bool factored, uintptr_t ws, int64_t chunk, uintptr_t stream) {
+           uintptr_t Q, int64_t n, uintptr_t out, const std::string& route, uintptr_t ws, int64_t chunk,
+           uintptr_t stream) {
           mdacuda::grad_dot_queries(dtype, a, sa[0], sa[1], sa[2], g, sg[0], sg[1], sg[2], B, T, I, O, Q, n, out,
-                                    factored, ws, chunk, stream);
+                                    mda_route::parse_route(route), ws, chunk, stream);
         },
         GIL());
   m.def("ekfac_lambda_accumulate",

@@ -16,7 +16,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "../projection_hash.h"
+#include "../common/projection_hash.h"
 
 namespace mdacuda {
 
@@ -128,6 +128,19 @@ void launch_batched(GemmDesc d, int64_t batch, cudaStream_t stream) {
     gemm_batched_kernel<TA, TB><<<grid, block, 0, stream>>>(s);
   }
   check(cudaGetLastError(), "gemm_batched_kernel launch");
+}
+
+// G[b] = g_b^T a_b for b in [b0, b0 + nb) into G [nb, O, I] (ops 2 and 3, materialized route).
+template <typename T_>
+inline void per_sample_grads(const T_* a, int64_t sab, int64_t sat, int64_t sai, const T_* g, int64_t sgb,
+                             int64_t sgt, int64_t sgo, int64_t b0, int64_t nb, int64_t T, int64_t I, int64_t O,
+                             float* G, cudaStream_t st) {
+  GemmDesc d{};
+  d.A = g + b0 * sgb; d.sAb = sgb; d.sAm = sgo; d.sAk = sgt;
+  d.B = a + b0 * sab; d.sBb = sab; d.sBk = sat; d.sBn = sai;
+  d.C = G; d.sCb = O * I; d.sCm = I; d.sCn = 1;
+  d.M = static_cast<int>(O); d.N = static_cast<int>(I); d.K = static_cast<int>(T);
+  launch_batched<T_, T_>(d, nb, st);
 }
 
 // Element-type dispatch for the activations' dtype code.

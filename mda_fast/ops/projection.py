@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -67,3 +68,18 @@ class SeededProjection:
         j = torch.arange(self.k, dtype=torch.int64, device=device)[None, :]
         bit = (hash32(self.seed, i, j) & 1).to(torch.float32)
         return ((2.0 * bit - 1.0) * self.scale).to(dtype)
+
+
+def dense(P, device) -> torch.Tensor:
+    """[dim, k] fp32 tensor of a projection given as a tensor or a SeededProjection (torch references)."""
+    if isinstance(P, SeededProjection):
+        return P.materialize(torch.float32, device)
+    return P if P.dtype == torch.float32 else P.float()
+
+
+def parts(P) -> tuple[Optional[torch.Tensor], int, int]:
+    """(tensor or None, 32-bit seed, k) of a validated projection: what the compiled backends take
+    (None = generate the seeded entries in the kernel)."""
+    if isinstance(P, SeededProjection):
+        return None, P.seed & MASK32, P.k
+    return P, 0, int(P.shape[1])

@@ -1,7 +1,8 @@
-"""Argument checks of the four ops, shared by the front door (dispatch) and the compiled backends.
+"""Argument checks of the four ops, run once, in each op's front door (mda_fast/ops/op_<op>.py),
+before a backend is chosen; the backends trust what passed them.
 
-Every check raises ValueError naming the argument and its expected shape. ``device_type`` is the
-device a backend requires ("cpu", "cuda"); None (dispatch) only asks all inputs to share one device.
+Every check raises ValueError naming the argument and its expected shape. All inputs of a call must
+share one device; which device a backend needs is checked when it is chosen (backends.choose).
 """
 
 from __future__ import annotations
@@ -12,23 +13,21 @@ from typing import Optional
 
 import torch
 
-from .projection import MASK32, SeededProjection
+from .projection import SeededProjection
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 Block = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]
 
 
 def tensor(x, name: str, shape: str, ndim: int, device: Optional[torch.device] = None,
-           device_type: Optional[str] = None, dtypes: tuple[torch.dtype, ...] = FLOATS) -> torch.Tensor:
-    """``x`` as a tensor of rank ``ndim`` and dtype in ``dtypes``, on ``device`` / a ``device_type`` one."""
+           dtypes: tuple[torch.dtype, ...] = FLOATS) -> torch.Tensor:
+    """``x`` as a tensor of rank ``ndim`` and dtype in ``dtypes``, on ``device`` (None: any)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
     if x.dtype not in dtypes:
         raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]} (shape {shape}), got {x.dtype}")
-    if device_type is not None and x.device.type != device_type:
-        raise ValueError(f"{name} must be a {device_type.upper()} tensor for this backend, got device {x.device}")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
     return x
@@ -47,37 +46,28 @@ def sized(x, name: str, shape: str, expected: tuple[int, ...], device: torch.dev
     return x
 
 
-def activations(a, g, device_type: Optional[str] = None, same_dtype: bool = False) -> tuple[int, int, int, int]:
-    """(B, T, I, O) of a [B, T, I], g [B, T, O]; ``same_dtype`` also asks g.dtype == a.dtype."""
-    tensor(a, "a", "[B, T, I]", 3, device_type=device_type)
+def activations(a, g) -> tuple[int, int, int, int]:
+    """(B, T, I, O) of a [B, T, I], g [B, T, O] of one dtype."""
+    tensor(a, "a", "[B, T, I]", 3)
     tensor(g, "g", "[B, T, O]", 3, a.device)
     if g.shape[:2] != a.shape[:2]:
         raise ValueError(f"g must have shape [B, T, O] with B, T = {tuple(a.shape[:2])} from a, got {tuple(g.shape)}")
-    if same_dtype and g.dtype != a.dtype:
+    if g.dtype != a.dtype:
         raise ValueError(f"g must have the same dtype as a ({a.dtype}), got {g.dtype}")
     B, T, I = a.shape
     return B, T, I, g.shape[2]
 
 
-def is_seeded(P: object, duck_typed: bool = True) -> bool:
-    """A SeededProjection, or (``duck_typed``) any non-tensor with ``dim``, ``k`` and ``seed``."""
-    if not duck_typed:
-        return isinstance(P, SeededProjection)
-    return not isinstance(P, torch.Tensor) and all(hasattr(P, attr) for attr in ("dim", "k", "seed"))
-
-
-def projection(P, name: str, dim: int, dimname: str, device: torch.device,
-               duck_typed: bool = True) -> tuple[Optional[torch.Tensor], int, int]:
-    """(tensor or None, 32-bit seed, k) for a dense [dim, k] tensor or a seeded projection."""
-    if is_seeded(P, duck_typed):
-        if int(P.dim) != dim or int(P.k) < 1:
+def projection(P, name: str, dim: int, dimname: str, device: torch.device) -> None:
+    """A dense [dim, k] tensor on ``device`` or a SeededProjection of that shape (k >= 1)."""
+    if isinstance(P, SeededProjection):
+        if P.dim != dim:
             raise ValueError(f"{name} must have shape [{dimname}, k] with {dimname} = {dim}, k >= 1, got "
                              f"SeededProjection(dim={P.dim}, k={P.k})")
-        return None, int(P.seed) & MASK32, int(P.k)
+        return
     tensor(P, name, f"[{dimname}, k]", 2, device)
     if P.shape[0] != dim or P.shape[1] < 1:
         raise ValueError(f"{name} must have shape [{dimname}, k] with {dimname} = {dim}, k >= 1, got {tuple(P.shape)}")
-    return P, 0, int(P.shape[1])
 
 
 def queries(Q, O: int, I: int, device: torch.device) -> int:
@@ -104,10 +94,9 @@ def damping(d, name: str = "damping") -> float:
     return float(d)
 
 
-def kron_block(Q_A, Q_S, lam, V, d, where: str = "", device: Optional[torch.device] = None,
-               device_type: Optional[str] = None) -> Block:
+def kron_block(Q_A, Q_S, lam, V, d, where: str = "", device: Optional[torch.device] = None) -> Block:
     """(Q_A [I, I], Q_S [O, O], lam [O, I], V [n, O, I], float damping); ``where`` prefixes names."""
-    tensor(V, f"{where}V", "[n, O, I]", 3, device, device_type)
+    tensor(V, f"{where}V", "[n, O, I]", 3, device)
     n, O, I = V.shape
     sized(Q_A, f"{where}Q_A", "[I, I]", (I, I), V.device)
     sized(Q_S, f"{where}Q_S", "[O, O]", (O, O), V.device)
@@ -115,7 +104,7 @@ def kron_block(Q_A, Q_S, lam, V, d, where: str = "", device: Optional[torch.devi
     return Q_A, Q_S, lam, V, damping(d, f"{where}damping")
 
 
-def kron_blocks(blocks, device_type: Optional[str] = None) -> list[Block]:
+def kron_blocks(blocks) -> list[Block]:
     """kron_block() of each of a list of (Q_A, Q_S, lam, V, damping) tuples, all on one device;
     names carry a ``blocks[k].`` prefix where there are several blocks."""
     if not isinstance(blocks, (list, tuple)):
@@ -126,5 +115,5 @@ def kron_blocks(blocks, device_type: Optional[str] = None) -> list[Block]:
             raise ValueError(f"blocks[{k}] must be a (Q_A, Q_S, lam, V, damping) tuple")
         device = checked[0][3].device if checked else None
         where = f"blocks[{k}]." if len(blocks) > 1 else ""
-        checked.append(kron_block(*blk, where=where, device=device, device_type=device_type))
+        checked.append(kron_block(*blk, where=where, device=device))
     return checked

@@ -6,23 +6,11 @@
 #include <algorithm>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "gemm.h"
 #include "ops.h"
 #include "parallel.h"
 
 namespace mda {
-
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
 
 static void pack_proj(Proj p, int64_t rows, int64_t k, PackedB& out) {
   if (p.p == nullptr)

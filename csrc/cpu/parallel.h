@@ -4,7 +4,20 @@
 #include <cstdint>
 #include <numeric>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace mda {
+
+// OpenMP default thread count (1 without OpenMP).
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
 
 // How many T-ranges to cut each sample into so that B * nsplit tasks spread evenly over nthreads
 // (B=9 on 2 threads -> 2 ranges each; B=1 -> nthreads ranges). Partial results of the ranges are

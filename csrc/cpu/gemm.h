@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "projection_hash.h"
+#include "../common/projection_hash.h"
 
 namespace mda {
 
