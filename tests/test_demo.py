@@ -39,8 +39,8 @@ def test_pack_rows_joins_with_eod():
 
 def test_corpus_deterministic_and_labelled(tmp_path):
     a = build_corpus(tmp_path / "a" / "c", n_rows=300, seq_len=65, seed=3, max_doc_bytes=2048)
-    b = build_corpus(tmp_path / "b" / "c", n_rows=300, seq_len=65, seed=3, max_doc_bytes=2048)
-    c = build_corpus(tmp_path / "c" / "c", n_rows=300, seq_len=65, seed=4, max_doc_bytes=2048)
+    build_corpus(tmp_path / "b" / "c", n_rows=300, seq_len=65, seed=3, max_doc_bytes=2048)
+    build_corpus(tmp_path / "c" / "c", n_rows=300, seq_len=65, seed=4, max_doc_bytes=2048)
     ba, bb, bc = ((tmp_path / d / "c.bin").read_bytes() for d in "abc")
     assert ba == bb and ba != bc
     assert (tmp_path / "a" / "c.idx").read_bytes() == (tmp_path / "b" / "c.idx").read_bytes()
