@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from mda_fast.errors import ConfigError
+from mda_fast.models.configs import PYTHIA_REAL_VOCAB, PYTHIA_VOCAB
 
 # Authors' defaults: 32 random tokens repeated once (length 64), seed 12345; ids 0, 1 are special.
 DEFAULT_N = 32
@@ -25,7 +26,7 @@ DEFAULT_VOCAB_LOW = 2
 
 
 def make_data(n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, vocab_low: int = DEFAULT_VOCAB_LOW,
-              vocab_high: int = 50277, seed: int = DEFAULT_SEED, repeat: bool = True) -> torch.LongTensor:
+              vocab_high: int = PYTHIA_REAL_VOCAB, seed: int = DEFAULT_SEED, repeat: bool = True) -> torch.LongTensor:
     """n sequences of seq_len//2 uniform tokens in [vocab_low, vocab_high) repeated once -> [n, seq_len]
     (repeat=False: seq_len independent uniform tokens).
 
@@ -53,8 +54,8 @@ def default_vocab_high(model, tokenizer=None) -> int:
     v = int(model.config.vocab_size)
     if tokenizer is not None:
         v = min(v, len(tokenizer))
-    elif v == 50304:
-        v = 50277
+    elif v == PYTHIA_VOCAB:
+        v = PYTHIA_REAL_VOCAB
     return v
 
 
@@ -83,7 +84,7 @@ class Probe:
     needs_attentions: bool = False
 
     def make_data(self, n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, vocab_low: int = DEFAULT_VOCAB_LOW,
-                  vocab_high: int = 50277, seed: int = DEFAULT_SEED) -> torch.LongTensor:
+                  vocab_high: int = PYTHIA_REAL_VOCAB, seed: int = DEFAULT_SEED) -> torch.LongTensor:
         return make_data(n, seq_len, vocab_low, vocab_high, seed)
 
     def check(self, model) -> None:
@@ -136,7 +137,7 @@ class PrevAttnProbe(Probe):
         self.name = f"prev_attn.L{self.layer}.H{self.head}"
 
     def make_data(self, n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, vocab_low: int = DEFAULT_VOCAB_LOW,
-                  vocab_high: int = 50277, seed: int = DEFAULT_SEED) -> torch.LongTensor:
+                  vocab_high: int = PYTHIA_REAL_VOCAB, seed: int = DEFAULT_SEED) -> torch.LongTensor:
         """Plain random sequences (authors: 32 random sequences of 64 tokens; no repeat needed)."""
         return make_data(n, seq_len, vocab_low, vocab_high, seed, repeat=False)
 

@@ -54,21 +54,6 @@ def test_enrichment_counts(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_positions_of_default_and_custom_row_ids():
-    from mda_fast.data import ArraySource
-    from mda_fast.errors import ConfigError
-    from mda_fast.intervene.analyze import positions_of
-
-    src = ArraySource(np.zeros((10, 4), np.int64), row_id_offset=100)
-    assert positions_of(src, [100, 105, 109]).tolist() == [0, 5, 9]
-    sub = src.subset(np.array([7, 2, 5]))                    # ids 107, 102, 105 at positions 0, 1, 2
-    assert positions_of(sub, [105, 107]).tolist() == [2, 0]
-    with pytest.raises(ConfigError):
-        positions_of(sub, [103])
-    with pytest.raises(ConfigError):
-        positions_of(src, [99])
-
-
 def test_detectors_agree_with_the_generators():
     from mda_fast.intervene.generators import GENERATORS
     import random

@@ -125,3 +125,18 @@ def test_batches_check_vocab(rows):
 def test_bad_rank():
     with pytest.raises(ConfigError, match="rank 2"):
         rank_bounds(10, 2, 2)
+
+
+def test_positions_of_default_custom_and_nested_row_ids():
+    from mda_fast.data import ArraySource
+    from mda_fast.errors import DataError
+
+    src = ArraySource(np.zeros((10, 4), np.int64), row_id_offset=100)
+    assert src.positions_of([100, 105, 109]).tolist() == [0, 5, 9]
+    sub = src.subset(np.array([7, 2, 5]))                    # ids 107, 102, 105 at positions 0, 1, 2
+    assert sub.positions_of([105, 107]).tolist() == [2, 0] and sub.position_of(102) == 1
+    sl = src.slice(3, 8)
+    assert sl.positions_of([103, 107]).tolist() == [0, 4]
+    for source, bad in ((sub, 103), (src, 99), (sl, 108)):
+        with pytest.raises(DataError, match=str(bad)):
+            source.positions_of([bad])

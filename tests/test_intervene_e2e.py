@@ -71,7 +71,7 @@ def test_run_experiment_tiny(setup):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(window=(2, 5)), "covers window"),
+    (dict(window=(2, 5)), r"covers rows \[8, 24\)"),
     (dict(window=(1, 6)), "no checkpoint"),
     (dict(units=[(0, 1)]), "units"),
     (dict(model_name="some/other-model"), "computed for model"),

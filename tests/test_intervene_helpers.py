@@ -25,9 +25,11 @@ def write_scores(run_dir, row_ids, scores, model, window, units=("L1.H0.qk",), c
     columns = list(columns or [f"{units[0]}/copy"][: scores.shape[1]])
     np.savez(run / "scores.npz", row_ids=np.asarray(row_ids, np.int64), scores=scores,
              loss=np.zeros(len(row_ids), np.float32), columns=np.array(columns))
+    ids = np.asarray(row_ids, np.int64)
     (run / "manifest.json").write_text(json.dumps({
-        "model": str(model), "units": list(units), "window": list(window), "columns": columns,
-        "complete": True}))
+        "model": str(model), "units": list(units), "columns": columns, "complete": True,
+        "window": {"name": "window", "rows": int(ids.size), "first_row_id": int(ids.min()),
+                   "last_row_id": int(ids.max()), "steps": list(window)}}))
     return run
 
 

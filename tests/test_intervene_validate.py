@@ -12,7 +12,7 @@ FRONT_DOOR = {"model": "/runs/demo/checkpoints/step700", "revision": None, "unit
 def test_front_door_manifest_accepted():
     check_scores_match(FRONT_DOOR, model="/runs/demo/checkpoints", window=(500, 600), unit=(1, 2),
                        rows_per_step=32)
-    assert manifest_units(FRONT_DOOR) == [(1, 2), (0, 1)]
+    assert [(u.layer, u.head, u.mode) for u in manifest_units(FRONT_DOOR)] == [(1, 2, "qk"), (0, 1, "v")]
     assert same_model("EleutherAI/pythia-14m", "/data/pythia-14m/")
 
 
@@ -27,13 +27,6 @@ def test_mismatch_raises(kw, match):
     args.update(kw)
     with pytest.raises(ConfigError, match=match):
         check_scores_match(FRONT_DOOR, **args)
-
-
-def test_step_window_manifest():
-    m = {"window": [2, 6], "units": [{"layer": 1, "head": 0}]}
-    check_scores_match(m, window=(2, 6), unit=(1, 0), rows_per_step=4)
-    with pytest.raises(ConfigError, match=r"window \[2, 6\]"):
-        check_scores_match(m, window=(2, 7), rows_per_step=4)
 
 
 def test_check_window():

@@ -12,14 +12,12 @@ _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _unit(text: str | None):
+    from mda_fast.units import Unit
+
     if text is None:
         return None
-    import re
-
-    m = re.fullmatch(r"L?(\d+)[.,:]H?(\d+)(\..*)?", text.strip())
-    if not m:
-        raise ConfigError(f"--unit {text!r} is not of the form L1.H3 (layer.head)")
-    return int(m.group(1)), int(m.group(2))
+    u = Unit.parse(text)
+    return u.layer, u.head
 
 
 def _window(text: str) -> tuple[int, int]:

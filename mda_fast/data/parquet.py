@@ -162,11 +162,21 @@ class ParquetSource(RowSource):
             out[m] = self._file_ids(k)[positions[m] - file_starts[k]]
         return out
 
-    def position_of(self, row_id: int) -> int:
+    def positions_of(self, row_ids) -> np.ndarray:
         if self.row_id_column is None:
-            return super().position_of(row_id)
-        for k in range(len(self.paths)):
-            hits = np.flatnonzero(self._file_ids(k) == int(row_id))
-            if len(hits):
-                return self.file_starts[k] + int(hits[0])
-        raise DataError(f"{self.name}: row id {row_id} is not in this source ({len(self)} rows)")
+            return super().positions_of(row_ids)
+        ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
+        out = np.full(ids.size, -1, dtype=np.int64)
+        for k in range(len(self.paths)):          # one file's ids in memory at a time
+            todo = np.flatnonzero(out < 0)
+            if todo.size == 0:
+                break
+            file_ids = self._file_ids(k)
+            hit = np.isin(ids[todo], file_ids)
+            if hit.any():
+                order = np.argsort(file_ids, kind="stable")
+                j = order[np.searchsorted(file_ids[order], ids[todo][hit])]
+                out[todo[hit]] = self.file_starts[k] + j
+        if (out < 0).any():
+            raise DataError(f"{self.name}: row id {int(ids[out < 0][0])} is not in this source ({len(self)} rows)")
+        return out

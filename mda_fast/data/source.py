@@ -61,6 +61,19 @@ def rank_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + q + (1 if rank < r else 0)
 
 
+def _search(keys: np.ndarray, wanted: np.ndarray, name: str, shown: np.ndarray | None = None) -> np.ndarray:
+    """Index in ``keys`` of each of ``wanted`` (first occurrence); DataError for a missing one
+    (reported as the matching entry of ``shown``, default ``wanted``)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    k = np.clip(np.searchsorted(keys[order], wanted), 0, max(len(keys) - 1, 0))
+    found = keys[order][k] == wanted if len(keys) else np.zeros(len(wanted), bool)
+    if not found.all():
+        miss = (wanted if shown is None else shown)[~found][0]
+        raise DataError(f"{name}: row id {int(miss)} is not in this source ({len(keys)} rows)")
+    return order[k].astype(np.int64)
+
+
 class RowSource:
     """Base class. Subclasses implement ``__len__`` and ``_read(positions, dtype) -> [n, L]``.
 
@@ -89,13 +102,19 @@ class RowSource:
 
     def position_of(self, row_id: int) -> int:
         """Position of the row with global id ``row_id``; DataError when it is not in the source."""
-        p = int(row_id) - self.row_id_offset
-        if 0 <= p < len(self) and int(self.row_ids_at(np.array([p]))[0]) == int(row_id):
+        return int(self.positions_of(np.array([row_id]))[0])
+
+    def positions_of(self, row_ids) -> np.ndarray:
+        """int64[n] positions of global row ids; DataError naming the first id not in the source.
+
+        Ids that are ``row_id_offset + position`` resolve without building the id array (a Pile-sized
+        source never materializes it); other sources search their sorted ids once per call.
+        """
+        ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
+        p = ids - self.row_id_offset
+        if ((p >= 0) & (p < len(self))).all() and np.array_equal(self.row_ids_at(p), ids):
             return p
-        hits = np.flatnonzero(self.row_ids() == int(row_id))
-        if len(hits) == 0:
-            raise DataError(f"{self.name}: row id {row_id} is not in this source ({len(self)} rows)")
-        return int(hits[0])
+        return _search(self.row_ids(), ids, self.name)
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self, positions: np.ndarray, dtype=None) -> np.ndarray:
@@ -191,10 +210,12 @@ class SliceView(RowSource):
     def row_ids_at(self, positions):
         return self.base.row_ids_at(np.asarray(positions, dtype=np.int64) + self.lo)
 
-    def position_of(self, row_id: int) -> int:
-        p = self.base.position_of(row_id) - self.lo
-        if not 0 <= p < len(self):
-            raise DataError(f"{self.name}: row id {row_id} is outside the selected rows [{self.lo}, {self.hi})")
+    def positions_of(self, row_ids) -> np.ndarray:
+        p = self.base.positions_of(row_ids) - self.lo
+        bad = (p < 0) | (p >= len(self))
+        if bad.any():
+            raise DataError(f"{self.name}: row id {int(np.asarray(row_ids).reshape(-1)[bad][0])} is outside the "
+                            f"selected rows [{self.lo}, {self.hi})")
         return p
 
     def _read(self, positions, dtype=None):
@@ -221,11 +242,9 @@ class IndexView(RowSource):
     def row_ids_at(self, positions):
         return self.base.row_ids_at(self.positions[positions])
 
-    def position_of(self, row_id: int) -> int:
-        hits = np.flatnonzero(self.positions == self.base.position_of(row_id))
-        if len(hits) == 0:
-            raise DataError(f"{self.name}: row id {row_id} is not among the selected rows")
-        return int(hits[0])
+    def positions_of(self, row_ids) -> np.ndarray:
+        return _search(self.positions, self.base.positions_of(row_ids), f"{self.name} (selected rows)",
+                       shown=np.asarray(row_ids, dtype=np.int64).reshape(-1))
 
     def _read(self, positions, dtype=None):
         return self.base._read(self.positions[positions], dtype)

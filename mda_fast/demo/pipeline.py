@@ -77,15 +77,15 @@ def score_window(ckpt_dir, source, window, rows_per_step, units, probes, out_dir
 
 def kind_enrichment(scores: np.ndarray, row_ids: np.ndarray, row_kind: np.ndarray, kinds: list[str],
                     top_share: float = 0.1) -> dict[str, dict]:
-    """Share of each document kind among the top ``top_share`` rows vs the whole window."""
+    """Share of each document kind (the corpus's own label of each row's dominant kind) among the top
+    ``top_share`` rows vs the whole window: {kind: {"top", "window", "enrichment"}}."""
+    from mda_fast.intervene.analyze import enrichment
+
     k = max(1, int(round(top_share * len(scores))))
     top = row_ids[np.argsort(-scores, kind="stable")[:k]]
-    out = {}
-    for i, name in enumerate(kinds):
-        window = float(np.mean(row_kind[row_ids] == i))
-        share = float(np.mean(row_kind[top] == i))
-        out[name] = {"window": window, "top": share, "enrichment": share / window if window else float("nan")}
-    return out
+    e = enrichment([{kinds[i]} for i in row_kind[top]], [{kinds[i]} for i in row_kind[row_ids]], kinds)
+    return {name: {"window": e["share_window"][name], "top": e["share_top"][name],
+                   "enrichment": e["enrichment"][name]} for name in kinds}
 
 
 def top_overlap(table, columns: list[str], share: float = 0.1) -> list[dict]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mda_fast.errors import ConfigError
 from mda_fast.codec import ByteCodec, codec_for_vocab
 from mda_fast.io import pyplot, save_figure, write_json
 from mda_fast.intervene.kinds import KINDS, detect_kinds
@@ -26,37 +25,26 @@ def default_min_len(codec) -> int:
     return 12 if isinstance(codec, ByteCodec) else 6
 
 
-def positions_of(source, row_ids: np.ndarray) -> np.ndarray:
-    """Source positions of global row ids, without materializing a big source's id array when
-    its ids are ``row_id_offset + position`` (the default mapping)."""
-    from mda_fast.data import RowSource
-
-    row_ids = np.asarray(row_ids, dtype=np.int64)
-    n = len(source)
-    if type(source).row_ids_at is RowSource.row_ids_at:
-        pos = row_ids - int(getattr(source, "row_id_offset", 0))
-    else:
-        ids = source.row_ids()
-        order = np.argsort(ids, kind="stable")
-        k = np.clip(np.searchsorted(ids[order], row_ids), 0, max(n - 1, 0))
-        pos = np.where(ids[order][k] == row_ids, order[k], -1) if n else np.full(row_ids.size, -1)
-    bad = (pos < 0) | (pos >= n)
-    if bad.any():
-        raise ConfigError(f"row id {int(row_ids[bad][0])} of the scores file is not in the data source ({n} rows)")
-    return pos
-
-
 def label_rows(rows: np.ndarray, codec, min_len: int) -> tuple[list[set], list[str]]:
     """Kinds (set per row) and decoded texts of rows [n, L]."""
     texts = [codec.decode(r).replace("<|endoftext|>", "\n") for r in rows]   # EOD is a boundary, not text
     return [detect_kinds(t, r, min_len=min_len) for t, r in zip(texts, rows)], texts
 
 
-def shares(labels: list[set]) -> dict:
+def shares(labels: list[set], kinds=KINDS) -> dict:
+    """Share of rows labelled with each kind (multi-label sets; unlabelled rows count as "other")."""
     n = max(1, len(labels))
-    out = {k: sum(k in s for s in labels) / n for k in KINDS}
+    out = {k: sum(k in s for s in labels) / n for k in kinds}
     out["other"] = sum(not s for s in labels) / n
     return out
+
+
+def enrichment(top_labels: list[set], window_labels: list[set], kinds=KINDS) -> dict:
+    """{"share_top", "share_window", "enrichment"} per kind (+ "other"): share among the top rows,
+    share in the window, and their ratio (inf when a kind is absent from the window only)."""
+    s_top, s_win = shares(top_labels, kinds), shares(window_labels, kinds)
+    ratio = {k: (s_top[k] / s_win[k] if s_win[k] > 0 else (float("inf") if s_top[k] > 0 else None)) for k in s_top}
+    return {"share_top": s_top, "share_window": s_win, "enrichment": ratio}
 
 
 def analyze_rows(top_rows, window_rows, codec=None, min_len: int | None = None, top_ids=None,
@@ -66,9 +54,7 @@ def analyze_rows(top_rows, window_rows, codec=None, min_len: int | None = None, 
     min_len = min_len or default_min_len(codec)
     top_labels, top_texts = label_rows(np.asarray(top_rows), codec, min_len)
     win_labels, _ = label_rows(np.asarray(window_rows), codec, min_len)
-    s_top, s_win = shares(top_labels), shares(win_labels)
-    enrich = {k: (s_top[k] / s_win[k] if s_win[k] > 0 else (float("inf") if s_top[k] > 0 else None))
-              for k in ALL_KINDS}
+    enrich = enrichment(top_labels, win_labels)
     examples = {k: [] for k in ALL_KINDS}
     for i, (lab, text) in enumerate(zip(top_labels, top_texts)):
         for k in (lab or {"other"}):
@@ -77,7 +63,7 @@ def analyze_rows(top_rows, window_rows, codec=None, min_len: int | None = None, 
                                     "score": float(top_scores[i]) if top_scores is not None else None,
                                     "text": text[:example_chars]})
     return {"kinds": list(ALL_KINDS), "n_top": len(top_labels), "n_window": len(win_labels),
-            "share_top": s_top, "share_window": s_win, "enrichment": enrich, "min_len": min_len,
+            **enrich, "min_len": min_len,
             "examples": examples}
 
 
@@ -119,8 +105,8 @@ def run_analyze(scores_path, source, out_dir, column: str | None = None, top: st
     rng = np.random.default_rng(seed)
     win_ids = table.row_ids if len(table.row_ids) <= sample else np.sort(rng.choice(table.row_ids, sample, replace=False))
     top_show = top_ids[: max(sample, 1)]
-    top_rows = source.read(positions_of(source, top_show))
-    win_rows = source.read(positions_of(source, win_ids))
+    top_rows = source.read(source.positions_of(top_show))
+    win_rows = source.read(source.positions_of(win_ids))
     codec = codec_for_vocab(vocab_size or getattr(source, "vocab_size", None), tokenizer, win_rows)
     result = analyze_rows(top_rows, win_rows, codec, top_ids=top_show, top_scores=vals[order][: len(top_show)])
     result.update({"scores": str(scores_path), "column": table.columns[col], "top": top, "tail": tail,

@@ -133,7 +133,7 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
     scores: ScoreTable or run dir (default: ``config.json``'s scores); source: RowSource or spec
     (default: config's source when it is openable) for the top rows.
     """
-    from mda_fast.intervene.analyze import default_min_len, positions_of
+    from mda_fast.intervene.analyze import default_min_len
     from mda_fast.codec import codec_for_vocab
 
     d = Path(exp_dir)
@@ -177,7 +177,7 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
 
             source = open_source(source)
             top = np.argsort(-vals, kind="stable")[:n_top]
-            rows = source.read(positions_of(source, table.row_ids[top]))
+            rows = source.read(source.positions_of(table.row_ids[top]))
             codec = codec_for_vocab(getattr(source, "vocab_size", None), tokenizer, rows)
             sec.append("<h2>Top rows</h2><p class=note>repeated spans (already seen earlier in the row) "
                        "are <mark>highlighted</mark>.</p>")

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.analyze import positions_of
 from mda_fast.intervene.plans import SYNTH_BASE, Plan
 
 
@@ -44,7 +43,7 @@ class PlanTransform:
         self.synthetic = None if synthetic is None else np.asarray(synthetic)
         real = [r for r in self.sub.values() if r < SYNTH_BASE]
         # positions of the rows to copy, resolved once (a big source's id array is never built)
-        self._pos = dict(zip(real, positions_of(source, np.asarray(real, np.int64)).tolist())) if real else {}
+        self._pos = dict(zip(real, source.positions_of(real).tolist())) if real else {}
 
     def _rows(self, ids: list[int]) -> np.ndarray:
         out = []

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from mda_fast.errors import ConfigError
+from mda_fast.codec import BYTE_VOCAB_SIZE
 from mda_fast.heads import icl_score, repeat_scores
+from mda_fast.models.configs import PYTHIA_REAL_VOCAB
 from mda_fast.probes import make_data
 
 HEAD_METRICS = ("induction", "prev_token")      # [L][H] per point
@@ -50,7 +52,7 @@ def repeated_random_tokens(n: int, half: int, low: int, high: int, seed: int) ->
 def default_token_range(vocab_size: int) -> tuple[int, int]:
     """Printable bytes for a byte-level model (256 bytes, + EOD); else above the special ids 0 and 1
     (Pythia: < 50277). Byte models are trained on text, so random control bytes would never match."""
-    return (32, 127) if vocab_size <= 257 else (2, min(vocab_size, 50277))
+    return (32, 127) if vocab_size <= BYTE_VOCAB_SIZE else (2, min(vocab_size, PYTHIA_REAL_VOCAB))
 
 
 def icl_positions(seq_len: int) -> tuple[int, int]:

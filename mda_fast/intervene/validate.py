@@ -1,10 +1,10 @@
 """Checks run before any retraining: does the scores file belong to this model, window and unit,
 and does the window lie inside the checkpoints and the data?
 
-The score manifest is written by ``mda_fast.attribution.store``; these readers accept the few
-shapes its fields may take (window ``[a, b]`` or ``{"start", "end"}``; units as ``"L1.H3.qk"``
-strings or ``{"layer", "head"}`` dicts; model as a path or hub name, possibly ending in
-``/stepN``).
+The score manifest is the one ``mda_fast.attribution.MDA.score`` writes: ``units`` as unit names
+("L1.H3.qk", parsed by :meth:`mda_fast.units.Unit.parse`, the one unit parser), ``window`` as
+``window_info`` (``first_row_id`` / ``last_row_id``), ``model`` as a path or hub name, possibly
+ending in ``/stepN``.
 """
 
 from __future__ import annotations
@@ -14,59 +14,22 @@ import re
 from pathlib import Path
 
 from mda_fast.errors import ConfigError
+from mda_fast.units import Unit
 
-_UNIT = re.compile(r"L(\d+)\.H(\d+)")
 _STEP_SUFFIX = re.compile(r"[/@:]?(step\d+|main)$")
 
 
-def manifest_rows(manifest: dict, rows_per_step: int) -> tuple[int, int] | None:
-    """[lo, hi) row ids the scores cover: from the attribution front door's window_info
-    (``first_row_id``/``last_row_id``) or a step window times ``rows_per_step``."""
+def manifest_rows(manifest: dict) -> tuple[int, int] | None:
+    """[lo, hi) row ids the scores cover (None when the manifest does not say)."""
     w = manifest.get("window")
     if isinstance(w, dict) and w.get("first_row_id") is not None and w.get("last_row_id") is not None:
         return int(w["first_row_id"]), int(w["last_row_id"]) + 1
-    steps = manifest_window(manifest)
-    return None if steps is None else (steps[0] * rows_per_step, steps[1] * rows_per_step)
-
-
-def manifest_window(manifest: dict) -> tuple[int, int] | None:
-    """A step window ``(a, b)`` when the manifest states one."""
-    w = manifest.get("window")
-    if w is None:
-        return None
-    if isinstance(w, dict):
-        for ka, kb in (("start", "end"), ("start_step", "end_step"), ("a", "b")):
-            if ka in w and kb in w:
-                return int(w[ka]), int(w[kb])
-        if "steps" in w:
-            w = w["steps"]
-        else:
-            return None
-    if isinstance(w, str):
-        nums = re.findall(r"\d+", w)
-        w = nums[:2]
-    if isinstance(w, (list, tuple)) and len(w) >= 2:
-        return int(w[0]), int(w[1])
     return None
 
 
-def manifest_units(manifest: dict) -> list[tuple[int, int]] | None:
-    units = manifest.get("units")
-    if units is None:
-        units = manifest.get("unit")
-    if units is None:
-        return None
-    if not isinstance(units, (list, tuple)) or (len(units) == 2 and all(isinstance(u, int) for u in units)):
-        units = [units]
-    out = []
-    for u in units:
-        if isinstance(u, dict) and "layer" in u and "head" in u:
-            out.append((int(u["layer"]), int(u["head"])))
-        elif isinstance(u, (list, tuple)) and len(u) >= 2 and all(isinstance(x, int) for x in u[:2]):
-            out.append((int(u[0]), int(u[1])))
-        else:
-            out.extend((int(m[0]), int(m[1])) for m in _UNIT.findall(str(u)))
-    return out
+def manifest_units(manifest: dict) -> list[Unit]:
+    """The units a scores manifest names ([] when none)."""
+    return [Unit.parse(str(u)) for u in manifest.get("units") or []]
 
 
 def model_key(name) -> str:
@@ -97,17 +60,15 @@ def check_scores_match(manifest: dict, *, model=None, window=None, unit=None, ro
     """ConfigError when the scores were computed for another model, window or unit."""
     if model is not None and manifest.get("model") is not None and not same_model(manifest["model"], model):
         raise ConfigError(f"{where} was computed for model {manifest['model']!r}, not the retrained {str(model)!r}")
-    rows = manifest_rows(manifest, rows_per_step)
+    rows = manifest_rows(manifest)
     if window is not None and rows is not None:
         want = (window[0] * rows_per_step, window[1] * rows_per_step)
         if tuple(rows) != want:
-            mw = manifest_window(manifest)
-            have = f"window {list(mw)}" if mw else f"rows [{rows[0]}, {rows[1]})"
-            raise ConfigError(f"{where} covers {have}, not the retraining window {list(window)} "
-                              f"(rows [{want[0]}, {want[1]}) at {rows_per_step} rows per step)")
-    units = manifest_units(manifest)
-    if unit is not None and units is not None and tuple(unit[:2]) not in units:
-        raise ConfigError(f"{where} scores units {['L%d.H%d' % u for u in units]}, not the tracked "
+            raise ConfigError(f"{where} covers rows [{rows[0]}, {rows[1]}), not the retraining window "
+                              f"{list(window)} (rows [{want[0]}, {want[1]}) at {rows_per_step} rows per step)")
+    heads = [(u.layer, u.head) for u in manifest_units(manifest)]
+    if unit is not None and heads and tuple(unit[:2]) not in heads:
+        raise ConfigError(f"{where} scores units {['L%d.H%d' % u for u in heads]}, not the tracked "
                           f"unit L{unit[0]}.H{unit[1]}")
 
 
