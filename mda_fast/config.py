@@ -1,4 +1,4 @@
-"""The YAML config of an attribution run (`mda run CONFIG`, also read by `mda fit/score/top`).
+"""The YAML config of an attribution run (`mda run --config CONFIG`, also read by `mda fit/score/top`).
 
     model: runs/demo/ckpt            # checkpoint directory or hub id
     revision: step1000               # optional
@@ -29,13 +29,18 @@ import yaml
 
 from mda_fast.errors import ConfigError
 
+# How units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`; the head
+# scores use `n` random sequences of `seq_len` tokens (ids in [vocab_low, vocab_high)), `seed`.
+HEAD_DEFAULTS = {"metric": "induction", "top": 1, "mode": "qk", "n": 32, "seq_len": 64, "seed": 12345,
+                 "vocab_low": 2, "vocab_high": None}
+
 DEFAULTS: dict = {
     "model": None,
     "revision": None,
     "device": "cpu",
     "data": {"source": None, "steps": None, "rows_per_step": 1024, "options": {}},
     "units": "auto",
-    "heads": {"metric": "induction", "top": 1, "mode": "qk", "n": 32, "seq_len": 64, "seed": 12345},
+    "heads": HEAD_DEFAULTS,
     "probes": ["copy_target"],
     "settings": {},
     "top_k": 20,

@@ -61,7 +61,7 @@ def test_resume_after_kill_scores_each_row_once(tmp_path, monkeypatch):
     m2.load_factors(os.path.join(tmp, "factors"))
     out = os.path.join(tmp, "killed")
     with pytest.raises(KeyboardInterrupt):
-        m2.score(window(n=N), out, _fail_after=3)  # dies after 3 batches = 9 rows
+        m2.score(window(n=N), out, on_batch=_kill_after(3))  # dies after 3 batches = 9 rows
     first = list(seen)
     assert len(first) == 9
     with pytest.raises(DataError, match="not complete"):
@@ -77,6 +77,14 @@ def test_resume_after_kill_scores_each_row_once(tmp_path, monkeypatch):
     assert seen == []
 
 
+def _kill_after(n):
+    """A progress callback that simulates a killed run after ``n`` scored batches."""
+    def on_batch(done):
+        if done >= n:
+            raise KeyboardInterrupt("simulated kill")
+    return on_batch
+
+
 def test_resume_after_unflushed_rows(tmp_path):
     """Rows still buffered when the process dies hard are simply redone (chunk files only)."""
     tmp = str(tmp_path)
@@ -86,7 +94,7 @@ def test_resume_after_unflushed_rows(tmp_path):
     m2 = MDA(mda.model, UNITS, PROBES, settings=Settings(batch_size=2, chunk_rows=4, progress=False, probe_n=6, probe_seq_len=16))
     m2.factors = mda.factors
     with pytest.raises(KeyboardInterrupt):
-        m2.score(window(n=N), out, _fail_after=5)
+        m2.score(window(n=N), out, on_batch=_kill_after(5))
     chunks = sorted(os.listdir(os.path.join(out, "chunks")))
     store_rows = sum(len(np.load(os.path.join(out, "chunks", c))["row_ids"]) for c in chunks)
     assert store_rows == 10 and not any(c.endswith(".tmp") for c in chunks)

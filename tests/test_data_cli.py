@@ -43,7 +43,7 @@ def one_error_line(capsys):
 
 def test_pack_step_window_from_split_pieces(shard, tmp_path, capsys):
     prefix, rows = shard
-    assert main(["data", "pack", str(prefix), "--out", str(tmp_path / "out" / "win"),
+    assert main(["data", "pack", "--data", str(prefix), "--out", str(tmp_path / "out" / "win"),
                  "--steps", "2:5", "--rows-per-step", "8"]) == 0
     assert "wrote 24 rows of 9 tokens" in capsys.readouterr().out
     out = MMIdxSource(tmp_path / "out" / "win")
@@ -52,21 +52,21 @@ def test_pack_step_window_from_split_pieces(shard, tmp_path, capsys):
 
 def test_pack_text_then_show_decoded(tmp_path, tok_dir, capsys):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    assert main(["data", "pack", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "p"),
+    assert main(["data", "pack", "--data", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "p"),
                  "--seq-len", "5", "--tokenizer", str(tok_dir)]) == 0
     capsys.readouterr()
     tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     stream = [t for d in DOCS for t in tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
     packed = MMIdxSource(tmp_path / "p")
     assert np.array_equal(packed.read(np.arange(len(packed))).ravel(), stream[: len(packed) * 5])
-    assert main(["data", "show", str(tmp_path / "p"), "--row", "1", "--tokenizer", str(tok_dir)]) == 0
+    assert main(["data", "show", "--data", str(tmp_path / "p"), "--row", "1", "--tokenizer", str(tok_dir)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("row 1 (position 1 of ") and out[1] == tok.decode(stream[5:10])
 
 
 def test_show_ids_without_tokenizer(shard, capsys):
     prefix, rows = shard
-    assert main(["data", "show", str(prefix), "--row", "13", "--steps", "1:3", "--rows-per-step", "8"]) == 0
+    assert main(["data", "show", "--data", str(prefix), "--row", "13", "--steps", "1:3", "--rows-per-step", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "row 13 (position 5 of 16)" in out[0]
     assert out[1] == " ".join(str(t) for t in rows[13])
@@ -82,30 +82,30 @@ def test_show_ids_without_tokenizer(shard, capsys):
 )
 def test_show_bad_input_is_one_line(shard, capsys, argv, message):
     prefix, _ = shard
-    assert main(["data", "show", str(prefix), *argv]) == 2
+    assert main(["data", "show", "--data", str(prefix), *argv]) == 2
     assert message in one_error_line(capsys)
 
 
 def test_missing_piece_is_one_line(shard, capsys):
     prefix, _ = shard
     (prefix.parent / "document-00003-of-00007.bin").unlink()
-    assert main(["data", "show", str(prefix), "--row", "0"]) == 2
+    assert main(["data", "show", "--data", str(prefix), "--row", "0"]) == 2
     assert "document-00003-of-00007.bin" in one_error_line(capsys)
 
 
 def test_pack_errors(tmp_path, capsys):
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
-    assert main(["data", "pack", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--seq-len", "4"]) == 2
+    assert main(["data", "pack", "--data", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--seq-len", "4"]) == 2
     assert "need a tokenizer" in one_error_line(capsys)
     bad = tmp_path / "bad.idx"
     bad.write_bytes(b"NOTANIDX" + bytes(40))
     (tmp_path / "bad.bin").write_bytes(b"")
-    assert main(["data", "pack", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main(["data", "pack", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not an MMIDIDX index" in one_error_line(capsys)
     assert not list(tmp_path.glob("o.*"))
 
 
 def test_pack_refuses_to_overwrite_its_source(tmp_path, capsys):
     write_mmidx(tmp_path / "d", np.zeros((3, 4), np.uint16))
-    assert main(["data", "pack", str(tmp_path / "d"), "--out", str(tmp_path / "d")]) == 2
+    assert main(["data", "pack", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "d")]) == 2
     assert "is the source itself" in one_error_line(capsys)

@@ -156,8 +156,8 @@ def test_outputs_round_trip(tmp_path):
 def test_cli_heads_writes_outputs(tmp_path, capsys):
     make_tiny_model("neox", seed=0).save_pretrained(tmp_path / "model")
     out = tmp_path / "out"
-    rc = main(["heads", str(tmp_path / "model"), "--n", "4", "--seq-len", "16", "--vocab-high", "200",
-               "--top", "3", "--out", str(out)])
+    rc = main(["heads", "--model", str(tmp_path / "model"), "--n", "4", "--seq-len", "16", "--vocab-high", "200",
+               "-k", "3", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "2 layers x 4 heads" in text and text.count("L") >= 3
@@ -166,7 +166,7 @@ def test_cli_heads_writes_outputs(tmp_path, capsys):
 
 
 def test_cli_heads_missing_model_is_one_line_error(tmp_path, capsys):
-    rc = main(["heads", str(tmp_path / "missing")])
+    rc = main(["heads", "--model", str(tmp_path / "missing")])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("mda: error: model directory") and "does not exist" in err and err.count("\n") == 1

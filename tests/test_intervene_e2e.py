@@ -92,33 +92,37 @@ def test_bad_input_fails_before_training(setup, kw, match):
 
 def test_cli_intervene_error_is_one_line(setup, capsys):
     d, data, ck, scores = setup
-    rc = main(["intervene", "--checkpoints", str(ck), "--data", str(data), "--scores", str(scores),
-               "--window", "2:5", "--out", str(d / "cli")])
+    rc = main(["intervene", "--model", str(ck), "--data", str(data), "--scores", str(scores),
+               "--steps", "2:5", "--out", str(d / "cli")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "window" in err
 
 
 def test_cli_analyze_and_report(setup, capsys):
     d, data, ck, scores = setup
-    assert main(["analyze", str(scores), "--data", str(data), "--out", str(d / "an"), "--top", "4"]) == 0
+    assert main(["analyze", "--scores", str(scores), "--data", str(data), "--out", str(d / "an"), "-k", "4"]) == 0
     assert json.loads((d / "an" / "kinds.json").read_text())["count"] == 4
     if (d / "exp" / "summary.json").is_file():
-        assert main(["report", str(d / "exp"), "--data", str(data)]) == 0
+        assert main(["report", "--out", str(d / "exp"), "--data", str(data)]) == 0
         assert "Top rows" in (d / "exp" / "report.html").read_text()
-    assert main(["report", str(d / "missing")]) == 2
+    assert main(["report", "--out", str(d / "missing")]) == 2
 
 
 def test_scores_from_the_attribution_front_door_are_accepted_and_checked(tmp_path):
-    from mda_fast.data import open_source
-    from mda_fast.demo.pipeline import score_window
+    from mda_fast.attribution.pipeline import Pipeline
+    from mda_fast.data import open_source, select_steps
+    from mda_fast.models import load_model
 
     data, ck, _ = tiny_setup(tmp_path, n_rows=48, ckpt_steps=(0, 2, 6))
-    table = score_window(ck / "step6", open_source(data), (2, 6), RPS, ["L1.H0.qk"], ["copy_target"],
-                         tmp_path / "scores", settings={"probe_n": 4, "probe_seq_len": 12, "progress": False})
+    model, _ = load_model(str(ck / "step6"), load_tokenizer=False)
+    p = Pipeline(model, select_steps(open_source(data), 2, 6, RPS), tmp_path / "run", ["copy_target"],
+                 units=["L1.H0.qk"], settings={"probe_n": 4, "probe_seq_len": 12, "progress": False},
+                 model_name=str(ck / "step6"), log=None)
+    table = p.run(top_k=2)
     assert table.row_ids.tolist() == list(range(8, 24))
-    s = run_experiment(tmp_path / "exp", ck, data, tmp_path / "scores", (2, 6), plans=["baseline", "delete"],
+    s = run_experiment(tmp_path / "exp", ck, data, tmp_path / "run" / "scores", (2, 6), plans=["baseline", "delete"],
                        seeds=(0,), cadence=2, threshold="0.01", probe_n=4, probe_len=6, heldout=4, log=None,
                        analyze=False, report=False)
     assert s["plans"]["delete"]["column"] == "L1.H0.qk/copy_target"
     with pytest.raises(ConfigError, match=r"rows \[8, 24\)"):
-        run_experiment(tmp_path / "bad", ck, data, tmp_path / "scores", (2, 5), log=None)
+        run_experiment(tmp_path / "bad", ck, data, tmp_path / "run" / "scores", (2, 5), log=None)

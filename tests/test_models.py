@@ -122,7 +122,7 @@ def test_cli_offline_hub_error_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read by load_model at call time
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    rc = main(["heads", "mda-fast-tests/never-cached", "--revision", "step1000"])
+    rc = main(["heads", "--model", "mda-fast-tests/never-cached", "--revision", "step1000"])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and "hf download mda-fast-tests/never-cached --revision step1000" in err

@@ -129,8 +129,11 @@ class MDA:
                              self.settings.probe_batch, self.settings.backend,
                              precondition=self.settings.preconditioner == "ekfac")
 
-    def score(self, source, out_dir: str, *, _fail_after: int | None = None) -> ScoreTable:
-        """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same settings."""
+    def score(self, source, out_dir: str, on_batch=None) -> ScoreTable:
+        """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same settings.
+
+        ``on_batch(done)``: called after each scored batch (progress reporting; an exception raised
+        there stops the pass, keeping every finished chunk for the resume)."""
         if len(source) == 0:
             raise DataError("the window is empty: there are no rows to score")
         if self.factors is None:
@@ -150,7 +153,7 @@ class MDA:
         queries = self.queries()
         store.resume_cursor()
         run_score_pass(self.model, self.adapter, self.units, self.blocks, queries, source, store, self.settings,
-                       self.unit_blocks, len(self.probes), fail_after=_fail_after)
+                       self.unit_blocks, len(self.probes), on_batch=on_batch)
         dist.barrier()
         if r == 0:
             store.merge(source.row_ids())

@@ -51,16 +51,6 @@ def broadcast(tensors: list[torch.Tensor], src: int = 0) -> None:
         dist.broadcast(t, src=src)
 
 
-def all_ok(ok: bool) -> bool:
-    """True on every rank iff ``ok`` on every rank (so one rank's error stops all of them)."""
-    if not active():
-        return ok
-    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=dev)
-    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
-    return int(flag.item()) == 0
-
-
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -32,18 +32,38 @@ def score_batch(a, g, queries, block_cols: dict[str, list[int]], n_cols: int, n_
     return out
 
 
-def run_score_pass(model, adapter, units, blocks, queries, source, store: ScoreStore, settings: Settings,
-                   unit_blocks: dict[str, list[str]], n_probes: int, fail_after: int | None = None) -> None:
-    """Score this rank's rows of ``source`` from ``store.cursor`` on, flushing chunks as they fill.
-
-    fail_after: tests only; raise after that many batches to simulate a killed run.
-    """
-    r, w = dist.rank(), dist.world_size()
-    device = next(model.parameters()).device
-    block_cols = {b.name: [] for b in blocks}
+def column_map(units, blocks, unit_blocks: dict[str, list[str]], n_probes: int) -> dict[str, list[int]]:
+    """{block: first score column of every unit that contains it}; unit u's probes are columns
+    [u * n_probes, (u + 1) * n_probes)."""
+    cols = {b.name: [] for b in blocks}
     for ui, unit in enumerate(units):
         for bn in unit_blocks[unit.name]:
-            block_cols[bn].append(ui * n_probes)
+            cols[bn].append(ui * n_probes)
+    return cols
+
+
+def score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols: int, n_probes: int, backend: str):
+    """(row ids, scores [B, C], losses [B]) of one batch, checked finite."""
+    device = next(model.parameters()).device
+    ids = batch.row_ids
+    where = f"the batch of rows {int(ids[0])}..{int(ids[-1])}"
+    a, g, loss = captured_pass(model, adapter, blocks, batch.tokens.to(device), ids, where=where)
+    for b in blocks:
+        check_finite(g[b.name], "output gradient", b.name, where)
+    sc = score_batch(a, g, queries, block_cols, n_cols, n_probes, backend)
+    check_finite(sc, "score", ",".join(queries), where)
+    return ids.numpy(), sc.cpu().numpy(), loss.cpu().numpy()
+
+
+def run_score_pass(model, adapter, units, blocks, queries, source, store: ScoreStore, settings: Settings,
+                   unit_blocks: dict[str, list[str]], n_probes: int, on_batch=None) -> None:
+    """Score this rank's rows of ``source`` from ``store.cursor`` on, flushing chunks as they fill.
+
+    ``on_batch(done)`` is called after every batch added to the store (``done`` = batches so far);
+    an exception it raises stops the pass with every finished chunk kept (resumable).
+    """
+    r, w = dist.rank(), dist.world_size()
+    block_cols = column_map(units, blocks, unit_blocks, n_probes)
     n_cols = len(units) * n_probes
     it = source.batches(settings.batch_size, rank=r, world_size=w, start=store.cursor)
     if settings.progress:
@@ -52,20 +72,10 @@ def run_score_pass(model, adapter, units, blocks, queries, source, store: ScoreS
         it = tqdm(it, total=source.num_batches(settings.batch_size, r, w, store.cursor), desc=f"scoring (rank {r})",
                   unit="batch", position=r)
     try:
-        _loop(it, model, adapter, blocks, queries, store, settings, block_cols, n_cols, n_probes, device, fail_after)
+        for done, batch in enumerate(it, 1):
+            store.add(*score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols, n_probes,
+                                  settings.backend))
+            if on_batch is not None:
+                on_batch(done)
     finally:  # the buffer holds whole batches only: keep them so a resume does not redo them
         store.flush()
-
-
-def _loop(it, model, adapter, blocks, queries, store, settings, block_cols, n_cols, n_probes, device, fail_after):
-    for i, batch in enumerate(it):
-        if fail_after is not None and i >= fail_after:
-            raise KeyboardInterrupt("simulated kill")
-        ids = batch.row_ids
-        where = f"the batch of rows {int(ids[0])}..{int(ids[-1])}"
-        a, g, loss = captured_pass(model, adapter, blocks, batch.tokens.to(device), ids, where=where)
-        for b in blocks:
-            check_finite(g[b.name], "output gradient", b.name, where)
-        sc = score_batch(a, g, queries, block_cols, n_cols, n_probes, settings.backend)
-        check_finite(sc, "score", ",".join(queries), where)
-        store.add(ids.numpy(), sc.cpu().numpy(), loss.cpu().numpy())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mda_fast.cli import flags
 from mda_fast.errors import ConfigError, DataError
 
 CHUNK_ROWS = 1024  # rows read per copy while packing
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
 
     pack = sub.add_parser("pack", help="convert any source to a .bin/.idx pair")
     _source_args(pack)
-    pack.add_argument("--out", required=True, help="output prefix (writes PREFIX.bin and PREFIX.idx)")
+    flags.out(pack, required=True, help="output prefix (writes PREFIX.bin and PREFIX.idx)")
     pack.add_argument("--dtype", default="auto", choices=["auto", "uint16", "int32", "int64"],
                       help="token dtype on disk (auto: uint16 unless the tokenizer has more than 65536 ids)")
     pack.set_defaults(func=cmd_pack)
@@ -31,19 +32,19 @@ def register(subparsers) -> None:
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", metavar="SRC", help=".bin/.idx prefix or piece, .npy, parquet file/dir/glob, or text files")
+    flags.data(p, required=True, help=".bin/.idx prefix or piece, .npy, parquet file/dir/glob, or text files")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per row (text sources: required)")
     p.add_argument("--tokenizer", default=None, help="local HF tokenizer directory (text sources; decoding)")
     p.add_argument("--eod-id", type=int, default=None, help="end-of-document id for text (default: eos, else 0)")
     p.add_argument("--text-column", default=None, help="text field of json/parquet/arrow records (default text)")
-    p.add_argument("--steps", default=None, help="training-step window START:END (rows [rps*START, rps*END))")
-    p.add_argument("--rows-per-step", type=int, default=1024, help="rows per training step (Pythia: 1024)")
+    flags.steps(p)
+    flags.rows_per_step(p, default=1024)
 
 
 def _open(args):
     from mda_fast.data import open_source, parse_steps, select_steps
 
-    src = open_source(args.src, seq_len=args.seq_len, tokenizer=args.tokenizer, eod_id=args.eod_id,
+    src = open_source(args.data, seq_len=args.seq_len, tokenizer=args.tokenizer, eod_id=args.eod_id,
                       text_column=args.text_column)
     if args.steps is not None:
         a, b = parse_steps(args.steps)
@@ -92,7 +93,7 @@ def cmd_pack(args) -> int:
     with tqdm(total=None if streaming else len(src), unit="row", desc=f"pack {out.name}") as bar:
         n = write_mmidx(out, _rows(src), dtype=dtype, progress=bar.update)
     if n == 0:
-        raise DataError(f"{args.src}: no full rows to pack (seq_len {src.seq_len})")
+        raise DataError(f"{args.data}: no full rows to pack (seq_len {src.seq_len})")
     print(f"wrote {n} rows of {src.seq_len} tokens ({dtype}) to {out}.bin and {out}.idx")
     return 0
 

@@ -8,15 +8,18 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="train a small model until an induction head forms, then attribute it (no downloads)",
-        description="Build the embedded corpus, train a small GPT-NeoX with Pythia-style checkpoints, localize "
-                    "its heads, fit EK-FAC on the induction head's QK subspace and score its formation window. "
-                    "With --experiment, also retrain with the top rows removed/duplicated against random "
-                    "controls (issue 5's experiment). Re-running reuses every completed stage.",
+        description="Build the embedded corpus, train a small GPT-NeoX with Pythia-style checkpoints until its "
+                    "induction head forms, localize its heads, fit EK-FAC on every head's QK subspace and score "
+                    "the induction head's formation window (copy-target probe; its previous-token head with its "
+                    "own probe in the same pass). With --experiment, also retrain with the top rows removed or "
+                    "duplicated against random controls over several seeds, and check how well the scores "
+                    "predict retraining (LDS). Re-running reuses every completed stage.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output directory")
+    p.add_argument("--out", default="demo_out", metavar="DIR", help="output directory")
     p.add_argument("--config", default=None, metavar="YAML", help="override mda_fast/demo/demo.yaml")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default from the config)")
-    p.add_argument("--top-k", type=int, default=8, help="top rows to print per side")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="at most this many training steps (default from the config)")
+    p.add_argument("-k", "--top-k", type=int, default=8, help="top rows to print per side")
     p.add_argument("--experiment", action="store_true",
                    help="also run the causal retraining experiment and the LDS check (about 25 minutes on 2 cores)")
     p.add_argument("--seeds", type=int, default=8, help="seeds of the experiment")
@@ -33,7 +36,7 @@ def cmd_demo(args) -> int:
     from mda_fast.demo.pipeline import run_demo
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    over = {"steps": args.steps} if args.steps else {}
+    over = {"steps": args.max_steps} if args.max_steps else {}
     cfg = load_demo_config(args.config, **over)
     summary = run_demo(args.out, cfg, top_k=args.top_k, progress=not args.no_progress)
     print(f"summary: {args.out}/demo.json; heads heat-map {summary['outputs']['heads']}/heads.png; "

@@ -1,4 +1,4 @@
-"""`mda heads MODEL`: previous-token, duplicate-token, induction and prefix-matching scores of every
+"""`mda heads --model MODEL`: previous-token, duplicate-token, induction and prefix-matching scores of every
 head on repeated random token sequences; a table on stdout, CSV/JSON/PNG under --out."""
 
 from __future__ import annotations
@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mda_fast.cli import flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "heads", help="score every attention head (previous-token, duplicate, induction)",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="local checkpoint directory or hub id (EleutherAI/pythia-70m)")
-    p.add_argument("--revision", default=None, help="hub revision, or step sub-directory of a local run (step1000)")
+    flags.model(p, required=True, help="local checkpoint directory or hub id (EleutherAI/pythia-70m)")
+    flags.revision(p)
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (a random half repeated once)")
     p.add_argument("--n", type=int, default=32, help="number of random sequences")
     p.add_argument("--seed", type=int, default=12345)
@@ -23,8 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sort", default="induction",
                    choices=("previous_token", "duplicate_token", "induction", "prefix_matching"))
-    p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the printed table (0 = all heads)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write heads.csv, heads.json, heads.png here")
+    flags.top_k(p, default=10, help="rows of the printed table (0 = all heads)")
+    flags.out(p, help="write heads.csv, heads.json, heads.png here")
     p.set_defaults(func=run)
 
 
@@ -40,9 +42,9 @@ def run(args) -> int:
     s = res.settings
     print(f"{args.model}{' @ ' + args.revision if args.revision else ''}: {L} layers x {H} heads; "
           f"{s['n']} sequences of {s['seq_len']} tokens in [{s['vocab_low']}, {s['vocab_high']}), seed {s['seed']}")
-    print(res.table(sort=args.sort, k=args.top or None))
+    print(res.table(sort=args.sort, k=args.top_k or None))
     if args.out is not None:
-        paths = [res.to_csv(args.out / "heads.csv"), res.to_json(args.out / "heads.json"),
-                 res.heatmap(args.out / "heads.png")]
+        out = Path(args.out)
+        paths = [res.to_csv(out / "heads.csv"), res.to_json(out / "heads.json"), res.heatmap(out / "heads.png")]
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mda_fast.cli import flags
 from mda_fast.errors import ConfigError
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -29,20 +30,20 @@ def _window(text: str) -> tuple[int, int]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("intervene", help="retrain a window with top rows deleted/duplicated vs random controls",
                               description=__doc__, formatter_class=_FMT)
-    p.add_argument("--checkpoints", required=True, type=Path, help="directory with step<N>/ checkpoints")
-    p.add_argument("--data", required=True, help="training rows in training order (.bin/.idx prefix, .npy, ...)")
-    p.add_argument("--scores", required=True, type=Path, help="score run directory (mda score)")
-    p.add_argument("--window", required=True, help="START:END steps whose rows the plans modify")
+    flags.model(p, required=True, help="the training run: a directory of step<N>/ checkpoints")
+    flags.data(p, required=True, help="training rows in training order (.bin/.idx prefix, .npy, ...)")
+    p.add_argument("--scores", required=True, type=Path, help="score run directory (mda score --out DIR/scores)")
+    flags.steps(p, required=True, help="window [START, END) of optimizer steps whose rows the plans modify")
     p.add_argument("--end-step", type=int, default=None, help="train until this step (default: END)")
     p.add_argument("--plan", action="append", default=None, metavar="SPEC",
                    help="repeatable: baseline | delete | duplicate | random-delete | random-duplicate | "
                         "insert-synthetic:path=PREFIX; options after ':' e.g. delete:top=5%%,tail=negative "
                         "(default: baseline, delete, random-delete, duplicate, random-duplicate)")
-    p.add_argument("--top", default=None, help="default --top for plans without top= (10%% or a count)")
+    flags.top_k(p, type=str, help="rows each plan without top= selects: a %% of the window (10%%) or a count")
     p.add_argument("--column", default=None, help="scores column (default: the one naming the unit)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; 0 = original data order")
     p.add_argument("--cadence", type=int, default=10, help="track the head every N steps")
-    p.add_argument("--unit", default=None, help="L.H of the tracked head (default: first unit of the scores)")
+    flags.units(p, help="tracked heads L1.H3 ... (default: the first unit of the scores)")
     p.add_argument("--metric", default="induction", choices=("induction", "prev_token"))
     p.add_argument("--threshold", default="50%", help="emergence threshold: a value or a %% of the baseline peak")
     p.add_argument("--jobs", type=int, default=1, help="retraining worker processes (one core each)")
@@ -51,29 +52,31 @@ def register(subparsers) -> None:
     p.add_argument("--model-name", default=None, help="model id to match against the scores manifest")
     p.add_argument("--tokenizer", default=None, help="local tokenizer for decoding rows (default: bytes if it fits)")
     p.add_argument("--no-report", action="store_true")
-    p.add_argument("--out", required=True, type=Path, help="experiment directory (re-running resumes)")
+    flags.out(p, required=True, help="experiment directory (re-running resumes)")
     p.set_defaults(func=run_intervene)
 
     a = subparsers.add_parser("analyze", help="document kinds enriched among the top-scored rows",
                               description="Share of LaTeX/markup/code/records/repeated/prose rows among the top "
                                           "rows vs the window; kinds.json + kinds.png.", formatter_class=_FMT)
-    a.add_argument("scores", type=Path, help="score run directory")
-    a.add_argument("--data", required=True, help="the rows the scores refer to")
-    a.add_argument("--top", default="10%")
+    a.add_argument("--scores", required=True, type=Path, help="score run directory")
+    flags.data(a, required=True, help="the rows the scores refer to")
+    flags.top_k(a, default="10%", type=str, help="top rows: a %% of the scored rows or a count")
     a.add_argument("--tail", default="positive", choices=("positive", "negative"))
     a.add_argument("--column", default=None)
     a.add_argument("--sample", type=int, default=5000, help="window rows sampled for the baseline shares")
     a.add_argument("--tokenizer", default=None)
-    a.add_argument("--out", required=True, type=Path)
+    flags.out(a, required=True)
     a.set_defaults(func=run_analyze_cmd)
 
     g = subparsers.add_parser("augment", help="synthesize rows with repetitive structure (.bin/.idx)",
                               description="Seeded synthetic rows (repeated spans, markup, tables) for "
                                           "insert-synthetic plans.", formatter_class=_FMT)
-    g.add_argument("--out", required=True, help="output prefix (writes PREFIX.bin, PREFIX.idx, PREFIX.kinds.json)")
+    flags.out(g, required=True, help="output prefix (writes PREFIX.bin, PREFIX.idx, PREFIX.kinds.json)")
     g.add_argument("--n", type=int, required=True, help="rows to write")
     g.add_argument("--seq-len", type=int, required=True, help="tokens per row (the training rows' length)")
-    g.add_argument("--kinds", default="spans,markup,table")
+    g.add_argument("--kinds", default="spans,markup,table",
+                   help="generators (mda_fast.intervene.generators): markup, latex, records, table, repeated, "
+                        "spans, tiled")
     g.add_argument("--max-gap", type=int, default=None, help="max characters between span copies")
     g.add_argument("--tokenizer", default=None, help="local tokenizer (default: bytes)")
     g.add_argument("--seed", type=int, default=0)
@@ -81,9 +84,9 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser("report", help="HTML report of an intervention experiment",
                               description="Writes EXP/report.html and its PNGs.", formatter_class=_FMT)
-    r.add_argument("exp", type=Path, help="experiment directory (mda intervene --out)")
+    flags.out(r, required=True, help="experiment directory (mda intervene --out)")
     r.add_argument("--scores", type=Path, default=None, help="default: the experiment's scores")
-    r.add_argument("--data", default=None, help="rows for the top-row section")
+    flags.data(r, help="rows for the top-row section")
     r.add_argument("--tokenizer", default=None)
     r.set_defaults(func=run_report)
 
@@ -95,8 +98,8 @@ def run_intervene(args) -> int:
     raw = list(args.plan or DEFAULT_PLANS)
     specs = [parse_plan_spec(s) for s in raw]
     for text, s in zip(raw, specs):
-        if args.top is not None and "top=" not in text:
-            s.top = args.top
+        if args.top_k is not None and "top=" not in text:
+            s.top = args.top_k
         if args.column is not None and s.column is None:
             s.column = args.column
     try:
@@ -105,10 +108,10 @@ def run_intervene(args) -> int:
         raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
     from mda_fast.intervene.summary import format_summary
 
-    unit = _unit(args.unit)
-    summary = run_experiment(args.out, args.checkpoints, args.data, args.scores, _window(args.window), plans=specs,
+    units = [_unit(u) for u in args.units] if args.units else None
+    summary = run_experiment(args.out, args.model, args.data, args.scores, _window(args.steps), plans=specs,
                              seeds=seeds, cadence=args.cadence, end_step=args.end_step,
-                             units=[unit] if unit else None, metric=args.metric, threshold=args.threshold,
+                             units=units, metric=args.metric, threshold=args.threshold,
                              optim={"lr": args.lr} if args.lr else None, shuffle_block=args.shuffle_block,
                              model_name=args.model_name, tokenizer=args.tokenizer, report=not args.no_report,
                              jobs=args.jobs)
@@ -120,7 +123,7 @@ def run_intervene(args) -> int:
 def run_analyze_cmd(args) -> int:
     from mda_fast.intervene.analyze import run_analyze
 
-    res = run_analyze(args.scores, args.data, args.out, column=args.column, top=args.top, tail=args.tail,
+    res = run_analyze(args.scores, args.data, args.out, column=args.column, top=args.top_k, tail=args.tail,
                       tokenizer=args.tokenizer, sample=args.sample)
     print(f"{'kind':<10} {'top':>7} {'window':>7} {'enrichment':>10}")
     for k in res["kinds"]:
@@ -144,8 +147,8 @@ def run_augment(args) -> int:
 def run_report(args) -> int:
     from mda_fast.intervene.report import write_report
 
-    if not args.exp.is_dir():
-        raise ConfigError(f"experiment directory {args.exp} does not exist")
-    path = write_report(args.exp, scores=args.scores, source=args.data, tokenizer=args.tokenizer)
+    if not Path(args.out).is_dir():
+        raise ConfigError(f"experiment directory {args.out} does not exist")
+    path = write_report(args.out, scores=args.scores, source=args.data, tokenizer=args.tokenizer)
     print(f"wrote {path}")
     return 0

@@ -117,25 +117,13 @@ def heldout_sets(source, row_kind: np.ndarray, kinds: list[str], start: int, n: 
 
 def graddot_scores(demo_dir: Path, cfg, info: dict, window, columns: list[str]):
     """Gradient-dot-product scores (no curvature: ``preconditioner="identity"``) of the demo's units
-    over the window, for the LDS baseline; reuses the demo's factor file and a finished table."""
-    from mda_fast.attribution import MDA
-    from mda_fast.attribution.store import load_scores
-    from mda_fast.data import MMIdxSource, select_steps
-    from mda_fast.demo.train_demo import corpus_prefix
-    from mda_fast.models import load_model
+    over the window, for the LDS baseline, into ``<demo>/mda_graddot`` (resumable)."""
+    from mda_fast.demo.pipeline import demo_pipeline
 
-    out = demo_dir / "mda" / "scores_graddot"
-    if (out / "scores.npz").is_file():
-        return load_scores(str(out))
     units = list(dict.fromkeys(c.split("/")[0] for c in columns))
-    probes = list(dict.fromkeys(u["probe"] for u in info["units"]))
-    source = MMIdxSource(corpus_prefix(demo_dir), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
-    ck = demo_dir / "checkpoints" / f"step{window[1]}"
-    model, _ = load_model(str(ck), load_tokenizer=False)
-    st = {"probe_vocab_low": cfg.probe_low, "probe_vocab_high": cfg.probe_high, "preconditioner": "identity",
-          "progress": False}
-    mda = MDA(model, units, probes, settings=st, model_name=str(ck)).load_factors(str(demo_dir / "mda" / "factors"))
-    return mda.score(select_steps(source, window[0], window[1], cfg.rows_per_step), str(out))
+    p = demo_pipeline(demo_dir, cfg, info, window, progress=False, log=None, run="mda_graddot", units=units,
+                      preconditioner="identity")
+    return p.score(factors=str(demo_dir / "mda" / "factors"))
 
 
 def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float = 1.0, cadence: int = 5,

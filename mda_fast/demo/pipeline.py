@@ -7,7 +7,8 @@
 Every stage goes through the same code a user runs on Pythia and the Pile: the corpus is an
 MMIDIDX ``.bin/.idx`` in Pythia's row order, checkpoints are ``step{N}`` directories loaded with
 :func:`mda_fast.models.load_model`, the window is :func:`mda_fast.data.select_steps`, attribution
-is :class:`mda_fast.attribution.MDA`. Each stage reuses what an earlier (killed) run left complete.
+is :class:`mda_fast.attribution.pipeline.Pipeline` (heads -> fit -> score -> top, into
+``<out>/mda``). Each stage reuses what an earlier (killed) run left complete.
 
 One score pass attributes every head of the model (QK subspace) with both probes, the copy-target
 probe and the previous-token probe of the demo's previous-token head, so the induction head and
@@ -46,33 +47,6 @@ def demo_units(info: dict, cfg: DemoConfig) -> tuple[list[str], list[str]]:
     units = [f"L{l}.H{h}.qk" for l in range(cfg.layers) for h in range(cfg.heads)]
     probes = list(dict.fromkeys(u["probe"] for u in info.get("units", [info])))
     return units, probes
-
-
-def score_window(ckpt_dir, source, window, rows_per_step, units, probes, out_dir, probe_low=32, probe_high=127,
-                 settings: dict | None = None, tokenizer=None):
-    """MDA scores of the window's rows for ``units`` x ``probes`` into ``out_dir``.
-
-    The checkpoint at the end of the window is the model attributed (the head exists there).
-    Reuses a complete score table already in ``out_dir``; a partial one is resumed.
-    """
-    from mda_fast.attribution import MDA
-    from mda_fast.attribution.store import load_scores
-    from mda_fast.data import select_steps
-    from mda_fast.models import load_model
-
-    out_dir = Path(out_dir)
-    if (out_dir / "scores.npz").is_file():
-        return load_scores(str(out_dir))
-    model, _ = load_model(str(ckpt_dir), load_tokenizer=False)
-    win = select_steps(source, window[0], window[1], rows_per_step)
-    st = {"probe_vocab_low": probe_low, "probe_vocab_high": probe_high, **(settings or {})}
-    mda = MDA(model, units, probes, tokenizer=tokenizer, settings=st, model_name=str(ckpt_dir))
-    factors = out_dir.parent / "factors"
-    if (factors / "manifest.json").is_file():
-        mda.load_factors(str(factors))
-    else:
-        mda.fit(win, out_dir=str(factors))
-    return mda.score(win, str(out_dir))
 
 
 def kind_enrichment(scores: np.ndarray, row_ids: np.ndarray, row_kind: np.ndarray, kinds: list[str],
@@ -117,18 +91,10 @@ def overlap_report(table, heads, info: dict, cfg: DemoConfig) -> dict:
             "pairs": [dict(p, a_name=names[p["a"]], b_name=names[p["b"]]) for p in pairs if p["a"] == cols["induction"]]}
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, progress: bool = True,
-             log=print) -> dict:
-    """Run every stage of the demo into ``out``; returns (and writes ``out/demo.json``) a summary."""
-    from mda_fast.data import MMIdxSource
-    from mda_fast.demo.corpus import load_row_kinds
-    from mda_fast.codec import byte_tokenizer
-    from mda_fast.demo.train_demo import corpus_prefix, run_demo_training
-    from mda_fast.heads import head_scores
-    from mda_fast.models import load_model
+def ensure_trained(out: Path, cfg: DemoConfig, progress: bool, log) -> dict:
+    """The training summary (``induction.json``), training first unless it matches ``cfg``."""
+    from mda_fast.demo.train_demo import run_demo_training
 
-    cfg = cfg or DemoConfig()
-    out = Path(out)
     info_path = out / "induction.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     if info is None or info.get("config") != cfg.to_dict():
@@ -136,70 +102,98 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
             f"({cfg.rows_per_step} rows of {cfg.seq_len} tokens per step; {cfg.repeat_rows:.0%} of the rows a "
             "random span tiled along the row)")
         info = run_demo_training(out, cfg, progress=progress)
-    curve = info["curve"]
-    layer, head = int(info["layer"]), int(info["head"])
-    a, b = attribution_window(info, cfg)
-    formed = info.get("window") is not None
-    log(f"      {info['metric']} score of L{layer}.H{head}: " +
-        ", ".join(f"step {s}: {v:.2f}" for s, v in curve.items() if int(s) % 500 == 0 or int(s) == b))
+    return info
+
+
+def log_formation(info: dict, cfg: DemoConfig, window, log) -> None:
+    a, b = window
+    log(f"      {info['metric']} score of L{info['layer']}.H{info['head']}: " +
+        ", ".join(f"step {s}: {v:.2f}" for s, v in info["curve"].items() if int(s) % 500 == 0 or int(s) == b))
     if info["metric"] != "induction":
         best_ind = max(info.get("induction_best", {"0": 0.0}).values())
         log(f"      no induction head formed in {info.get('last_step', cfg.steps)} steps (best score {best_ind:.2f}); "
             "the demo attributes the previous-token head that formed instead")
-    if not formed:
+    if info.get("window") is None:
         log(f"      no head formed (no score crossed its threshold); attributing the last quarter {a}-{b}")
 
-    ckpts = out / "checkpoints"
-    log(f"[2/4] localizing heads at step {b}")
-    model, _ = load_model(str(ckpts), f"step{b}", load_tokenizer=False)
-    heads = head_scores(model, n=cfg.probe_n, seq_len=2 * cfg.probe_len, seed=cfg.probe_seed,
-                        vocab_low=cfg.probe_low, vocab_high=cfg.probe_high)
-    (out / "heads").mkdir(exist_ok=True)
-    heads.to_csv(str(out / "heads" / "heads.csv")), heads.heatmap(str(out / "heads" / "heads.png"))
-    log(heads.table(sort="prefix_matching" if info["metric"] == "induction" else info["metric"], k=4))
 
-    units, probes = demo_units(info, cfg)
-    log(f"[3/4] EK-FAC on the QK subspace of all {len(units)} heads, probes {', '.join(probes)}, scoring the "
-        f"{(b - a) * cfg.rows_per_step} rows of steps {a}-{b}")
+def demo_pipeline(out: Path, cfg: DemoConfig, info: dict, window, progress: bool = True, log=print,
+                  run: str = "mda", units: list[str] | None = None, **settings):
+    """The :class:`Pipeline` attributing the checkpoint at the window's end over the window's rows,
+    into ``<out>/<run>``: every head (or ``units``) under the demo units' probes; ``settings``
+    override the attribution settings."""
+    from mda_fast.attribution.pipeline import Pipeline
+    from mda_fast.codec import byte_tokenizer
+    from mda_fast.data import MMIdxSource, select_steps
+    from mda_fast.demo.train_demo import corpus_prefix
+    from mda_fast.models import load_model
+
+    a, b = window
+    ck = out / "checkpoints" / f"step{b}"
+    model, _ = load_model(str(ck), load_tokenizer=False)
     source = MMIdxSource(corpus_prefix(out), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
-    table = score_window(ckpts / f"step{b}", source, (a, b), cfg.rows_per_step, units, probes,
-                         out / "mda" / "scores", cfg.probe_low, cfg.probe_high, settings={"progress": progress})
+    all_units, probes = demo_units(info, cfg)
+    st = {"probe_vocab_low": cfg.probe_low, "probe_vocab_high": cfg.probe_high, "progress": progress, **settings}
+    heads = {"n": cfg.probe_n, "seq_len": 2 * cfg.probe_len, "seed": cfg.probe_seed, "vocab_low": cfg.probe_low,
+             "vocab_high": cfg.probe_high}
+    return Pipeline(model, select_steps(source, a, b, cfg.rows_per_step), str(out / run), probes,
+                    units=units or all_units,
+                    tokenizer=byte_tokenizer(), settings=st, heads=heads, model_name=str(ck), log=log)
 
-    log("[4/4] top rows")
-    from mda_fast.attribution import format_report, report_top
-    from mda_fast.data import select_steps
 
-    tok = byte_tokenizer()
-    kinds, row_kind = load_row_kinds(corpus_prefix(out))
-    win = select_steps(source, a, b, cfg.rows_per_step)
-    per_unit = []
-    for unit in info.get("units", [info]):
-        col = column(unit)
-        report = report_top(table, top_k, col, win, tok, str(out / "mda" / "top"))
+def unit_reports(p, info: dict, kinds: list[str], row_kind: np.ndarray) -> list[dict]:
+    """Per demo unit: its top rows (labelled with the corpus's kinds), the influence share of the
+    top 10% and the kind enrichment among the top 10%."""
+    out = []
+    for unit, report in zip(info.get("units", [info]), p.reports):
         for side in ("positive", "negative"):
             for row in report[side]:
                 row["kind"] = kinds[int(row_kind[int(row["row_id"])])]
-        enrich = kind_enrichment(table.column(col), table.row_ids, row_kind, kinds)
-        per_unit.append({"unit": f"L{unit['layer']}.H{unit['head']}.qk", "metric": unit["metric"], "probe": unit["probe"],
-                         "column": col, "top10_share_of_positive_influence": report["top10_share"],
-                         "kind_enrichment": enrich, "top": report})
-        if unit is info.get("units", [info])[0]:
-            log(format_report(report))
-        log(f"      {col}: top 10% of rows carry {report['top10_share']:.0%} of the positive influence; kind shares, "
-            "top 10% vs window: " + ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in enrich.items()
-                                             if v["window"] > 0))
-    overlap = overlap_report(table, heads, info, cfg)
-    for p in overlap.get("pairs", []):
-        log(f"      top-10% overlap of the induction head with the {p['b_name']} head: {p['overlap']:.2f} "
-            f"(chance {p['chance']:.2f})")
+        enrich = kind_enrichment(p.table.column(report["column"]), p.table.row_ids, row_kind, kinds)
+        out.append({"unit": f"L{unit['layer']}.H{unit['head']}.qk", "metric": unit["metric"], "probe": unit["probe"],
+                    "column": report["column"], "top10_share_of_positive_influence": report["top10_share"],
+                    "kind_enrichment": enrich, "top": report})
+    return out
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, progress: bool = True,
+             log=print) -> dict:
+    """Run every stage of the demo into ``out``; returns (and writes ``out/demo.json``) a summary."""
+    from mda_fast.attribution import format_report
+    from mda_fast.demo.corpus import load_row_kinds
+    from mda_fast.demo.train_demo import corpus_prefix
+
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    info = ensure_trained(out, cfg, progress, log)
+    a, b = attribution_window(info, cfg)
+    log_formation(info, cfg, (a, b), log)
+    p = demo_pipeline(out, cfg, info, (a, b), progress, log=None)
+    log(f"[2/4] localizing heads at step {b}")
+    heads = p.head_scores()
+    log(heads.table(sort="prefix_matching" if info["metric"] == "induction" else info["metric"], k=4))
+    log(f"[3/4] EK-FAC on the QK subspace of all {len(p.units)} heads, probes {', '.join(p.probes)}, scoring the "
+        f"{len(p.window)} rows of steps {a}-{b}")
+    p.run(top_k, columns=[column(u) for u in info.get("units", [info])])
+    log("[4/4] top rows")
+    per_unit = unit_reports(p, info, *load_row_kinds(corpus_prefix(out)))
+    log(format_report(per_unit[0]["top"]))
+    for u in per_unit:
+        log(f"      {u['column']}: top 10% of rows carry {u['top10_share_of_positive_influence']:.0%} of the positive "
+            "influence; kind shares, top 10% vs window: " +
+            ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in u["kind_enrichment"].items() if v["window"] > 0))
+    overlap = overlap_report(p.table, heads, info, cfg)
+    for pair in overlap.get("pairs", []):
+        log(f"      top-10% overlap of the induction head with the {pair['b_name']} head: {pair['overlap']:.2f} "
+            f"(chance {pair['chance']:.2f})")
     primary = per_unit[0]
-    summary = {"unit": primary["unit"], "metric": info["metric"], "probe": info["probe"], "formed": formed,
-               "window": [a, b], "curve": curve, "formation_step": _crossing(curve, cfg.formation_high),
+    summary = {"unit": primary["unit"], "metric": info["metric"], "probe": info["probe"],
+               "formed": info.get("window") is not None, "window": [a, b], "curve": info["curve"],
+               "formation_step": _crossing(info["curve"], cfg.formation_high),
                "top10_share_of_positive_influence": primary["top10_share_of_positive_influence"],
                "kind_enrichment": primary["kind_enrichment"], "top": primary["top"], "units": per_unit,
-               "overlap": overlap, "outputs": {
-                   "checkpoints": str(ckpts), "heads": str(out / "heads"), "scores": str(out / "mda" / "scores"),
-                   "top": str(out / "mda" / "top")}}
+               "overlap": overlap, "outputs": {"checkpoints": str(out / "checkpoints"), **{
+                   k: p.path(k) for k in ("heads", "factors", "scores", "top")}}}
     write_json(out / "demo.json", summary)
     return summary
 

@@ -1,4 +1,4 @@
-"""Causal validation of attribution scores (issue 5).
+"""Causal validation of attribution scores: retrain with rows removed, duplicated or inserted.
 
 Public API::
 

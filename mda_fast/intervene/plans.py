@@ -19,7 +19,6 @@ taken from steps S, S+1, ... (at most ``per_step`` per step), i.e. the rows are 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -258,8 +257,3 @@ def build_plan(spec: PlanSpec, window: tuple[int, int], rows_per_step: int, row_
     plan.info["replace"] = "random" if use_random else "lowest"
     plan.info["at"] = at
     return plan
-
-
-def load_plan(path) -> Plan:
-    with open(path) as f:
-        return Plan.from_json(json.load(f))

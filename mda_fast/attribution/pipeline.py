@@ -1,0 +1,143 @@
+"""The one front door of a whole attribution run: heads -> units -> fit -> score -> top.
+
+    from mda_fast.attribution.pipeline import Pipeline
+    p = Pipeline(model, window, "runs/l4h5", probes=["copy_target"], units="auto", tokenizer=tok)
+    table = p.run(top_k=20)          # or p.fit(); p.score(); p.top(20)
+
+``mda run | fit | score | top``, the demo and the demo's experiment all run their stages through
+this class and do no stage work of their own. The run directory::
+
+    heads/    heads.csv, heads.json, heads.png       (units="auto": units chosen by head score)
+    factors/  manifest.json, factors.safetensors     (fit)
+    scores/   manifest.json, scores.npz, chunks/     (score: resumable, every rank its share)
+    top/      top.json, hist_<col>.png, cumulative_<col>.png   (top)
+
+A stage whose output is complete is reused by :meth:`run` (factors, scores); :meth:`fit` always
+refits. Ranks: under ``torchrun`` every rank calls the same methods; files are written by rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mda_fast.attribution import dist
+from mda_fast.attribution.api import MDA, report_top
+from mda_fast.attribution.settings import Settings
+from mda_fast.config import HEAD_DEFAULTS
+from mda_fast.io import read_json, write_json
+
+
+
+class Pipeline:
+    """One attribution run of ``model`` over ``window`` (a RowSource) into directory ``out``.
+
+    units: list of unit names / Units, or "auto" (the factors' units when fitted already, else the
+    best heads by ``heads["metric"]``); probes: probe specs; settings: :class:`Settings` or dict;
+    heads: overrides of :data:`HEAD_DEFAULTS`; log: one-line progress messages (rank 0 only).
+    """
+
+    def __init__(self, model, window, out: str, probes, units="auto", tokenizer=None, settings=None,
+                 heads: dict | None = None, model_name: str | None = None, revision: str | None = None,
+                 probe_data: dict | None = None, log=print):
+        self.model, self.window, self.out = model, window, str(out)
+        self.units, self.probes, self.tokenizer = units, probes, tokenizer
+        self.settings = settings if isinstance(settings, Settings) else Settings.from_dict(settings)
+        self.heads_cfg = {**HEAD_DEFAULTS, **(heads or {})}
+        self.model_name, self.revision, self.probe_data = model_name, revision, probe_data
+        self._log = log
+        self._mda: MDA | None = None
+        self.table = None
+        self.reports: list[dict] = []     # of the last top() (rank 0)
+
+    # -- paths -----------------------------------------------------------------------------------
+    def path(self, stage: str) -> str:
+        return os.path.join(self.out, stage)
+
+    def say(self, msg: str) -> None:
+        if self._log and dist.rank() == 0:
+            self._log(msg)
+
+    # -- heads -> units --------------------------------------------------------------------------
+    def head_scores(self):
+        """Every head's scores (``mda_fast.heads.head_scores``), written to ``heads/`` by rank 0."""
+        from mda_fast.heads import head_scores
+
+        h = self.heads_cfg
+        res = head_scores(self.model, n=int(h["n"]), seq_len=int(h["seq_len"]), seed=int(h["seed"]),
+                          vocab_low=int(h["vocab_low"]), vocab_high=h["vocab_high"], tokenizer=self.tokenizer,
+                          name=str(self.model_name), revision=self.revision)
+        if dist.rank() == 0:
+            out = self.path("heads")
+            res.to_csv(os.path.join(out, "heads.csv")), res.to_json(os.path.join(out, "heads.json"))
+            res.heatmap(os.path.join(out, "heads.png"))
+        return res
+
+    def chosen_units(self) -> list:
+        """The units of this run (resolving "auto", see the class doc)."""
+        if self.units != "auto":
+            return list(self.units) if isinstance(self.units, (list, tuple)) else [self.units]
+        manifest = os.path.join(self.path("factors"), "manifest.json")
+        if os.path.isfile(manifest):
+            return read_json(manifest)["units"]
+        h = self.heads_cfg
+        res = self.head_scores()
+        self.say(res.table(sort=h["metric"], k=5))
+        units = [f"L{layer}.H{head}.{h['mode']}" for layer, head, _ in res.top(h["metric"], int(h["top"]))]
+        self.say(f"units (best {h['metric']} heads): {', '.join(units)}")
+        return units
+
+    @property
+    def mda(self) -> MDA:
+        if self._mda is None:
+            self._mda = MDA(self.model, self.chosen_units(), self.probes, tokenizer=self.tokenizer,
+                            settings=self.settings, probe_data=self.probe_data, model_name=self.model_name,
+                            revision=self.revision)
+        return self._mda
+
+    # -- stages ----------------------------------------------------------------------------------
+    def fit(self):
+        """Fit EK-FAC on the window into ``factors/``; returns the FactorSet."""
+        self.mda.fit(self.window, out_dir=self.path("factors"))
+        fs = self.mda.factors
+        self.say(f"fitted EK-FAC on {fs.manifest['rows_used']} of {fs.manifest['window_rows']} rows for "
+                 f"{', '.join(fs.blocks)} -> {self.path('factors')}")
+        return fs
+
+    def load_factors(self, path: str | None = None):
+        """Use the factors in ``path`` (default this run's ``factors/``)."""
+        self.mda.load_factors(path or self.path("factors"))
+        return self.mda.factors
+
+    def score(self, factors: str | None = None, on_batch=None):
+        """Score every row of the window into ``scores/`` (resumes a killed run); returns the table.
+        Uses factors already fitted in this session, else loads ``factors`` (default ``factors/``)."""
+        if self.mda.factors is None or factors is not None:
+            self.load_factors(factors)
+        self.table = self.mda.score(self.window, self.path("scores"), on_batch=on_batch)
+        self.say(f"scored {len(self.table.row_ids)} rows x {len(self.table.columns)} columns -> "
+                 f"{self.path('scores')}/scores.npz")
+        return self.table
+
+    def top(self, k: int = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
+        """Top rows of a column or list of columns (default every column) with their figures, into ``top/``."""
+        from mda_fast.attribution import load_scores
+
+        if dist.rank() != 0:
+            return []
+        table = self.table if self.table is not None else load_scores(self.path("scores"))
+        src = source if source is not None else self.window
+        out = self.path("top")
+        cols = table.columns if column is None else ([column] if isinstance(column, str) else list(column))
+        reports = [report_top(table, int(k), c, src, self.tokenizer, out) for c in cols]
+        write_json(os.path.join(out, "top.json"), {"reports": reports})
+        self.reports = reports
+        return reports
+
+    def run(self, top_k: int = 20, refit: bool = False, columns: list[str] | None = None):
+        """fit (reusing complete factors unless ``refit``) -> score -> top (of ``columns``, default
+        all); returns the score table."""
+        if refit or not os.path.isfile(os.path.join(self.path("factors"), "manifest.json")):
+            self.fit()
+        self.score()
+        self.top(top_k, columns)
+        return self.table

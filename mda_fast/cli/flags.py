@@ -1,0 +1,55 @@
+"""The flags every ``mda`` command shares, defined once so each means the same everywhere.
+
+    --model      checkpoint directory (or a run's directory of step<N>/ checkpoints) or hub id
+    --revision   hub revision or step sub-directory (step1000)
+    --data       training rows: .bin/.idx prefix or piece, .npy, parquet, text files
+    --steps A:B  a window of optimizer steps [A, B); rows [rps*A, rps*B)
+    --rows-per-step  rows per optimizer step (Pythia: 1024)
+    --units      heads: L1.H3.qk ... (or 'auto' where a command can choose them)
+    --probes     copy_target, copy_target2, prev_attn:L1.H3, module:function
+    -k/--top-k   how many top rows: a count, or where rows are selected from a window a % of it
+    --out        the command's output directory (or prefix, for files)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def model(p, required: bool = False, help: str = "checkpoint directory or hub id") -> None:
+    p.add_argument("--model", required=required, default=None, help=help)
+
+
+def revision(p) -> None:
+    p.add_argument("--revision", default=None, help="hub revision or step sub-directory (step1000)")
+
+
+def data(p, required: bool = False, help: str = "training rows (.bin/.idx prefix or piece, .npy, parquet, text)") -> None:
+    p.add_argument("--data", required=required, default=None, help=help)
+
+
+def steps(p, required: bool = False, help: str = "window of optimizer steps [START, END)") -> None:
+    p.add_argument("--steps", required=required, default=None, metavar="START:END", help=help)
+
+
+def rows_per_step(p, default: int | None = None) -> None:
+    p.add_argument("--rows-per-step", type=int, default=default, help="rows per optimizer step (Pythia: 1024)")
+
+
+def units(p, help: str = "heads: L1.H3.qk ... or 'auto'") -> None:
+    p.add_argument("--units", nargs="+", default=None, metavar="UNIT", help=help)
+
+
+def probes(p) -> None:
+    p.add_argument("--probes", nargs="+", default=None, metavar="PROBE",
+                   help="copy_target, copy_target2, prev_attn:L1.H3, module:function")
+
+
+def top_k(p, default=None, help: str = "top rows per side", type=int) -> None:
+    p.add_argument("-k", "--top-k", type=type, default=default, help=help)
+
+
+def out(p, required: bool = False, help: str = "output directory") -> None:
+    p.add_argument("--out", required=required, default=None, metavar="DIR", help=help)
