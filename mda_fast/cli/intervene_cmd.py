@@ -28,6 +28,11 @@ def _window(text: str) -> tuple[int, int]:
 
 
 def register(subparsers) -> None:
+    for add in (_add_intervene, _add_analyze, _add_augment, _add_report):
+        add(subparsers)
+
+
+def _add_intervene(subparsers) -> None:
     p = subparsers.add_parser("intervene", help="retrain a window with top rows deleted/duplicated vs random controls",
                               description=__doc__, formatter_class=_FMT)
     flags.model(p, required=True, help="the training run: a directory of step<N>/ checkpoints")
@@ -55,6 +60,8 @@ def register(subparsers) -> None:
     flags.out(p, required=True, help="experiment directory (re-running resumes)")
     p.set_defaults(func=run_intervene)
 
+
+def _add_analyze(subparsers) -> None:
     a = subparsers.add_parser("analyze", help="document kinds enriched among the top-scored rows",
                               description="Share of LaTeX/markup/code/records/repeated/prose rows among the top "
                                           "rows vs the window; kinds.json + kinds.png.", formatter_class=_FMT)
@@ -68,6 +75,8 @@ def register(subparsers) -> None:
     flags.out(a, required=True)
     a.set_defaults(func=run_analyze_cmd)
 
+
+def _add_augment(subparsers) -> None:
     g = subparsers.add_parser("augment", help="synthesize rows with repetitive structure (.bin/.idx)",
                               description="Seeded synthetic rows (repeated spans, markup, tables) for "
                                           "insert-synthetic plans.", formatter_class=_FMT)
@@ -82,6 +91,8 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=run_augment)
 
+
+def _add_report(subparsers) -> None:
     r = subparsers.add_parser("report", help="HTML report of an intervention experiment",
                               description="Writes EXP/report.html and its PNGs.", formatter_class=_FMT)
     flags.out(r, required=True, help="experiment directory (mda intervene --out)")

@@ -126,84 +126,101 @@ def graddot_scores(demo_dir: Path, cfg, info: dict, window, columns: list[str]):
     return p.score(factors=str(demo_dir / "mda" / "factors"))
 
 
-def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
-                        lds_subsets: int = 24, doses: bool = True, log=print) -> dict:
-    """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary."""
-    from mda_fast.attribution.store import load_scores
+def demo_units_tracked(info: dict) -> tuple[list, list[str]]:
+    """(TrackedUnit per demo unit, its scores column), induction head first."""
+    from mda_fast.demo.pipeline import column
+    from mda_fast.intervene.summary import TrackedUnit
+
+    units = [TrackedUnit("induction" if u["metric"] == "induction" else "previous-token", int(u["layer"]),
+                         int(u["head"]), "induction" if u["metric"] == "induction" else "prev_token")
+             for u in info["units"]]
+    return units, [column(u) for u in info["units"]]
+
+
+def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, doses: bool):
+    """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved."""
     from mda_fast.data import MMIdxSource
     from mda_fast.demo.config import DemoConfig
     from mda_fast.demo.corpus import load_row_kinds
-    from mda_fast.demo.pipeline import column
     from mda_fast.demo.train_demo import corpus_prefix
     from mda_fast.intervene.augment import write_synthetic
-    from mda_fast.intervene.experiment import prepare_experiment, run_conditions, summarize, write_outputs
-    from mda_fast.io import write_json
-    from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
+    from mda_fast.intervene.experiment import prepare_experiment
     from mda_fast.intervene.plans import resolve_count
-    from mda_fast.intervene.summary import TrackedUnit, format_summary
-    from mda_fast.probes import make_data, parse_probe
 
-    demo_dir = Path(demo_dir)
-    out = demo_dir / "experiment"
     info = json.loads((demo_dir / "induction.json").read_text())
     demo = json.loads((demo_dir / "demo.json").read_text())
     cfg = DemoConfig(**{k: v for k, v in info["config"].items() if k in DemoConfig.__dataclass_fields__})
     if not demo.get("formed"):
         raise ConfigError(f"the demo run in {demo_dir} formed no head (no formation window) to experiment on")
     a, b = (int(x) for x in demo["window"])
-    units_info = info["units"]
-    units = [TrackedUnit("induction" if u["metric"] == "induction" else "previous-token", int(u["layer"]),
-                         int(u["head"]), "induction" if u["metric"] == "induction" else "prev_token") for u in units_info]
-    cols = [column(u) for u in units_info]
+    units, cols = demo_units_tracked(info)
     source = MMIdxSource(corpus_prefix(demo_dir), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     end = min(b + int(round(margin * (b - a))), len(source) // cfg.rows_per_step)
-    n_top = resolve_count("10%", (b - a) * cfg.rows_per_step)
-    synthetic = out / "synthetic"
+    synthetic = demo_dir / "experiment" / "synthetic"
     if not Path(str(synthetic) + ".idx").is_file():
-        write_synthetic(synthetic, n_top, cfg.seq_len, seed=0, kinds=("tiled",))
+        write_synthetic(synthetic, resolve_count("10%", (b - a) * cfg.rows_per_step), cfg.seq_len, seed=0,
+                        kinds=("tiled",))
     plans = demo_plans(cols[0], cols[1] if len(cols) > 1 else None, str(synthetic))
     if not doses:
         plans = [p for p in plans if not any(f"-{k}%" in p for k in DOSES if k != "10")]
     kinds, row_kind = load_row_kinds(corpus_prefix(demo_dir))
     held = heldout_sets(source, row_kind, kinds, cfg.rows_per_step * end, 64)
-    scores_dir = demo_dir / "mda" / "scores"
-    exp = prepare_experiment(out, demo_dir / "checkpoints", source, scores_dir, (a, b), plans, range(seeds),
-                             units=units, cadence=cadence, end_step=end, threshold=cfg.formation_high,
-                             probe_n=cfg.probe_n, probe_len=cfg.probe_len, probe_range=(cfg.probe_low, cfg.probe_high),
-                             heldout=held or 32)
-    log(f"[experiment] {len(exp.specs)} conditions x {seeds} seeds on {', '.join(u.name + ' ' + u.head_name for u in units)}, "
-        f"window {a}-{b}, retrained up to step {end} ({jobs} worker processes)")
+    exp = prepare_experiment(demo_dir / "experiment", demo_dir / "checkpoints", source, demo_dir / "mda" / "scores",
+                             (a, b), plans, range(seeds), units=units, cadence=cadence, end_step=end,
+                             threshold=cfg.formation_high, probe_n=cfg.probe_n, probe_len=cfg.probe_len,
+                             probe_range=(cfg.probe_low, cfg.probe_high), heldout=held or 32)
+    return exp, cfg, info
+
+
+def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log) -> dict:
+    """LDS of the EK-FAC scores and of gradient dot products for each demo unit and its probe, on the
+    same retrained random half subsets of the window; returns the summary entry."""
+    from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
+    from mda_fast.probes import make_data, parse_probe
+
+    units, cols = demo_units_tracked(info)
+    gd = graddot_scores(demo_dir, cfg, info, exp.window, cols)
+    st = exp.table.manifest["settings_score"]          # the probe data the scores were computed with
+    tokens = make_data(st["probe_n"], st["probe_seq_len"], st["probe_vocab_low"], st["probe_vocab_high"],
+                       st["probe_seed"])
+    targets = [LdsTarget(u, parse_probe(uinfo["probe"]), tokens,
+                         [Attributor("EK-FAC (MDA)", exp.table.row_ids, exp.table.column(col)),
+                          Attributor("gradient dot product", gd.row_ids, gd.column(col))])
+               for u, uinfo, col in zip(units, info["units"], cols)]
+    log(f"[experiment] LDS: {subsets} random half subsets of the window, retrained to step {exp.window[1]}")
+    lds = run_lds(demo_dir / "experiment" / "lds", exp.shared, exp.window, cfg.rows_per_step, targets,
+                  n_subsets=subsets, jobs=jobs, log=log)
+    log(format_lds(lds))
+    return {"path": str(demo_dir / "experiment" / "lds" / "lds.json"),
+            "targets": [{k: t[k] for k in ("unit", "probe")} |
+                        {"attributors": {n: {"lds_probe": r["lds_probe"], "lds_head": r["lds_head"]}
+                                         for n, r in t["attributors"].items()}} for t in lds["targets"]]}
+
+
+def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
+                        lds_subsets: int = 24, doses: bool = True, log=print) -> dict:
+    """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary."""
+    from mda_fast.intervene.experiment import run_conditions, summarize, write_outputs
+    from mda_fast.intervene.report import write_report
+    from mda_fast.intervene.summary import format_summary, plot_curves, plot_effects
+    from mda_fast.io import write_json
+
+    demo_dir = Path(demo_dir)
+    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, doses)
+    out = exp.out
+    log(f"[experiment] {len(exp.specs)} conditions x {seeds} seeds on "
+        f"{', '.join(u.name + ' ' + u.head_name for u in exp.units)}, window {exp.window[0]}-{exp.window[1]}, "
+        f"retrained up to step {exp.end_step} ({jobs} worker processes)")
     curves = run_conditions(exp, jobs=jobs, log=log)
     summary = summarize(exp, curves)
     summary["dose"] = dose_table(summary)
-    write_json(out / "summary.json", summary)
-    from mda_fast.intervene.summary import plot_curves, plot_effects
-
     write_outputs(exp, curves, summary, report=False)
     plot_curves(curves, exp.window, out / "curves.png", exp.units, summary["threshold"], conditions=list(MAIN_CONDITIONS))
     plot_dose(summary["dose"], out / "dose.png")
     plot_effects(summary, out / "effects.png")
     log(format_summary(summary))
-
     if lds_subsets:
-        table, gd = load_scores(str(scores_dir)), graddot_scores(demo_dir, cfg, info, (a, b), cols)
-        targets = []
-        for u, uinfo, col in zip(units, units_info, cols):
-            probe = parse_probe(uinfo["probe"])
-            tokens = make_data(32, 64, cfg.probe_low, cfg.probe_high, 12345)
-            atts = [Attributor("EK-FAC (MDA)", table.row_ids, table.column(col)),
-                    Attributor("gradient dot product", gd.row_ids, gd.column(col))]
-            targets.append(LdsTarget(u, probe, tokens, atts))
-        log(f"[experiment] LDS: {lds_subsets} random half subsets of the window, retrained to step {b}")
-        lds = run_lds(out / "lds", exp.shared, (a, b), cfg.rows_per_step, targets, n_subsets=lds_subsets, jobs=jobs,
-                      log=log)
-        summary["lds"] = {"path": str(out / "lds" / "lds.json"),
-                          "targets": [{k: t[k] for k in ("unit", "probe")} |
-                                      {"attributors": {n: {"lds_probe": r["lds_probe"], "lds_head": r["lds_head"]}
-                                                       for n, r in t["attributors"].items()}} for t in lds["targets"]]}
-        log(format_lds(lds))
+        summary["lds"] = lds_check(demo_dir, exp, cfg, info, lds_subsets, jobs, log)
     write_json(out / "summary.json", summary)
-    from mda_fast.intervene.report import write_report
-
-    write_report(out, scores=exp.table, source=source)
+    write_report(out, scores=exp.table, source=exp.source)
     return summary

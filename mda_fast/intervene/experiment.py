@@ -115,23 +115,43 @@ def _resolve_plans(specs, seeds, window, rps, table, unit, source) -> dict:
     return resolved
 
 
-def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_PLANS, seeds=(0, 1, 2),
-                       units=None, metric: str = "induction", cadence: int = 10, end_step: int | None = None,
-                       threshold=0.5, stop_after: int | None = None, optim: dict | None = None,
-                       shuffle_block: int = 8, model_name=None, probe_n: int = 32, probe_len: int = 32,
-                       probe_range: tuple[int, int] | None = None, heldout=32, rows_per_step: int | None = None,
-                       device: str = "cpu") -> Experiment:
-    """Check the inputs and resolve every plan (see :func:`run_experiment` for the arguments)."""
+def _heldout_rows(heldout, source, rps: int, end: int, window_start: int):
+    """(held-out rows or {name: rows} or None, a description) for the ICL score."""
+    if isinstance(heldout, dict):
+        held = {k: v for k, v in heldout.items() if v is not None}
+        return held or None, ", ".join(f"{k}: {len(v)} rows given by the caller" for k, v in held.items()) or "none"
+    if isinstance(heldout, torch.Tensor):
+        return heldout, f"{len(heldout)} rows given by the caller"
+    return _heldout(source, rps, end, int(heldout), window_start)
+
+
+def _stop_rule(units, threshold, stop_after, cadence: int, window) -> StopRule | None:
+    """Stop a run once every unit has emerged (default margin: 3 measurements or a fifth of the
+    window), never before the window's end plus that margin; None for a relative threshold or -1."""
+    if str(threshold).endswith("%") or stop_after == -1:
+        return None
+    a, b = window
+    after = int(stop_after) if stop_after is not None else max(3 * cadence, (b - a) // 5)
+    return StopRule(tuple((u.metric, u.layer, u.head) for u in units), float(threshold), after, b + after)
+
+
+def _run_key_settings(shared: RunShared, probe_n: int, probe_len: int, probe_range) -> tuple:
+    """Everything besides the plan that a finished run depends on (its fingerprint)."""
+    held, stop = shared.heldout, shared.stop
+    n_held = None if held is None else ({k: v.shape[0] for k, v in held.items()} if isinstance(held, dict)
+                                        else held.shape[0])
+    return (shared.end_step, shared.cadence, shared.shuffle_block, shared.optim.to_dict(), probe_n, probe_len,
+            list(probe_range), n_held,
+            None if stop is None else [list(map(list, stop.targets)), stop.threshold, stop.after, stop.not_before])
+
+
+def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, units, metric, model_name, device):
+    """(checkpoints {step: dir}, source, table, rows per step, units, model config), all checked."""
     from mda_fast.attribution.store import load_scores
     from mda_fast.data import open_source
     from mda_fast.training import list_checkpoints, read_state
 
-    out = Path(out_dir)
-    a, b = int(window[0]), int(window[1])
-    end = int(end_step if end_step is not None else b)
-    specs, seeds = _specs(plans), [int(s) for s in seeds]
-    if not seeds:
-        raise ConfigError("at least one seed is needed")
+    a, b = window
     ckpts = list_checkpoints(checkpoints)
     if not ckpts:
         raise ConfigError(f"{checkpoints} holds no step<N> checkpoints written by mda_fast.training")
@@ -150,38 +170,43 @@ def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAU
         if not (u.layer < cfg.num_hidden_layers and u.head < cfg.num_attention_heads):
             raise ConfigError(f"unit {u.head_name} is outside the model ({cfg.num_hidden_layers} layers, "
                               f"{cfg.num_attention_heads} heads)")
+    return ckpts, source, table, rps, units, cfg
+
+
+def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_PLANS, seeds=(0, 1, 2),
+                       units=None, metric: str = "induction", cadence: int = 10, end_step: int | None = None,
+                       threshold=0.5, stop_after: int | None = None, optim: dict | None = None,
+                       shuffle_block: int = 8, model_name=None, probe_n: int = 32, probe_len: int = 32,
+                       probe_range: tuple[int, int] | None = None, heldout=32, rows_per_step: int | None = None,
+                       device: str = "cpu") -> Experiment:
+    """Check the inputs and resolve every plan (see :func:`run_experiment` for the arguments)."""
+    out = Path(out_dir)
+    a, b = int(window[0]), int(window[1])
+    end = int(end_step if end_step is not None else b)
+    specs, seeds = _specs(plans), [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("at least one seed is needed")
+    ckpts, source, table, rps, units, cfg = _check_inputs(checkpoints, source, scores, (a, b), end, rows_per_step,
+                                                          units, metric, model_name, device)
     optim_cfg = optim_from_checkpoint(ckpts[a], optim)
     resolved = _resolve_plans(specs, seeds, (a, b), rps, table, (units[0].layer, units[0].head), source)
-
     low, high = probe_range or default_token_range(cfg.vocab_size)
-    probe_tokens = repeated_random_tokens(probe_n, probe_len, low, high, seed=777)
-    if isinstance(heldout, dict):
-        held = {k: v for k, v in heldout.items() if v is not None}
-        held_where = ", ".join(f"{k}: {len(v)} rows given by the caller" for k, v in held.items()) or "none"
-        held = held or None
-    elif isinstance(heldout, torch.Tensor):
-        held, held_where = heldout, f"{len(heldout)} rows given by the caller"
-    else:
-        held, held_where = _heldout(source, rps, end, int(heldout), a)
-    after = int(stop_after) if stop_after is not None else max(3 * cadence, (b - a) // 5)
-    stop = StopRule(tuple((u.metric, u.layer, u.head) for u in units), float(threshold), after, b + after) \
-        if not str(threshold).endswith("%") and stop_after != -1 else None
+    held, held_where = _heldout_rows(heldout, source, rps, end, a)
     shared = RunShared(checkpoint=str(ckpts[a]), source=source, end_step=end, optim=optim_cfg, cadence=cadence,
-                       shuffle_block=shuffle_block, probe_tokens=probe_tokens, heldout=held, stop=stop,
-                       device=device)
-    settings = (end, cadence, shuffle_block, optim_cfg.to_dict(), probe_n, probe_len, [low, high],
-                None if held is None else ({k: v.shape[0] for k, v in held.items()} if isinstance(held, dict)
-                                         else held.shape[0]), None if stop is None else [list(map(list, stop.targets)),
-                                                                                   stop.threshold, stop.after, stop.not_before])
+                       shuffle_block=shuffle_block, probe_tokens=repeated_random_tokens(probe_n, probe_len, low, high,
+                                                                                         seed=777),
+                       heldout=held, stop=_stop_rule(units, threshold, stop_after, cadence, (a, b)), device=device)
+    settings = _run_key_settings(shared, probe_n, probe_len, (low, high))
     tasks = [RunTask(name, s, plan, syn, out / "runs" / name / f"seed{s}", run_fingerprint(plan, syn, *settings))
              for (name, s), (plan, syn) in resolved.items()]
     config = {"checkpoints": str(checkpoints), "source": getattr(source, "name", str(source)),
               "scores": str(scores) if isinstance(scores, (str, Path)) else None, "window": [a, b],
-              "end_step": end, "rows_per_step": rps, "vocab_size": int(cfg.vocab_size), "units": [u.to_dict() for u in units],
-              "plans": [s.label() for s in specs], "plan_specs": [vars(s) for s in specs], "seeds": seeds,
-              "cadence": cadence, "threshold": str(threshold), "stop_after": None if stop is None else stop.after,
-              "optim": optim_cfg.to_dict(), "shuffle_block": shuffle_block, "probe_n": probe_n,
-              "probe_len": probe_len, "probe_range": [low, high], "heldout": held_where, "seed_meaning":
+              "end_step": end, "rows_per_step": rps, "vocab_size": int(cfg.vocab_size),
+              "units": [u.to_dict() for u in units], "plans": [s.label() for s in specs],
+              "plan_specs": [vars(s) for s in specs], "seeds": seeds, "cadence": cadence, "threshold": str(threshold),
+              "stop_after": None if shared.stop is None else shared.stop.after, "optim": optim_cfg.to_dict(),
+              "shuffle_block": shuffle_block, "probe_n": probe_n, "probe_len": probe_len, "probe_range": [low, high],
+              "heldout": held_where, "seed_meaning":
               "seed 0 = original data order; seed k > 0 = window rows permuted within blocks of "
               f"{shuffle_block} steps (seeded), same order for every condition; random controls drawn per seed"}
     return Experiment(out, (a, b), end, units, threshold, specs, seeds, tasks, shared, config, table, source,

@@ -190,6 +190,50 @@ def _victims(pool: np.ndarray, key: np.ndarray, n: int, rows_per_step: int, at: 
     return np.asarray(out, dtype=np.int64)
 
 
+def _window_scores(spec: PlanSpec, win: np.ndarray, row_ids, scores, columns, unit, plan: Plan):
+    """(scored row ids [n], their values [n], |score| of every window row [win] with inf for unscored
+    rows) of the plan's column, or (None, None, None) without scores."""
+    if scores is None:
+        return None, None, None
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    col = pick_column(list(columns), spec.column, unit)
+    vals = np.asarray(scores)[:, col] if np.ndim(scores) == 2 else np.asarray(scores)
+    inwin = (row_ids >= win[0]) & (row_ids < win[-1] + 1)
+    rid, vals = row_ids[inwin], vals[inwin]
+    absval = np.full(win.size, np.inf)                 # unscored rows are never "lowest"
+    absval[rid - win[0]] = np.abs(vals)
+    plan.info["column"] = list(columns)[col]
+    return rid, vals, absval
+
+
+def _selected(spec: PlanSpec, win: np.ndarray, rid, vals, rng, plan: Plan) -> np.ndarray:
+    """Sorted row ids a delete / duplicate plan acts on: the top of the column, or random ones."""
+    label = spec.label()
+    count = resolve_count(spec.top, win.size, f"plan {label}")
+    plan.info["count"] = count
+    if spec.kind.startswith("random-"):
+        return np.sort(rng.choice(win, size=count, replace=False))
+    if rid is None:
+        raise ConfigError(f"plan {label} needs a scores file")
+    if count > rid.size:
+        raise ConfigError(f"plan {label}: --top-k {spec.top} selects {count} rows but only "
+                          f"{rid.size} rows of the window are scored")
+    sel = np.sort(select_top(rid, vals, count, spec.tail))
+    tot = np.abs(vals).sum()
+    plan.info["abs_score_share"] = float(np.abs(vals[np.isin(rid, sel)]).sum() / tot) if tot > 0 else 0.0
+    return sel
+
+
+def _synthetic_sources(spec: PlanSpec, win: np.ndarray, n_synthetic: int | None) -> np.ndarray:
+    label = spec.label()
+    n = spec.n or n_synthetic
+    if not n:
+        raise ConfigError(f"plan {label}: the synthetic file {spec.synthetic} has no rows")
+    if n > win.size:
+        raise ConfigError(f"plan {label}: inserting {n} rows is larger than the window ({win.size} rows)")
+    return SYNTH_BASE + (np.arange(n, dtype=np.int64) % max(1, n_synthetic or n))
+
+
 def build_plan(spec: PlanSpec, window: tuple[int, int], rows_per_step: int, row_ids=None, scores=None,
                columns=None, unit=None, seed: int = 0, n_synthetic: int | None = None) -> Plan:
     """Resolve ``spec`` over ``window`` with scores ``scores[N, C]`` of ``row_ids[N]``.
@@ -206,40 +250,12 @@ def build_plan(spec: PlanSpec, window: tuple[int, int], rows_per_step: int, row_
     if spec.kind == "baseline":
         return plan
     rng = np.random.default_rng([seed, PLAN_KINDS.index(spec.kind)])
-    absval = None
-    sel = None
-    if scores is not None:
-        row_ids = np.asarray(row_ids, dtype=np.int64)
-        col = pick_column(list(columns), spec.column, unit)
-        vals = np.asarray(scores)[:, col] if np.ndim(scores) == 2 else np.asarray(scores)
-        inwin = (row_ids >= win[0]) & (row_ids < win[-1] + 1)
-        rid, vals = row_ids[inwin], vals[inwin]
-        absval = np.full(win.size, np.inf)                 # unscored rows are never "lowest"
-        absval[rid - win[0]] = np.abs(vals)
-        plan.info["column"] = list(columns)[col]
+    rid, vals, absval = _window_scores(spec, win, row_ids, scores, columns, unit, plan)
     if spec.kind == "insert-synthetic":
-        n = spec.n or n_synthetic
-        if not n:
-            raise ConfigError(f"plan {label}: the synthetic file {spec.synthetic} has no rows")
-        if n > win.size:
-            raise ConfigError(f"plan {label}: inserting {n} rows is larger than the window ({win.size} rows)")
         sel = np.zeros(0, np.int64)
-        plan.sources = SYNTH_BASE + (np.arange(n, dtype=np.int64) % max(1, n_synthetic or n))
-        plan.synthetic = spec.synthetic
+        plan.sources, plan.synthetic = _synthetic_sources(spec, win, n_synthetic), spec.synthetic
     else:
-        count = resolve_count(spec.top, win.size, f"plan {label}")
-        plan.info["count"] = count
-        if spec.kind.startswith("random-"):
-            sel = np.sort(rng.choice(win, size=count, replace=False))
-        else:
-            if scores is None:
-                raise ConfigError(f"plan {label} needs a scores file")
-            if count > rid.size:
-                raise ConfigError(f"plan {label}: --top {spec.top} selects {count} rows but only "
-                                  f"{rid.size} rows of the window are scored")
-            sel = np.sort(select_top(rid, vals, count, spec.tail))
-            tot = np.abs(vals).sum()
-            plan.info["abs_score_share"] = float(np.abs(vals[np.isin(rid, sel)]).sum() / tot) if tot > 0 else 0.0
+        sel = _selected(spec, win, rid, vals, rng, plan)
         if spec.kind.endswith("delete"):
             plan.delete = sel
             return plan
@@ -254,6 +270,5 @@ def build_plan(spec: PlanSpec, window: tuple[int, int], rows_per_step: int, row_
     if at is not None and not a <= at < b:
         raise ConfigError(f"plan {label}: insertion step {at} is outside the window [{a}, {b})")
     plan.targets = _victims(pool, key, plan.sources.size, rows_per_step, at, spec.per_step, label)
-    plan.info["replace"] = "random" if use_random else "lowest"
-    plan.info["at"] = at
+    plan.info.update(replace="random" if use_random else "lowest", at=at)
     return plan

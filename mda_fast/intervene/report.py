@@ -127,19 +127,8 @@ def _kinds_section(kinds: dict) -> str:
     return "<table>" + "".join(rows) + "</table>" + "".join(ex)
 
 
-def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int = 8) -> Path:
-    """Write ``exp_dir/report.html`` (+ heads.png, scores.png); returns its path.
-
-    scores: ScoreTable or run dir (default: ``config.json``'s scores); source: RowSource or spec
-    (default: config's source when it is openable) for the top rows.
-    """
-    from mda_fast.intervene.analyze import default_min_len
-    from mda_fast.codec import codec_for_vocab
-
-    d = Path(exp_dir)
-    cfg = read_json(d / "config.json") if (d / "config.json").is_file() else {}
-    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {}
-    sec = [f"<h1>MDA causal validation — {html.escape(d.name)}</h1>"]
+def _emergence_sections(d: Path, cfg: dict, summary: dict) -> list[str]:
+    sec = []
     if cfg:
         units = ", ".join(f"{u['name']} {u['head']}" for u in cfg.get("units", []))
         sec.append(f"<p class=note>units {html.escape(units)}, window steps "
@@ -151,39 +140,58 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
                    f"the {unit['metric']} score reaches {unit['threshold']:.3f}; shifts paired by seed, "
                    "positive = later. Runs that never cross count at their last tracked step.</p>")
         sec.append(_summary_table(unit))
-    if (d / "curves.png").is_file():
-        sec.append('<h2>Emergence curves</h2><img src="curves.png" alt="emergence curves">')
+    for png, title in (("curves.png", "Emergence curves"), ("effects.png", "Effects (95% intervals)"),
+                       ("dose.png", "Dose response")):
+        if (d / png).is_file():
+            sec.append(f'<h2>{title}</h2><img src="{png}" alt="{title.lower()}">')
     if (d / "heads.json").is_file():
         plot_heads(read_json(d / "heads.json"), d / "heads.png")
         sec.append('<h2>Head scores</h2><img src="heads.png" alt="head heat-map">')
-    if scores is None and cfg.get("scores"):
-        scores = cfg["scores"]
-    table = None
+    return sec
+
+
+def _score_sections(d: Path, table, source, tokenizer, n_top: int) -> list[str]:
+    from mda_fast.codec import codec_for_vocab
+    from mda_fast.intervene.analyze import default_min_len
+    from mda_fast.intervene.plans import pick_column
+
+    kinds = read_json(d / "kinds.json") if (d / "kinds.json").is_file() else {}
+    col = pick_column(table.columns, kinds.get("column") or (table.columns[0] if len(table.columns) > 1 else None))
+    vals = table.scores[:, col]
+    _, st = plot_scores(vals, d / "scores.png", table.columns[col])
+    sec = [f"<h2>Scores</h2><p class=note>{st['n']} rows; the top 10% carry "
+           f"{100 * st['top10_abs_share']:.0f}% of the |score| mass.</p><img src=\"scores.png\" alt=\"scores\">"]
+    if source is not None:
+        from mda_fast.data import open_source
+
+        source = open_source(source)
+        top = np.argsort(-vals, kind="stable")[:n_top]
+        rows = source.read(source.positions_of(table.row_ids[top]))
+        codec = codec_for_vocab(getattr(source, "vocab_size", None), tokenizer, rows)
+        sec.append("<h2>Top rows</h2><p class=note>repeated spans (already seen earlier in the row) "
+                   "are <mark>highlighted</mark>.</p>")
+        for i, r in zip(top, rows):
+            sec.append(f"<p class=note>row {int(table.row_ids[i])}, score {vals[i]:.4g}</p>"
+                       f"<pre>{highlight_row(r, codec, default_min_len(codec))}</pre>")
+    return sec
+
+
+def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int = 8) -> Path:
+    """Write ``exp_dir/report.html`` (+ heads.png, scores.png); returns its path.
+
+    scores: ScoreTable or run dir (default: ``config.json``'s scores); source: RowSource or spec
+    (default: config's source when it is openable) for the top rows.
+    """
+    d = Path(exp_dir)
+    cfg = read_json(d / "config.json") if (d / "config.json").is_file() else {}
+    summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {}
+    sec = [f"<h1>MDA causal validation — {html.escape(d.name)}</h1>", *_emergence_sections(d, cfg, summary)]
+    scores = scores if scores is not None else cfg.get("scores")
     if scores is not None:
         from mda_fast.attribution.store import load_scores
 
         table = load_scores(str(scores)) if isinstance(scores, (str, Path)) else scores
-    if table is not None:
-        from mda_fast.intervene.plans import pick_column
-
-        kinds = read_json(d / "kinds.json") if (d / "kinds.json").is_file() else {}
-        col = pick_column(table.columns, kinds.get("column") or (table.columns[0] if len(table.columns) > 1 else None))
-        vals = table.scores[:, col]
-        _, st = plot_scores(vals, d / "scores.png", table.columns[col])
-        sec.append(f"<h2>Scores</h2><p class=note>{st['n']} rows; the top 10% carry "
-                   f"{100 * st['top10_abs_share']:.0f}% of the |score| mass.</p><img src=\"scores.png\" alt=\"scores\">")
-        if source is not None:
-            from mda_fast.data import open_source
-
-            source = open_source(source)
-            top = np.argsort(-vals, kind="stable")[:n_top]
-            rows = source.read(source.positions_of(table.row_ids[top]))
-            codec = codec_for_vocab(getattr(source, "vocab_size", None), tokenizer, rows)
-            sec.append("<h2>Top rows</h2><p class=note>repeated spans (already seen earlier in the row) "
-                       "are <mark>highlighted</mark>.</p>")
-            for i, r in zip(top, rows):
-                sec.append(f"<p class=note>row {int(table.row_ids[i])}, score {vals[i]:.4g}</p>"
-                           f"<pre>{highlight_row(r, codec, default_min_len(codec))}</pre>")
+        sec += _score_sections(d, table, source, tokenizer, n_top)
     if (d / "kinds.json").is_file():
         sec.append("<h2>Document kinds</h2>")
         if (d / "kinds.png").is_file():

@@ -15,6 +15,8 @@ shape stays the same (as the paper deletes rows). Micro-batching splits the same
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -98,73 +100,42 @@ def train(model, source, steps: tuple[int, int], rows_per_step: int, optim: Opti
     (before clipping), rows, rows_zero_weight, sec. They are appended to ``out_dir/metrics.jsonl``.
     """
     a, b = int(steps[0]), int(steps[1])
-    if not 0 <= a <= b:
-        raise ConfigError(f"training steps ({a}, {b}) must satisfy 0 <= start <= end.")
-    if rows_per_step <= 0:
-        raise ConfigError(f"rows_per_step must be positive, got {rows_per_step}.")
-    if micro_batch is not None and micro_batch <= 0:
-        raise ConfigError(f"micro_batch must be positive, got {micro_batch}.")
+    _check_args(a, b, rows_per_step, micro_batch)
     save_set = {int(s) for s in save_steps if a <= int(s) <= b}
     if save_set and out_dir is None:
         raise ConfigError("save_steps were given but out_dir is None.")
     callbacks = list(callbacks)
-    device = next(model.parameters()).device
     optimizer = build_optimizer(model, optim)
-
-    start = a
-    resumed, from_init = None, False
     existing = list_checkpoints(out_dir) if (resume and out_dir is not None) else {}
-    inside = [s for s in existing if a <= s <= b]
-    if inside:
-        resumed = existing[max(inside)]
-    elif init_from is not None:
-        resumed, from_init = Path(init_from), True
-    if resumed is not None:
-        st = read_state(resumed)
-        if from_init and st.get("step") != a:
-            raise ConfigError(f"init_from checkpoint {init_from} is at step {st.get('step')} "
-                              f"but the training window starts at step {a}.")
-        if st.get("rows_per_step") not in (None, rows_per_step):
-            raise ConfigError(f"checkpoint {resumed} was trained with {st['rows_per_step']} rows per "
-                              f"step, not {rows_per_step}.")
-        restore(resumed, model, optimizer)
-        start = int(st["step"])
-    else:
-        torch.manual_seed(seed)
+    start = _restore_start(model, optimizer, (a, b), rows_per_step, existing, init_from, seed)
 
-    def state_dict_extra(step: int) -> dict:
-        return {"rows_per_step": rows_per_step, "lr": lr_at(optim, step), "optim": optim.to_dict(),
-                "seed": seed, "window": [a, b], **(extra_state or {})}
+    def save(step: int) -> None:
+        state = {"rows_per_step": rows_per_step, "lr": lr_at(optim, step), "optim": optim.to_dict(),
+                 "seed": seed, "window": [a, b], **(extra_state or {})}
+        save_checkpoint(out_dir, step, model, optimizer, state, tokenizer)
+        result.saved.append(step)
 
     result = TrainResult(start_step=start, end_step=b)
-    log = None
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        log = open(Path(out_dir) / "metrics.jsonl", "a")
     if start in save_set and start not in existing:
-        save_checkpoint(out_dir, start, model, optimizer, state_dict_extra(start), tokenizer)
-        result.saved.append(start)
+        save(start)
     for cb in callbacks:
         _call(cb, "on_train_start", start, model)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=b - start, desc="train", unit="step")
-    try:
+    step_fn = functools.partial(_update, model, optimizer, optim, row_weights=row_weights, micro_batch=micro_batch,
+                                device=next(model.parameters()).device, autocast_dtype=autocast_dtype)
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(_open_log(out_dir)) if out_dir is not None else None
+        bar = _progress_bar(stack, b - start) if progress else None
         for s, (row_ids, tokens) in zip(range(start, b), _iter_batches(source, rows_per_step, start, b)):
             t0 = time.perf_counter()
             if batch_transform is not None:
                 row_ids, tokens = batch_transform(s, row_ids, tokens)
-            metrics = _update(model, optimizer, optim, s, row_ids, tokens, row_weights, micro_batch,
-                              device, autocast_dtype)
+            metrics = step_fn(s, row_ids, tokens)
             metrics["sec"] = time.perf_counter() - t0
             done = s + 1
             for cb in callbacks:
                 _call(cb, "on_step_end", done, model, metrics)
             if done in save_set:
-                save_checkpoint(out_dir, done, model, optimizer, state_dict_extra(done), tokenizer)
-                result.saved.append(done)
+                save(done)
             result.history.append(metrics)
             if log is not None:
                 log.write(json.dumps(metrics) + "\n")
@@ -175,15 +146,52 @@ def train(model, source, steps: tuple[int, int], rows_per_step: int, optim: Opti
             if any(getattr(cb, "stop_requested", False) for cb in callbacks):
                 result.end_step = done
                 break
-    finally:
-        if log is not None:
-            log.close()
-        if bar is not None:
-            bar.close()
     return result
 
 
-def _update(model, optimizer, optim: OptimConfig, s: int, row_ids, tokens, row_weights, micro_batch,
+def _check_args(a: int, b: int, rows_per_step: int, micro_batch: int | None) -> None:
+    if not 0 <= a <= b:
+        raise ConfigError(f"training steps ({a}, {b}) must satisfy 0 <= start <= end.")
+    if rows_per_step <= 0:
+        raise ConfigError(f"rows_per_step must be positive, got {rows_per_step}.")
+    if micro_batch is not None and micro_batch <= 0:
+        raise ConfigError(f"micro_batch must be positive, got {micro_batch}.")
+
+
+def _restore_start(model, optimizer, window: tuple[int, int], rows_per_step: int, existing: dict,
+                   init_from, seed: int) -> int:
+    """Load the state training continues from (the last checkpoint inside the window, else
+    ``init_from``, else a fresh seeded start) and return its step."""
+    a, b = window
+    inside = [s for s in existing if a <= s <= b]
+    resumed, from_init = (existing[max(inside)], False) if inside else \
+        ((Path(init_from), True) if init_from is not None else (None, False))
+    if resumed is None:
+        torch.manual_seed(seed)
+        return a
+    st = read_state(resumed)
+    if from_init and st.get("step") != a:
+        raise ConfigError(f"init_from checkpoint {init_from} is at step {st.get('step')} "
+                          f"but the training window starts at step {a}.")
+    if st.get("rows_per_step") not in (None, rows_per_step):
+        raise ConfigError(f"checkpoint {resumed} was trained with {st['rows_per_step']} rows per "
+                          f"step, not {rows_per_step}.")
+    restore(resumed, model, optimizer)
+    return int(st["step"])
+
+
+def _open_log(out_dir):
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return open(Path(out_dir) / "metrics.jsonl", "a")
+
+
+def _progress_bar(stack: contextlib.ExitStack, total: int):
+    from tqdm.auto import tqdm
+
+    return stack.enter_context(tqdm(total=total, desc="train", unit="step"))
+
+
+def _update(model, optimizer, optim: OptimConfig, s: int, row_ids, tokens, *, row_weights, micro_batch,
             device, autocast_dtype) -> dict:
     """One optimizer update on batch ``s``; returns its metrics."""
     model.train()
