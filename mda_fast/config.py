@@ -27,12 +27,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
 from mda_fast.errors import ConfigError
-
-# How units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`; the head
-# scores use `n` random sequences of `seq_len` tokens (ids in [vocab_low, vocab_high)), `seed`.
-HEAD_DEFAULTS = {"metric": "induction", "top": 1, "mode": "qk", "n": 32, "seq_len": 64, "seed": 12345,
-                 "vocab_low": 2, "vocab_high": None}
 
 DEFAULTS: dict = {
     "model": None,
@@ -158,8 +154,6 @@ class RunConfig:
             raise ConfigError(f"{where}: top_k must be >= 1, got {self.top_k}")
         if self.heads.get("metric") not in ("induction", "previous_token", "duplicate_token", "prefix_matching"):
             raise ConfigError(f"{where}: heads.metric {self.heads.get('metric')!r} is not a head score")
-        from mda_fast.attribution.settings import Settings
-
         Settings.from_dict(self.settings)  # raises on unknown / invalid settings
 
     def require(self, *keys: str) -> None:

@@ -12,7 +12,7 @@ from mda_fast.intervene.summary import TrackedUnit
 from test_intervene_helpers import RPS, tiny_setup
 from test_intervene_helpers import one_thread  # noqa: F401 (autouse fixture)
 
-UNIT = TrackedUnit("induction", 1, 0, "induction")
+UNIT = TrackedUnit.of("induction", 1, 0, "induction")
 
 
 class _Probe:

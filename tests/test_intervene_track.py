@@ -12,7 +12,7 @@ from mda_fast.intervene.track import (StopRule, Tracker, emergence, icl_position
 from test_intervene_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 
-UNIT = TrackedUnit("induction", 1, 0, "induction")
+UNIT = TrackedUnit.of("induction", 1, 0, "induction")
 
 
 def _sigmoid_curve(mid, steps=np.arange(0, 201, 10), top=0.8):
@@ -62,7 +62,7 @@ def test_summarize_paired_shifts_intervals_and_censoring():
 
 def test_a_second_unit_is_summarized_from_the_same_runs():
     curves = {"baseline": {"0": _sigmoid_curve(80)}, "delete": {"0": _sigmoid_curve(130)}}
-    prev = TrackedUnit("previous-token", 0, 0, "prev_token")
+    prev = TrackedUnit.of("previous-token", 0, 0, "prev_token")
     s = summarize(curves, (50, 150), [UNIT, prev], threshold=0.4)
     assert set(s["units"]) == {"induction", "previous-token"}
     # the fixture's previous-token curve falls: it starts above the threshold, so both cross at step 0

@@ -23,7 +23,7 @@ def _fake_experiment(d):
     curves = {"baseline": {"0": curve(40), "1": curve(45)}, "delete": {"0": curve(70), "1": curve(80)}}
     from mda_fast.intervene.summary import TrackedUnit, plot_curves, summarize
 
-    units = [TrackedUnit("induction", 1, 0, "induction")]
+    units = [TrackedUnit.of("induction", 1, 0, "induction")]
     s = summarize(curves, (20, 80), units, 0.4)
     write_json(d / "summary.json", s)
     write_json(d / "curves.json", curves)

@@ -22,8 +22,7 @@ import os
 
 from mda_fast.attribution import dist
 from mda_fast.attribution.api import MDA, report_top
-from mda_fast.attribution.settings import Settings
-from mda_fast.config import HEAD_DEFAULTS
+from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
 from mda_fast.io import read_json, write_json
 
 

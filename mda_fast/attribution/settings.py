@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass, fields
 from mda_fast.errors import ConfigError
 
 
+# How a run with units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`;
+# the head scores use `n` random sequences of `seq_len` tokens (ids in [vocab_low, vocab_high)), `seed`.
+HEAD_DEFAULTS = {"metric": "induction", "top": 1, "mode": "qk", "n": 32, "seq_len": 64, "seed": 12345,
+                 "vocab_low": 2, "vocab_high": None}
+
+
 @dataclass
 class Settings:
     """Everything that changes numbers (recorded in manifests) plus a few throughput knobs.

@@ -131,7 +131,7 @@ def demo_units_tracked(info: dict) -> tuple[list, list[str]]:
     from mda_fast.demo.pipeline import column
     from mda_fast.intervene.summary import TrackedUnit
 
-    units = [TrackedUnit("induction" if u["metric"] == "induction" else "previous-token", int(u["layer"]),
+    units = [TrackedUnit.of("induction" if u["metric"] == "induction" else "previous-token", int(u["layer"]),
                          int(u["head"]), "induction" if u["metric"] == "induction" else "prev_token")
              for u in info["units"]]
     return units, [column(u) for u in info["units"]]

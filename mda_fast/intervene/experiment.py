@@ -89,12 +89,12 @@ def _heldout(source, rps: int, end: int, n: int, window_start: int) -> tuple[tor
 
 def _units(units, table, metric: str) -> list[TrackedUnit]:
     if units:
-        return [u if isinstance(u, TrackedUnit) else TrackedUnit(f"L{u[0]}.H{u[1]}", int(u[0]), int(u[1]), metric)
+        return [u if isinstance(u, TrackedUnit) else TrackedUnit.of(f"L{u[0]}.H{u[1]}", int(u[0]), int(u[1]), metric)
                 for u in units]
     found = manifest_units(table.manifest)
     if not found:
         raise ConfigError("the scores manifest names no unit; pass units=[(layer, head)]")
-    return [TrackedUnit(metric, found[0].layer, found[0].head, metric)]
+    return [TrackedUnit.of(metric, found[0].layer, found[0].head, metric)]
 
 
 def _resolve_plans(specs, seeds, window, rps, table, unit, source) -> dict:

@@ -24,6 +24,7 @@ from mda_fast.errors import ConfigError
 from mda_fast.io import pyplot, save_figure
 from mda_fast.intervene.stats import paired_effect
 from mda_fast.intervene.track import emergence, mean_std, series
+from mda_fast.units import Unit
 
 COLORS = {"baseline": "#212529", "delete": "#d9480f", "random-delete": "#f59f00", "duplicate": "#1971c2",
           "random-duplicate": "#74c0fc", "insert-synthetic": "#2f9e44"}
@@ -31,16 +32,28 @@ COLORS = {"baseline": "#212529", "delete": "#d9480f", "random-delete": "#f59f00"
 
 @dataclass(frozen=True)
 class TrackedUnit:
-    """A head whose emergence the experiment measures: ``metric`` is "induction" or "prev_token"."""
+    """A head (``unit``) whose emergence the experiment measures under a display ``name``;
+    ``metric`` ("induction" or "prev_token") is the score that says it formed."""
 
     name: str
-    layer: int
-    head: int
+    unit: Unit
     metric: str = "induction"
+
+    @classmethod
+    def of(cls, name: str, layer: int, head: int, metric: str = "induction") -> "TrackedUnit":
+        return cls(name, Unit(int(layer), int(head)), metric)
+
+    @property
+    def layer(self) -> int:
+        return self.unit.layer
+
+    @property
+    def head(self) -> int:
+        return self.unit.head
 
     @property
     def head_name(self) -> str:
-        return f"L{self.layer}.H{self.head}"
+        return self.unit.name.rsplit(".", 1)[0]
 
     def series(self, curve: dict) -> list[float]:
         return series(curve, self.metric, (self.layer, self.head))
