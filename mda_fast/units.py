@@ -146,7 +146,8 @@ class Adapter:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def add_to_weight(self, model: nn.Module, block: BlockSpec, delta: torch.Tensor) -> None:
-        """In place ``W_block += delta`` (``delta [O, I]``); used by slice tests and interventions."""
+        """In place ``W_block += delta`` (``delta [O, I]``): writes through to the parameters (the unit
+        tests use it to check that a block maps to exactly the weights it names)."""
         row = 0
         with torch.no_grad():
             for piece in block.pieces:
