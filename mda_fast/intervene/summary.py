@@ -22,7 +22,7 @@ import numpy as np
 
 from mda_fast.errors import ConfigError
 from mda_fast.io import pyplot, save_figure
-from mda_fast.intervene.stats import paired_effect
+from mda_fast.intervene.stats import paired_effect, spearman_ci
 from mda_fast.intervene.track import emergence, mean_std, series
 from mda_fast.units import Unit
 
@@ -132,6 +132,21 @@ def icl_summary(curves: dict, at_step: float | None, metric: str = "icl") -> dic
     return out
 
 
+def icl_follows_head(curves: dict, unit_summary_: dict, icl: dict | None) -> dict | None:
+    """Spearman, over every run of every condition, between the unit's emergence step and the ICL
+    score at the comparison step: positive = runs whose head emerged later use their context less."""
+    if not icl:
+        return None
+    xs, ys = [], []
+    for cond, runs in curves.items():
+        for seed in runs:
+            v = icl["conditions"][cond]["icl"].get(seed)
+            if v is not None:
+                xs.append(unit_summary_["conditions"][cond]["cross"][seed])
+                ys.append(v)
+    return {"n_runs": len(xs), **spearman_ci(xs, ys)}
+
+
 def summarize(curves: dict, window: tuple[int, int], units: list[TrackedUnit], threshold=0.5) -> dict:
     """Every unit's emergence under every condition, and the ICL score at the first unit's
     baseline emergence step."""
@@ -146,6 +161,9 @@ def summarize(curves: dict, window: tuple[int, int], units: list[TrackedUnit], t
     sets = sorted(k for k in some if k.startswith("icl/"))
     if sets:
         out["icl_sets"] = {k[4:]: icl_summary(curves, at, k) for k in sets}
+    for icl in [out["icl"], *out.get("icl_sets", {}).values()]:
+        if icl:
+            icl["spearman_with_emergence"] = icl_follows_head(curves, per_unit[units[0].name], icl)
     return out
 
 
@@ -236,7 +254,10 @@ def format_summary(summary: dict) -> str:
     for name, icl in sets.items():
         if not icl:
             continue
-        lines.append(f"ICL score on {name} at step {icl['step']:.0f} (late - early loss; negative = uses context), "
+        rho = icl.get("spearman_with_emergence") or {}
+        follows = (f"; Spearman with the emergence step over {rho['n_runs']} runs {rho['rho']:+.2f} "
+                   f"[{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]") if rho.get("rho") is not None else ""
+        lines.append(f"ICL score on {name} at step {icl['step']:.0f} (late - early loss; negative = uses context{follows}), "
                      f"change vs baseline (baseline {icl['conditions']['baseline']['icl_mean']:+.3f}):")
         for cond, r in icl["conditions"].items():
             if cond != "baseline":
