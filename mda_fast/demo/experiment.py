@@ -89,6 +89,7 @@ def plot_dose(dose: dict, path) -> Path:
                             capsize=3, label=label)
         ax.axhline(0, color="#868e96", lw=0.8)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks([float(k) for k in DOSES], [f"{k}%" for k in DOSES])
         ax.set_xlabel("rows removed (% of the window)")
         ax.set_ylabel("emergence shift (% of the window)")

@@ -70,25 +70,31 @@ def top_overlap(table, columns: list[str], share: float = 0.1) -> list[dict]:
             for a, b in combinations(columns, 2)]
 
 
-def overlap_report(table, heads, info: dict, cfg: DemoConfig) -> dict:
+def overlap_report(table, heads, info: dict, driving_share: float) -> dict:
     """Top-10% overlap of the induction head with the next-best induction head, with the least
-    induction-like head (both under the copy-target probe), and with its previous-token head."""
+    induction-like other head (both under the copy-target probe), and with its previous-token head
+    under that head's own probe. Chance levels: 0.1 for random sets of rows, and 0.1 / share for
+    random sets of driving rows (the top sets are almost all driving rows)."""
     ind = info["units"][0]
     if ind["metric"] != "induction":
         return {}
     pm = np.asarray(heads.scores["prefix_matching"])
     order = [(int(l), int(h)) for l, h in zip(*np.unravel_index(np.argsort(-pm, axis=None), pm.shape))]
-    others = [lh for lh in order if lh != (ind["layer"], ind["head"])]
+    skip = {(int(u["layer"]), int(u["head"])) for u in info["units"]}
+    others = [lh for lh in order if lh not in skip]
     second, least = others[0], others[-1]
     cols = {"induction": column(ind), "second induction": f"L{second[0]}.H{second[1]}.qk/copy_target",
             "least induction-like": f"L{least[0]}.H{least[1]}.qk/copy_target"}
     if len(info["units"]) > 1:
         cols["previous-token (its probe)"] = column(info["units"][1])
-    pairs = top_overlap(table, list(cols.values()))
     names = {v: k for k, v in cols.items()}
-    return {"columns": cols, "prefix_matching": {"second": float(pm[second]), "least": float(pm[least]),
-                                                  "induction": float(pm[ind["layer"], ind["head"]])},
-            "pairs": [dict(p, a_name=names[p["a"]], b_name=names[p["b"]]) for p in pairs if p["a"] == cols["induction"]]}
+    pairs = [dict(p, a_name=names[p["a"]], b_name=names[p["b"]]) for p in top_overlap(table, list(cols.values()))
+             if p["a"] == cols["induction"]]
+    for p in pairs:
+        p["chance_within_driving"] = min(1.0, p["chance"] / driving_share) if driving_share > 0 else None
+    return {"columns": cols, "driving_share": driving_share, "pairs": pairs,
+            "prefix_matching": {"induction": float(pm[ind["layer"], ind["head"]]), "second": float(pm[second]),
+                                "least": float(pm[least])}}
 
 
 def ensure_trained(out: Path, cfg: DemoConfig, progress: bool, log) -> dict:
@@ -176,16 +182,18 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
         f"{len(p.window)} rows of steps {a}-{b}")
     p.run(top_k, columns=[column(u) for u in info.get("units", [info])])
     log("[4/4] top rows")
-    per_unit = unit_reports(p, info, *load_row_kinds(corpus_prefix(out)))
+    kinds, row_kind = load_row_kinds(corpus_prefix(out))
+    per_unit = unit_reports(p, info, kinds, row_kind)
     log(format_report(per_unit[0]["top"]))
     for u in per_unit:
         log(f"      {u['column']}: top 10% of rows carry {u['top10_share_of_positive_influence']:.0%} of the positive "
             "influence; kind shares, top 10% vs window: " +
             ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in u["kind_enrichment"].items() if v["window"] > 0))
-    overlap = overlap_report(p.table, heads, info, cfg)
+    driving = float(np.mean(row_kind[p.table.row_ids] == kinds.index("repeated")))
+    overlap = overlap_report(p.table, heads, info, driving)
     for pair in overlap.get("pairs", []):
         log(f"      top-10% overlap of the induction head with the {pair['b_name']} head: {pair['overlap']:.2f} "
-            f"(chance {pair['chance']:.2f})")
+            f"(chance {pair['chance']:.2f}; {pair['chance_within_driving']:.2f} for random driving rows)")
     primary = per_unit[0]
     summary = {"unit": primary["unit"], "metric": info["metric"], "probe": info["probe"],
                "formed": info.get("window") is not None, "window": [a, b], "curve": info["curve"],

@@ -26,7 +26,8 @@ from mda_fast.intervene.stats import paired_effect, spearman_ci
 from mda_fast.intervene.track import emergence, mean_std, series
 from mda_fast.units import Unit
 
-COLORS = {"baseline": "#212529", "delete": "#d9480f", "random-delete": "#f59f00", "duplicate": "#1971c2",
+COLORS = {"baseline": "#212529", "delete": "#d9480f", "delete-negative": "#ae3ec9", "random-delete": "#f59f00",
+          "duplicate": "#1971c2",
           "random-duplicate": "#74c0fc", "insert-synthetic": "#2f9e44"}
 
 
