@@ -2,7 +2,9 @@
 
 Every command reads an optional YAML config (see mda_fast.config) and flags that override it;
 ``--set key=value`` overrides anything (``--set settings.fit_fraction=0.2``). Outputs go under
-``--out``: ``factors/`` (fit), ``scores/`` (score, resumable), ``top/`` (top), ``heads/`` (run).
+``--out``: ``factors/`` (fit), ``scores/`` (score, resumable), ``top/`` (top), ``heads/`` (run); one
+command writes into ``--out`` at a time. ``run`` reuses factors and scores only when they were
+computed from the same model weights, window, units, probes and settings (content, not paths).
 Under ``torchrun`` fit and score split the rows across ranks (NCCL on GPUs, gloo on CPUs).
 """
 
@@ -91,7 +93,7 @@ def _window(cfg):
     src = open_source(cfg.data["source"], **(cfg.data.get("options") or {}))
     if cfg.data.get("steps"):
         a, b = cfg.data["steps"]
-        src = select_steps(src, a, b, int(cfg.data.get("rows_per_step") or 1024))
+        src = select_steps(src, a, b, cfg.data["rows_per_step"])
     return src
 
 
@@ -178,6 +180,6 @@ def cmd_run(args) -> int:
     src = _window(cfg)
     _say(f"window: {len(src)} rows of {src.seq_len} tokens from {cfg.data['source']}")
     p = _pipeline(cfg, model, tok, src)
-    p.run(int(cfg.top_k), refit=True)
+    p.run(int(cfg.top_k))
     _print_top(p.reports)
     return 0

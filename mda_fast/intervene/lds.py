@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.fingerprint import run_fingerprint
+from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
 from mda_fast.io import write_json
 from mda_fast.intervene.plans import Plan, window_rows
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
@@ -116,7 +116,8 @@ def run_lds(out_dir, shared: RunShared, window: tuple[int, int], rows_per_step: 
     shared = replace(shared, end_step=b, stop=None, end_probes=probes)
     removed = subsets((a, b), rows_per_step, n_subsets, fraction, seed)
     settings = ("lds-v1", b, shared.cadence, shared.optim.to_dict(), fraction, seed,
-                {n: np.asarray(tok).tolist() for n, (_, tok) in sorted(probes.items())})
+                {n: np.asarray(tok).tolist() for n, (_, tok) in sorted(probes.items())},
+                inputs_fingerprint(shared.checkpoint, shared.source, a, b, rows_per_step))
     done = run_tasks(lds_tasks(out, (a, b), rows_per_step, removed, settings), shared, jobs=jobs, log=log)
     curves = {name: c for (name, _), c in done.items()}
     result = {"window": [a, b], "fraction": fraction, "seed": seed, "n_subsets": n_subsets,
