@@ -24,6 +24,7 @@ from mda_fast.attribution.scoring import run_score_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.top import plot_cumulative, plot_histogram, top_rows
+from mda_fast.data import rank_bounds
 from mda_fast.data.fingerprint import window_fingerprint
 from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError, DataError
@@ -112,6 +113,12 @@ class MDA:
                 "units": [u.name for u in self.units], "blocks": [b.name for b in self.blocks], "probes": probes,
                 "settings": self.settings.probe_dict(), "factors": self.factors.manifest.get("fingerprint")}
 
+    def _check_tokens(self, source) -> None:
+        """DataError before any pass for a token id the model cannot embed, in this rank's share of
+        ``source`` (its contiguous chunk, as the score pass splits it)."""
+        lo, hi = rank_bounds(len(source), dist.rank(), dist.world_size())
+        source.slice(lo, hi).check_tokens(self.vocab_size)
+
     def _writer(self, directory):
         """The writer lock of ``directory`` on rank 0 (``mda_fast.lock``); nothing elsewhere."""
         return claim(directory) if directory is not None and dist.rank() == 0 else contextlib.nullcontext()
@@ -122,7 +129,7 @@ class MDA:
         if len(source) == 0:
             raise DataError("the window is empty: there are no rows to fit EK-FAC on")
         with self._writer(None if out_dir is None else os.path.dirname(os.path.abspath(out_dir))):
-            source.check_tokens(self.vocab_size)
+            self._check_tokens(source)
             identity = self.fit_identity(source)
             info = dict(self._describe(), window=window_info(source), identity=identity,
                         fingerprint=fingerprint(identity))
@@ -167,7 +174,7 @@ class MDA:
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
         with self._writer(out_dir):
-            source.check_tokens(self.vocab_size)
+            self._check_tokens(source)
             store = self._open_store(source, out_dir, replace)
             if not store.is_complete():
                 queries = self.queries()
