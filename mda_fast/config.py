@@ -29,6 +29,7 @@ import yaml
 
 from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
 from mda_fast.errors import ConfigError
+from mda_fast.models.device import torch_device
 
 DEFAULTS: dict = {
     "model": None,
@@ -160,6 +161,7 @@ class RunConfig:
         if self.heads.get("metric") not in ("induction", "previous_token", "duplicate_token", "prefix_matching"):
             raise ConfigError(f"{where}: heads.metric {self.heads.get('metric')!r} is not a head score")
         Settings.from_dict(self.settings)  # raises on unknown / invalid settings
+        torch_device(self.device)           # raises for a device this machine does not have
 
     def require(self, *keys: str) -> None:
         for k in keys:

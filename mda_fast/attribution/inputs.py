@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.models.load import torch_device
+from mda_fast.models.device import torch_device
 from mda_fast.ops.backends import unusable
 from mda_fast.probes import Probe, parse_probe
 from mda_fast.units import Unit

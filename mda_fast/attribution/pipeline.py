@@ -58,7 +58,7 @@ class Pipeline:
         self.table = None
         self.reports: list[dict] = []     # of the last top() (rank 0)
 
-    # -- paths ---------------------------------------------------------------------------------------
+    # -- paths -----------------------------------------------------------------------------------
     def path(self, stage: str) -> str:
         return os.path.join(self.out, stage)
 
@@ -74,7 +74,7 @@ class Pipeline:
         path = os.path.join(self.path("factors"), "manifest.json")
         return read_json(path) if os.path.isfile(path) else None
 
-    # -- heads -> units ------------------------------------------------------------------------------
+    # -- heads -> units --------------------------------------------------------------------------
     def head_scores(self):
         """Every head's scores (``mda_fast.heads.head_scores``), written to ``heads/`` by rank 0."""
         from mda_fast.heads import head_scores
@@ -112,7 +112,7 @@ class Pipeline:
                             revision=self.revision)
         return self._mda
 
-    # -- stages ----------------------------------------------------------------------------------------
+    # -- stages ----------------------------------------------------------------------------------
     def fit(self):
         """Fit EK-FAC on the window into ``factors/``; returns the FactorSet."""
         with self.claim():

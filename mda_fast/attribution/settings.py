@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from mda_fast.errors import ConfigError
-from mda_fast.ops.backends import BACKENDS
+from mda_fast.ops.backends import BACKENDS, unusable
 
 
 # How a run with units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`;
@@ -73,6 +73,9 @@ class Settings:
                self.preconditioner)
         _check(self.backend in ("auto",) + BACKENDS,
                f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}", self.backend)
+        why = unusable(self.backend)
+        if why:
+            raise ConfigError(f"settings.backend {self.backend!r} {why}")
         for name in ("batch_size", "chunk_rows", "probe_batch", "probe_n"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
         return self

@@ -11,6 +11,7 @@ Under ``torchrun`` fit and score split the rows across ranks (NCCL on GPUs, gloo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from mda_fast.cli import flags
@@ -132,31 +133,45 @@ def _start():
     dist.init_from_env()
 
 
+def _claimed(cfg):
+    """--out's writer lock for the whole command (rank 0; ``mda_fast.lock``): another writer or a
+    location that cannot be written is refused before anything is loaded."""
+    from mda_fast.attribution import dist
+    from mda_fast.lock import claim
+
+    return claim(cfg.out) if dist.rank() == 0 else contextlib.nullcontext()
+
+
 def cmd_fit(args) -> int:
     _start()
     cfg = _config(args)
-    model, tok = _model(cfg)
-    _pipeline(cfg, model, tok, _window(cfg)).fit()
+    with _claimed(cfg):
+        window = _window(cfg)
+        model, tok = _model(cfg)
+        _pipeline(cfg, model, tok, window).fit()
     return 0
 
 
 def cmd_score(args) -> int:
     _start()
     cfg = _config(args)
-    model, tok = _model(cfg)
-    p = _pipeline(cfg, model, tok, _window(cfg))
-    factors = args.factors or p.path("factors")
-    if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
-        p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
-    p.score(factors=factors)
+    with _claimed(cfg):
+        window = _window(cfg)
+        model, tok = _model(cfg)
+        p = _pipeline(cfg, model, tok, window)
+        factors = args.factors or p.path("factors")
+        if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
+            p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
+        p.score(factors=factors)
     return 0
 
 
 def cmd_top(args) -> int:
     cfg = _config(args)
-    src = _window(cfg) if cfg.data.get("source") else None
-    tok = _tokenizer(cfg.model, cfg.revision) if cfg.model else None
-    _print_top(_pipeline(cfg, None, tok, src).top(int(cfg.top_k), args.column))
+    with _claimed(cfg):
+        src = _window(cfg) if cfg.data.get("source") else None
+        tok = _tokenizer(cfg.model, cfg.revision) if cfg.model else None
+        _print_top(_pipeline(cfg, None, tok, src).top(int(cfg.top_k), args.column))
     return 0
 
 
@@ -176,10 +191,11 @@ def _tokenizer(model: str, revision: str | None):
 def cmd_run(args) -> int:
     _start()
     cfg = _config(args)
-    model, tok = _model(cfg)
-    src = _window(cfg)
-    _say(f"window: {len(src)} rows of {src.seq_len} tokens from {cfg.data['source']}")
-    p = _pipeline(cfg, model, tok, src)
-    p.run(int(cfg.top_k))
+    with _claimed(cfg):
+        src = _window(cfg)
+        model, tok = _model(cfg)
+        _say(f"window: {len(src)} rows of {src.seq_len} tokens from {cfg.data['source']}")
+        p = _pipeline(cfg, model, tok, src)
+        p.run(int(cfg.top_k))
     _print_top(p.reports)
     return 0

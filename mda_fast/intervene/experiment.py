@@ -33,6 +33,7 @@ from mda_fast.errors import ConfigError
 from mda_fast.digest import array_digest
 from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
 from mda_fast.io import write_json
+from mda_fast.lock import claim
 from mda_fast.intervene.plans import PlanSpec, build_plan, parse_plan_spec
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
@@ -220,11 +221,13 @@ def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAU
 
 
 def run_conditions(exp: Experiment, jobs: int = 1, log=print) -> dict:
-    """Retrain every (condition, seed); returns curves {condition: {seed(str): curve}}."""
-    write_json(exp.out / "config.json", exp.config)
-    for (name, s), (plan, _) in exp.resolved.items():
-        plan.save(exp.out / "plans" / f"{name}-seed{s}.json")
-    done = run_tasks(exp.tasks, exp.shared, jobs=jobs, log=log)
+    """Retrain every (condition, seed); returns curves {condition: {seed(str): curve}}. The
+    experiment directory is claimed meanwhile (``mda_fast.lock``: one experiment writes it)."""
+    with claim(exp.out):
+        write_json(exp.out / "config.json", exp.config)
+        for (name, s), (plan, _) in exp.resolved.items():
+            plan.save(exp.out / "plans" / f"{name}-seed{s}.json")
+        done = run_tasks(exp.tasks, exp.shared, jobs=jobs, log=log)
     curves: dict = {}
     for spec in exp.specs:                       # conditions in the order the user gave them
         for s in exp.seeds:

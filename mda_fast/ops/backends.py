@@ -201,8 +201,9 @@ def available_backends(device="cpu") -> list[str]:
 
 
 # ---- choice -----------------------------------------------------------------------------------------
-def unusable(backend: str, device_type: str) -> str | None:
-    """Why a backend named by the user cannot run ops on ``device_type`` tensors here (None: it can)."""
+def unusable(backend: str, device_type: str | None = None) -> str | None:
+    """Why a backend named by the user cannot run ops here, on ``device_type`` tensors when given
+    (None: it can)."""
     if backend not in ("auto",) + BACKENDS:
         return f"is not one of 'auto', {', '.join(map(repr, BACKENDS))}"
     if backend == "auto":
@@ -210,7 +211,7 @@ def unusable(backend: str, device_type: str) -> str | None:
     ok, reason = status(backend)
     if not ok:
         return f"is not available: {reason}"
-    if not _device_ok(backend, device_type):
+    if device_type is not None and not _device_ok(backend, device_type):
         return f"cannot run on {device_type} tensors"
     return None
 
