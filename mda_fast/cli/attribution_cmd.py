@@ -142,23 +142,26 @@ def _claimed(cfg):
     return claim(cfg.out) if dist.rank() == 0 else contextlib.nullcontext()
 
 
-def cmd_fit(args) -> int:
+@contextlib.contextmanager
+def _session(args):
+    """(config, Pipeline) of a fit / score / run command, --out claimed for the whole block; the
+    data is opened before the model is loaded (its errors come first and cheap)."""
     _start()
     cfg = _config(args)
     with _claimed(cfg):
         window = _window(cfg)
         model, tok = _model(cfg)
-        _pipeline(cfg, model, tok, window).fit()
+        yield cfg, _pipeline(cfg, model, tok, window)
+
+
+def cmd_fit(args) -> int:
+    with _session(args) as (_, p):
+        p.fit()
     return 0
 
 
 def cmd_score(args) -> int:
-    _start()
-    cfg = _config(args)
-    with _claimed(cfg):
-        window = _window(cfg)
-        model, tok = _model(cfg)
-        p = _pipeline(cfg, model, tok, window)
+    with _session(args) as (cfg, p):
         factors = args.factors or p.path("factors")
         if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
             p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
@@ -189,13 +192,8 @@ def _tokenizer(model: str, revision: str | None):
 
 
 def cmd_run(args) -> int:
-    _start()
-    cfg = _config(args)
-    with _claimed(cfg):
-        src = _window(cfg)
-        model, tok = _model(cfg)
-        _say(f"window: {len(src)} rows of {src.seq_len} tokens from {cfg.data['source']}")
-        p = _pipeline(cfg, model, tok, src)
+    with _session(args) as (cfg, p):
+        _say(f"window: {len(p.window)} rows of {p.window.seq_len} tokens from {cfg.data['source']}")
         p.run(int(cfg.top_k))
     _print_top(p.reports)
     return 0
