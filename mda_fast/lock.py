@@ -47,6 +47,9 @@ def _acquire(d: Path) -> int:
         os.close(fd)
         raise OutputError(f"{d} is already being written by {who} (another mda run); wait for it to "
                           f"finish or write to another directory") from None
+    except OSError as exc:              # e.g. ENOLCK: a file system without file locks
+        os.close(fd)
+        raise OutputError(f"cannot lock {d} for writing: {exc.strerror}; write to a local directory") from None
     try:
         with writing(d):
             os.ftruncate(fd, 0)

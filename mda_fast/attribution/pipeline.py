@@ -11,6 +11,7 @@ this class and do no stage work of their own. The run directory::
     factors/  manifest.json, factors.safetensors     (fit)
     scores/   manifest.json, scores.npz, chunks/     (score: resumable, every rank its share)
     top/      top.json, hist_<col>.png, cumulative_<col>.png   (top)
+    .lock     the writer lock (``mda_fast.lock``)
 
 Every stage first claims the run directory (``mda_fast.lock``: one writer at a time, writability
 checked before any compute). ``heads/``, ``factors/`` and ``top/`` are each written into a temporary

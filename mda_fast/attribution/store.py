@@ -98,6 +98,7 @@ class ScoreStore:
             old = read_json(self.manifest_path)
             self.manifest = dict(old, **{k: v for k, v in self.manifest.items() if k != "complete"},
                                  complete=bool(old.get("complete")))
+            self._remove_temporaries()
             return
         os.makedirs(self.chunk_dir, exist_ok=True)
         write_json(self.manifest_path, self.manifest)
@@ -117,6 +118,13 @@ class ScoreStore:
             if old.get(key) != self.manifest.get(key):
                 return f"{key}: {old.get(key)!r} there vs {self.manifest.get(key)!r} in this run"
         return None
+
+    def _remove_temporaries(self) -> None:
+        """Remove half-written chunk files of a killed run (no rank writes before rank 0 prepared)."""
+        if os.path.isdir(self.chunk_dir):
+            for name in os.listdir(self.chunk_dir):
+                if name.endswith(".tmp"):
+                    remove_tree(Path(self.chunk_dir) / name)
 
     def _discard(self) -> None:
         """Remove everything in the directory but its writer lock (held by this process)."""
