@@ -29,6 +29,7 @@ import yaml
 
 from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
 from mda_fast.errors import ConfigError
+from mda_fast.models.device import torch_device
 
 DEFAULTS: dict = {
     "model": None,
@@ -150,11 +151,17 @@ class RunConfig:
             if not 0 <= steps[0] < steps[1]:
                 raise ConfigError(f"{where}: data.steps [{steps[0]}, {steps[1]}) is an empty or negative window")
             self.data["steps"] = list(steps)
+        rps = self.data.get("rows_per_step")
+        if isinstance(rps, bool) or not isinstance(rps, int) or rps < 1:
+            raise ConfigError(f"{where}: data.rows_per_step (--rows-per-step) must be an integer >= 1, got {rps!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise ConfigError(f"{where}: top_k (-k) must be an integer, got {self.top_k!r}")
         if int(self.top_k) < 1:
             raise ConfigError(f"{where}: top_k must be >= 1, got {self.top_k}")
         if self.heads.get("metric") not in ("induction", "previous_token", "duplicate_token", "prefix_matching"):
             raise ConfigError(f"{where}: heads.metric {self.heads.get('metric')!r} is not a head score")
         Settings.from_dict(self.settings)  # raises on unknown / invalid settings
+        torch_device(self.device)           # raises for a device this machine does not have
 
     def require(self, *keys: str) -> None:
         for k in keys:

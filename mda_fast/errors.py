@@ -22,5 +22,10 @@ class ModelError(MDAError):
     """A checkpoint cannot be loaded or does not match its config."""
 
 
+class OutputError(MDAError):
+    """An output location cannot be written (read-only, full, not a directory) or another process
+    is writing it."""
+
+
 class NumericalError(MDAError):
     """NaN/inf met in a factor, gradient or score; the message names block and batch."""

@@ -90,6 +90,15 @@ class Probe:
     def check(self, model) -> None:
         """Raise ConfigError when the probe cannot apply to `model` (e.g. head out of range)."""
 
+    def reaches(self, block, adapter) -> bool:
+        """Whether the probe can depend on the weights of ``block`` (a units.BlockSpec); a probe of
+        the logits depends on every block."""
+        return True
+
+    def dependencies(self) -> str:
+        """The blocks the probe depends on, in words (for messages)."""
+        return "every block"
+
     def __call__(self, outputs, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -147,6 +156,17 @@ class PrevAttnProbe(Probe):
             raise ConfigError(f"probe {self.name}: layer {self.layer} out of range (model has {n_layers} layers)")
         if not 0 <= self.head < n_heads:
             raise ConfigError(f"probe {self.name}: head {self.head} out of range (model has {n_heads} heads)")
+
+    def reaches(self, block, adapter) -> bool:
+        """Head ``head``'s attention pattern in ``layer`` depends on the blocks of lower layers and, in
+        its own layer, only on its query/key weights (a block sharing them, e.g. a GQA key head)."""
+        if block.layer != self.layer:
+            return block.layer < self.layer
+        return block.shares_weights(adapter.block(self.layer, self.head, "qk"))
+
+    def dependencies(self) -> str:
+        own = f"the query/key block of L{self.layer}.H{self.head}"
+        return f"the blocks of layers below {self.layer} and {own}" if self.layer else own
 
     def __call__(self, outputs, tokens: torch.Tensor) -> torch.Tensor:
         atts = getattr(outputs, "attentions", None)

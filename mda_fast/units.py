@@ -50,6 +50,18 @@ class BlockSpec:
     out_dim: int  # O
     pieces: tuple[Piece, ...]  # stacked along O; all share the same input and in_cols
 
+    def shares_weights(self, other: "BlockSpec") -> bool:
+        """Whether the two blocks hold a common weight entry (e.g. a key head shared under GQA)."""
+        return any(a.module == b.module and _overlap(a.out_rows, b.out_rows) and _overlap(a.in_cols, b.in_cols)
+                   for a in self.pieces for b in other.pieces)
+
+
+def _overlap(a: slice | None, b: slice | None) -> bool:
+    """Whether two row/column ranges (None = all) intersect."""
+    if a is None or b is None:
+        return True
+    return max(a.start or 0, b.start or 0) < min(a.stop, b.stop)
+
 
 @dataclass(frozen=True)
 class Unit:

@@ -71,7 +71,7 @@ def test_nan_in_saved_factor_or_corrupt_files(tmp_path):
     with pytest.raises(NumericalError, match=r"L1\.H0\.qk"):
         mda.score(window(n=6), str(tmp_path / "r"))
     assert not os.path.exists(tmp_path / "r" / "scores.npz")
-    with pytest.raises(DataError, match="not complete"):
+    with pytest.raises(DataError, match="not a score run directory"):  # refused before anything is written
         load_scores(str(tmp_path / "r"))
     # factors for another unit / missing files
     mda.factors.blocks["L1.H0.qk"].lam[0, 0] = 1.0
@@ -88,3 +88,21 @@ def test_score_before_fit(tmp_path):
     mda = MDA(tiny("neox", 0), ["L1.H0.qk"], ["copy_target"], settings=S)
     with pytest.raises(ConfigError, match="fit"):
         mda.score(window(n=4), str(tmp_path / "r"))
+
+
+def test_unsupported_dtype_and_unreachable_probe_refused_before_any_pass():
+    with pytest.raises(ConfigError, match="parameters are float64"):
+        MDA(tiny("neox", 0).double(), ["L1.H0.qk"], ["copy_target"], settings=S)
+    with pytest.raises(ConfigError, match=r"probe prev_attn.L1.H2 depends on none of the units' blocks \(L1.H0.qk"):
+        MDA(tiny("neox", 0), ["L1.H0.qk"], ["prev_attn:L1.H2"], settings=S)
+    MDA(tiny("neox", 0), ["L1.H2.qkvo", "L0.H0.v"], ["prev_attn:L1.H2"], settings=S)  # reaches L1.H2.qk, L0
+
+
+def test_factors_of_another_model_or_window_are_refused(tmp_path):
+    mda = MDA(tiny("neox", 0), ["L1.H0.qk"], ["copy_target"], settings=S).fit(window(n=6), out_dir=str(tmp_path / "f"))
+    other = MDA(tiny("neox", 1), ["L1.H0.qk"], ["copy_target"], settings=S).load_factors(str(tmp_path / "f"))
+    with pytest.raises(ConfigError, match="were fitted on model weights"):
+        other.score(window(n=6), str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="were fitted on window rows 1000..1005"):
+        mda.score(window(n=6, seed=1), str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a" / "manifest.json") and not os.path.exists(tmp_path / "b" / "manifest.json")

@@ -109,7 +109,7 @@ def test_parquet_ragged_rows(tmp_path):
 
 def test_parquet_without_tokens_needs_tokenizer(tmp_path):
     pq.write_table(pa.table({"other": [1, 2]}), tmp_path / "x.parquet")
-    with pytest.raises(DataError, match="needs --tokenizer"):
+    with pytest.raises(DataError, match=r"\(columns: other\) holds no token ids; tokenize its text first"):
         open_source(tmp_path / "x.parquet")
 
 

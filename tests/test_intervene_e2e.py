@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mda_fast.cli import main
+from mda_fast.data import open_source, select_steps
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.augment import write_synthetic
 from mda_fast.intervene.experiment import run_experiment
@@ -20,7 +21,12 @@ def setup(tmp_path_factory):
     data, ck, rows = tiny_setup(d, n_rows=80, ckpt_steps=(0, 2))
     rid = np.arange(RPS * 2, RPS * 6)
     sc = np.random.default_rng(1).normal(size=rid.size)
-    scores = write_scores(d / "scores", rid, sc, model=ck / "step6", window=(2, 6))
+    src = open_source(data)
+    scores = write_scores(d / "scores", rid, sc, model=ck / "step2", window=(2, 6), data=select_steps(src, 2, 6, RPS))
+    # scores of other weights, and of other rows under the same row ids
+    write_scores(d / "scores_other_model", rid, sc, model="elsewhere", window=(2, 6), weights="0123456789abcdef",
+                 data=select_steps(src, 2, 6, RPS))
+    write_scores(d / "scores_other_rows", rid, sc, model=ck / "step2", window=(2, 6), data=select_steps(src, 3, 7, RPS))
     write_synthetic(d / "syn", 3, SEQ, seed=0)
     return d, data, ck, scores
 
@@ -74,7 +80,8 @@ def test_run_experiment_tiny(setup):
     (dict(window=(2, 5)), r"covers rows \[8, 24\)"),
     (dict(window=(1, 6)), "no checkpoint"),
     (dict(units=[(0, 1)]), "units"),
-    (dict(model_name="some/other-model"), "computed for model"),
+    (dict(scores="scores_other_model"), "not those of any of the checkpoints"),
+    (dict(scores="scores_other_rows"), "other rows than the retraining window"),
     (dict(plans=["delete:top=17"]), "window has only"),
     (dict(end_step=500), "data source has"),
     (dict(plans=["baseline", "insert-synthetic:path=nope"]), "nope"),
@@ -84,6 +91,8 @@ def test_bad_input_fails_before_training(setup, kw, match):
     args = dict(out_dir=d / "bad", checkpoints=ck, source=data, scores=scores, window=(2, 6), seeds=(0,),
                 plans=["baseline", "delete"], log=None)
     args.update(kw)
+    if isinstance(args["scores"], str):
+        args["scores"] = d / args["scores"]
     with pytest.raises(Exception, match=match) as ei:
         run_experiment(**args)
     assert ei.type.__name__ in ("ConfigError", "DataError")
@@ -110,7 +119,6 @@ def test_cli_analyze_and_report(setup, capsys):
 
 def test_scores_from_the_attribution_front_door_are_accepted_and_checked(tmp_path):
     from mda_fast.attribution.pipeline import Pipeline
-    from mda_fast.data import open_source, select_steps
     from mda_fast.models import load_model
 
     data, ck, _ = tiny_setup(tmp_path, n_rows=48, ckpt_steps=(0, 2, 6))

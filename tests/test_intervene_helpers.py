@@ -17,8 +17,13 @@ SEQ = 17
 RPS = 4
 
 
-def write_scores(run_dir, row_ids, scores, model, window, units=("L1.H0.qk",), columns=None):
-    """A complete score run directory: manifest.json + scores.npz."""
+def write_scores(run_dir, row_ids, scores, model, window, units=("L1.H0.qk",), columns=None, data=None,
+                 weights=None):
+    """A complete score run directory: manifest.json + scores.npz. Its identity records ``weights``
+    (default: those of checkpoint ``model`` when it is one) and ``data`` (a window's RowSource)."""
+    from mda_fast.data.fingerprint import window_fingerprint
+    from mda_fast.models.fingerprint import checkpoint_weights
+
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     scores = np.asarray(scores, np.float32).reshape(len(row_ids), -1)
@@ -26,8 +31,11 @@ def write_scores(run_dir, row_ids, scores, model, window, units=("L1.H0.qk",), c
     np.savez(run / "scores.npz", row_ids=np.asarray(row_ids, np.int64), scores=scores,
              loss=np.zeros(len(row_ids), np.float32), columns=np.array(columns))
     ids = np.asarray(row_ids, np.int64)
+    if weights is None and (Path(model) / "config.json").is_file():
+        weights = checkpoint_weights(model)
+    identity = {"weights": weights, "data": None if data is None else window_fingerprint(data)}
     (run / "manifest.json").write_text(json.dumps({
-        "model": str(model), "units": list(units), "columns": columns, "complete": True,
+        "model": str(model), "units": list(units), "columns": columns, "complete": True, "identity": identity,
         "window": {"name": "window", "rows": int(ids.size), "first_row_id": int(ids.min()),
                    "last_row_id": int(ids.max()), "steps": list(window)}}))
     return run

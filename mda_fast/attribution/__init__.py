@@ -2,13 +2,14 @@
 
 Layering: api (front door) -> ekfac / queries / scoring (orchestration over batches and ranks)
 -> forward (one captured pass) -> factors + mda_fast.ops (math). Scores on disk: store.
+The names below are imported on first use (``mda_fast.lazy``), so reading a config
+(``attribution.settings``) or the rank (``attribution.dist``) does not load the model code.
 """
 
-from mda_fast.attribution.api import MDA, report_top
-from mda_fast.attribution.factors import BlockFactors, FactorSet
-from mda_fast.attribution.settings import Settings
-from mda_fast.attribution.store import ScoreTable, load_scores
-from mda_fast.attribution.top import cumulative_share, format_report, top_rows, top_share
+from mda_fast.lazy import lazy_attributes
 
-__all__ = ["MDA", "Settings", "FactorSet", "BlockFactors", "ScoreTable", "load_scores", "top_rows", "top_share",
-           "cumulative_share", "format_report", "report_top"]
+_HOME = {"MDA": "api", "report_top": "api", "FactorSet": "factors", "BlockFactors": "factors",
+         "Settings": "settings", "ScoreTable": "store", "load_scores": "store", "top_rows": "top",
+         "top_share": "top", "cumulative_share": "top", "format_report": "top"}
+__all__ = list(_HOME)
+__getattr__ = lazy_attributes(__name__, _HOME)

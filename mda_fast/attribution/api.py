@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -16,18 +17,21 @@ import torch
 from mda_fast.attribution import dist
 from mda_fast.attribution.ekfac import fit_ekfac
 from mda_fast.attribution.factors import FactorSet
+from mda_fast.attribution.identity import check_factors, fingerprint
+from mda_fast.attribution.inputs import model_dtype, prepare_model, resolve_probes, resolve_units
 from mda_fast.attribution.queries import build_queries
 from mda_fast.attribution.scoring import run_score_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.top import plot_cumulative, plot_histogram, top_rows
+from mda_fast.data import rank_bounds
+from mda_fast.data.fingerprint import window_fingerprint
+from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError, DataError
-from mda_fast.probes import Probe, default_vocab_high, parse_probe
-from mda_fast.units import Unit, get_adapter
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
+from mda_fast.lock import claim
+from mda_fast.models.fingerprint import weights_fingerprint
+from mda_fast.probes import default_vocab_high
+from mda_fast.units import get_adapter
 
 
 def window_info(source) -> dict:
@@ -42,46 +46,37 @@ class MDA:
     units: Unit, "L1.H3.qk" strings or lists of them; probes: Probe objects or strings
     ("copy_target", "prev_attn:L1.H3", "module:function"); probe_data: optional
     {probe name: LongTensor[n, L]} overriding the generated probe sets. The model is put in eval
-    mode (dropout would make scores random).
+    mode (dropout would make scores random). Every input is checked here or before any pass: the
+    model's dtype, the device and backend, the units, that every probe reaches one of their
+    blocks, the window's token ids against the model's vocabulary, and that the factors belong to
+    the model and window (``attribution.identity``).
     """
 
     def __init__(self, model, units, probes, tokenizer=None, settings: Settings | dict | None = None, *,
                  probe_data: dict | None = None, model_name: str | None = None, revision: str | None = None):
-        self.model = model.eval()
         self.settings = settings if isinstance(settings, Settings) else Settings.from_dict(settings)
-        if self.settings.device is not None:
-            self.model.to(self.settings.device)
+        self.model = prepare_model(model, self.settings)
         self.tokenizer = tokenizer
         self.adapter = get_adapter(model)
-        self.units = list(dict.fromkeys(u if isinstance(u, Unit) else Unit.parse(str(u)) for u in _as_list(units)))
-        if not self.units:
-            raise ConfigError("no units given; name at least one head, e.g. L1.H3.qk")
-        self.unit_blocks, seen = {}, {}
-        for u in self.units:
-            bs = u.blocks(self.adapter)  # raises ConfigError for a layer/head out of range
-            self.unit_blocks[u.name] = [b.name for b in bs]
-            for b in bs:
-                seen.setdefault(b.name, b)
-        self.blocks = list(seen.values())
-        self.probes: list[Probe] = [parse_probe(p) for p in _as_list(probes)]
-        if not self.probes:
-            raise ConfigError("no probes given; use e.g. copy_target")
-        names = [p.name for p in self.probes]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"probe names must be unique, got {names}")
-        for p in self.probes:
-            p.check(model)
+        self.units, self.unit_blocks, self.blocks = resolve_units(units, self.adapter)
+        self.probes = resolve_probes(probes, model, self.adapter, self.blocks)
         self.probe_data = self._probe_data(probe_data or {})
         self.model_name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
         self.revision = revision
         self.factors: FactorSet | None = None
+        self.factors_where = "the EK-FAC factors fitted in this session"
         self.table: ScoreTable | None = None
         self.source = None
 
-    # -- helpers -----------------------------------------------------------------------------------
     @property
     def columns(self) -> list[str]:
         return [f"{u.name}/{p.name}" for u in self.units for p in self.probes]
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model can embed: the rows of its input embedding."""
+        emb = self.model.get_input_embeddings()
+        return int(getattr(emb, "num_embeddings", None) or self.model.config.vocab_size)
 
     def _probe_data(self, given: dict) -> dict[str, torch.Tensor]:
         s = self.settings
@@ -94,30 +89,67 @@ class MDA:
                 out[p.name] = p.make_data(s.probe_n, s.probe_seq_len, s.probe_vocab_low, high, s.probe_seed)
         return out
 
-    def _identity(self) -> dict:
+    def _describe(self) -> dict:
+        """What the manifests record for people to read (never part of the identity)."""
         return {"model": self.model_name, "revision": self.revision, "units": [u.name for u in self.units],
                 "blocks": [b.name for b in self.blocks]}
+
+    # -- identity ----------------------------------------------------------------------------------
+    def fit_identity(self, source) -> dict:
+        """What factors fitted on ``source`` are computed from (``attribution.identity``)."""
+        return {"weights": weights_fingerprint(self.model), "dtype": model_dtype(self.model),
+                "data": window_fingerprint(source), "blocks": sorted(b.name for b in self.blocks),
+                "settings": self.settings.fit_dict()}
+
+    def fit_fingerprint(self, source) -> str:
+        """The fingerprint factors fitted on ``source`` by this MDA would carry."""
+        return fingerprint(self.fit_identity(source))
+
+    def score_identity(self, source) -> dict:
+        """What the scores of ``source`` are computed from, the factors in use included."""
+        fit = self.fit_identity(source)
+        probes = [{"name": p.name, "data": array_digest(self.probe_data[p.name].numpy())} for p in self.probes]
+        return {"weights": fit["weights"], "dtype": fit["dtype"], "data": fit["data"],
+                "units": [u.name for u in self.units], "blocks": [b.name for b in self.blocks], "probes": probes,
+                "settings": self.settings.probe_dict(), "factors": self.factors.manifest.get("fingerprint")}
+
+    def _check_tokens(self, source) -> None:
+        """DataError before any pass for a token id the model cannot embed, in this rank's share of
+        ``source`` (its contiguous chunk, as the score pass splits it)."""
+        lo, hi = rank_bounds(len(source), dist.rank(), dist.world_size())
+        source.slice(lo, hi).check_tokens(self.vocab_size)
+
+    def _writer(self, directory):
+        """The writer lock of ``directory`` on rank 0 (``mda_fast.lock``); nothing elsewhere."""
+        return claim(directory) if directory is not None and dist.rank() == 0 else contextlib.nullcontext()
 
     # -- stages ------------------------------------------------------------------------------------
     def fit(self, source, out_dir: str | None = None) -> "MDA":
         """Fit EK-FAC on a random subsample of ``source``; save to ``out_dir`` (rank 0) if given."""
         if len(source) == 0:
             raise DataError("the window is empty: there are no rows to fit EK-FAC on")
-        info = dict(self._identity(), window=window_info(source))
-        self.factors = fit_ekfac(self.model, self.adapter, self.blocks, source, self.settings, info)
-        if out_dir is not None and dist.rank() == 0:
-            self.factors.save(out_dir)
+        with self._writer(None if out_dir is None else os.path.dirname(os.path.abspath(out_dir))):
+            self._check_tokens(source)
+            identity = self.fit_identity(source)
+            info = dict(self._describe(), window=window_info(source), identity=identity,
+                        fingerprint=fingerprint(identity))
+            self.factors = fit_ekfac(self.model, self.adapter, self.blocks, source, self.settings, info)
+            self.factors_where = "the EK-FAC factors fitted in this session"
+            if out_dir is not None and dist.rank() == 0:
+                self.factors.save(out_dir)
+                self.factors_where = str(out_dir)
         dist.barrier()
         return self
 
     def load_factors(self, path: str) -> "MDA":
-        """Use factors fitted earlier (``mda fit``); every block of the units must be in them."""
+        """Use factors fitted earlier (``mda fit``); every block of the units must be in them (that
+        they belong to the model and the window is checked when scoring)."""
         factors = FactorSet.load(path)
         for b in self.blocks:
             f = factors[b.name]
             if f.shape != (b.out_dim, b.in_dim):
                 raise DataError(f"{path}: block {b.name} has shape {f.shape}, the model's is {(b.out_dim, b.in_dim)}")
-        self.factors = factors
+        self.factors, self.factors_where = factors, path
         return self
 
     def queries(self) -> dict[str, torch.Tensor]:
@@ -125,12 +157,15 @@ class MDA:
         with ``preconditioner="identity"``)."""
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
+        self.factors.check_values(self.factors_where)
         return build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
                              self.settings.probe_batch, self.settings.backend,
                              precondition=self.settings.preconditioner == "ekfac")
 
-    def score(self, source, out_dir: str, on_batch=None) -> ScoreTable:
-        """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same settings.
+    def score(self, source, out_dir: str, on_batch=None, replace: bool = False) -> ScoreTable:
+        """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same inputs,
+        reuses a complete one. ``out_dir`` holding another run's scores is refused (ConfigError),
+        or with ``replace`` emptied first.
 
         ``on_batch(done)``: called after each scored batch (progress reporting; an exception raised
         there stops the pass, keeping every finished chunk for the resume)."""
@@ -138,28 +173,37 @@ class MDA:
             raise DataError("the window is empty: there are no rows to score")
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
-        r, w = dist.rank(), dist.world_size()
-        fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")} if self.factors else None
-        manifest = dict(self._identity(), probes=[p.name for p in self.probes], columns=self.columns,
-                        window=window_info(source), fit=fit, settings_score=self.settings.probe_dict(),
-                        unit_blocks=self.unit_blocks, sign="positive = the row strengthens the probed behaviour")
-        store = ScoreStore(out_dir, manifest, r, w, self.settings.chunk_rows)
-        if r == 0:
-            store.prepare()
-        dist.barrier()
-        if store.is_complete():
-            self.table, self.source = load_scores(out_dir), source
-            return self.table
-        queries = self.queries()
-        store.resume_cursor()
-        run_score_pass(self.model, self.adapter, self.units, self.blocks, queries, source, store, self.settings,
-                       self.unit_blocks, len(self.probes), on_batch=on_batch)
-        dist.barrier()
-        if r == 0:
-            store.merge(source.row_ids())
+        with self._writer(out_dir):
+            self._check_tokens(source)
+            store = self._open_store(source, out_dir, replace)
+            if not store.is_complete():
+                queries = self.queries()
+                store.resume_cursor()
+                run_score_pass(self.model, self.adapter, self.units, self.blocks, queries, source, store,
+                               self.settings, self.unit_blocks, len(self.probes), on_batch=on_batch)
+                dist.barrier()
+                if dist.rank() == 0:
+                    store.merge(source.row_ids())
         dist.barrier()
         self.table, self.source = load_scores(out_dir), source
         return self.table
+
+    def _open_store(self, source, out_dir: str, replace: bool) -> ScoreStore:
+        """The checked store of this run in ``out_dir`` (prepared by rank 0)."""
+        identity = self.score_identity(source)
+        check_factors(self.factors.manifest, identity, {"weights": self.model_name, "data": source.name},
+                      self.factors_where)
+        self.factors.check_values(self.factors_where)
+        fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")}
+        manifest = dict(self._describe(), probes=[p.name for p in self.probes], columns=self.columns,
+                        window=window_info(source), fit=fit, settings_score=self.settings.probe_dict(),
+                        unit_blocks=self.unit_blocks, sign="positive = the row strengthens the probed behaviour",
+                        identity=identity, fingerprint=fingerprint(identity))
+        store = ScoreStore(out_dir, manifest, dist.rank(), dist.world_size(), self.settings.chunk_rows)
+        if dist.rank() == 0:
+            store.prepare(replace=replace)
+        dist.barrier()
+        return store
 
     def top(self, k: int = 10, column: str | None = None, out_dir: str | None = None) -> dict:
         """Top-k positive/negative rows (decoded when the window is known); PNGs into ``out_dir``."""
@@ -168,13 +212,17 @@ class MDA:
         return report_top(self.table, k, column, self.source, self.tokenizer, out_dir)
 
 
-def report_top(table: ScoreTable, k: int, column: str | None, source, tokenizer, out_dir: str | None) -> dict:
-    """Top rows of one column plus histogram / cumulative-influence PNGs (when ``out_dir``)."""
+def report_top(table: ScoreTable, k: int, column: str | None, source, tokenizer, out_dir: str | None,
+               shown_dir: str | None = None) -> dict:
+    """Top rows of one column plus histogram / cumulative-influence PNGs (when ``out_dir``); the
+    report names the PNGs under ``shown_dir`` (default ``out_dir``: where they will be read)."""
     rep = top_rows(table, k, column, source, tokenizer)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         s = table.column(rep["column"])
         safe = rep["column"].replace("/", "_")
-        rep["histogram"] = plot_histogram(s, os.path.join(out_dir, f"hist_{safe}.png"), rep["column"])
-        rep["cumulative"] = plot_cumulative(s, os.path.join(out_dir, f"cumulative_{safe}.png"), rep["column"])
+        for key, plot, name in (("histogram", plot_histogram, f"hist_{safe}.png"),
+                                ("cumulative", plot_cumulative, f"cumulative_{safe}.png")):
+            plot(s, os.path.join(out_dir, name), rep["column"])
+            rep[key] = os.path.join(shown_dir or out_dir, name)
     return rep

@@ -1,6 +1,7 @@
 """Fitting EK-FAC on the blocks of a set of units (two passes over a random subsample).
 
-pass 1: A = E_tok[a a^T], S = E_tok[g g^T] (summed over ranks), eigendecomposed in float64;
+pass 1: A = E_tok[a a^T], S = E_tok[g g^T] accumulated in float64 (summed over ranks), eigendecomposed
+in float64;
 pass 2: Lambda = E_b[(Q_S^T G_b Q_A)^2] from per-sample gradients (mda_fast.ops), summed over ranks.
 Both passes use the same labels (sampled per row from the model for the true Fisher).
 """
@@ -72,9 +73,9 @@ def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict
     n_tok = torch.zeros(1, dtype=torch.float64, device=device)
     for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 1/2 (covariances)", **kw):
         for b in blocks:
-            a2, g2 = a[b.name].reshape(-1, b.in_dim).float(), g[b.name].reshape(-1, b.out_dim).float()
-            A_sum[b.name] += (a2.T @ a2).double()  # fp32 GEMM per batch, fp64 running sum
-            S_sum[b.name] += (g2.T @ g2).double()
+            a2, g2 = a[b.name].reshape(-1, b.in_dim).double(), g[b.name].reshape(-1, b.out_dim).double()
+            A_sum[b.name] += a2.T @ a2  # fp64 products and sum: rounding barely depends on the batch size
+            S_sum[b.name] += g2.T @ g2
         n_tok += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
     dist.all_reduce_sum([*A_sum.values(), *S_sum.values(), n_tok])
     if float(n_tok) == 0:

@@ -12,17 +12,21 @@ correction from per-sample gradients. ``H^-1 V = Q_S [(Q_S^T V Q_A) / (Lambda + 
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
 
 from mda_fast.errors import DataError, NumericalError
-from mda_fast.io import atomic_path
-from mda_fast.io import read_json, write_json
+from mda_fast.io import atomic_dir, read_json, write_bytes, write_json
 
 FORMAT = "mda-fast-ekfac/1"
+TENSORS = ("A", "S", "Q_A", "Q_S", "lam")
+MANIFEST, TENSOR_FILE = "manifest.json", "factors.safetensors"
 
 
 def check_finite(t: torch.Tensor, what: str, block: str, where: str) -> None:
@@ -78,6 +82,17 @@ def damping_of(lam: torch.Tensor, alpha: float, floor: float) -> float:
     return max(float(alpha) * float(lam.double().mean()), float(floor))
 
 
+def _finite_number(value, what: str) -> float:
+    """``value`` as a float; NumericalError naming ``what`` when it is not a finite number >= 0."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not (math.isfinite(x) and x >= 0):
+        raise NumericalError(f"{what} is {value!r}; expected a finite number >= 0")
+    return x
+
+
 @dataclass
 class FactorSet:
     """Factors of several blocks plus the manifest describing how they were fitted."""
@@ -90,39 +105,69 @@ class FactorSet:
             raise DataError(f"the EK-FAC factors hold no block {name}; fitted blocks: {', '.join(self.blocks) or 'none'}")
         return self.blocks[name]
 
+    def check_values(self, where: str = "the EK-FAC factors") -> None:
+        """NumericalError naming ``where`` and the tensor unless every tensor is finite, Lambda >= 0
+        and every damping a finite number >= 0 (a corrupt factor file must never be scored)."""
+        for n, f in self.blocks.items():
+            for key in TENSORS:
+                t = getattr(f, key)
+                if not bool(torch.isfinite(t).all()):
+                    raise NumericalError(f"{where}: tensor {n}/{key} holds NaN or inf")
+            if f.lam.numel() and float(f.lam.min()) < 0:
+                raise NumericalError(f"{where}: tensor {n}/lam (the eigenvalue correction, a mean of squares) "
+                                     f"holds negative values (min {float(f.lam.min()):.3g})")
+            _finite_number(f.damping, f"{where}: the damping of block {n}")
+
     def save(self, out_dir: str) -> str:
-        """Write ``factors.safetensors`` then ``manifest.json`` (each tmp + rename; manifest last)."""
-        os.makedirs(out_dir, exist_ok=True)
+        """Write ``factors.safetensors`` and ``manifest.json`` (with the tensors' sha256) into a
+        temporary sibling directory that replaces ``out_dir`` when both are complete."""
         tensors, meta = {}, {}
         for n, f in self.blocks.items():
-            for key in ("A", "S", "Q_A", "Q_S", "lam"):
+            for key in TENSORS:
                 tensors[f"{n}/{key}"] = getattr(f, key).detach().to("cpu", torch.float64).contiguous()
             meta[n] = {"damping": f.damping, "n_tokens": f.n_tokens, "n_samples": f.n_samples, "shape": list(f.shape)}
-        with atomic_path(os.path.join(out_dir, "factors.safetensors")) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        manifest = dict(self.manifest, format=FORMAT, blocks=meta)
-        write_json(os.path.join(out_dir, "manifest.json"), manifest)
+        data = safetensors_bytes(tensors, metadata={"format": FORMAT})
+        manifest = dict(self.manifest, format=FORMAT, blocks=meta, tensors_sha256=hashlib.sha256(data).hexdigest())
+        with atomic_dir(out_dir) as tmp:
+            write_bytes(tmp / TENSOR_FILE, data)
+            write_json(tmp / MANIFEST, manifest)
+        self.manifest = manifest
         return out_dir
 
     @classmethod
     def load(cls, out_dir: str) -> "FactorSet":
-        mpath, tpath = os.path.join(out_dir, "manifest.json"), os.path.join(out_dir, "factors.safetensors")
+        """The factors in ``out_dir``; DataError / NumericalError naming the file for anything
+        missing, corrupt, not matching the manifest, or not finite."""
+        mpath, tpath = os.path.join(out_dir, MANIFEST), os.path.join(out_dir, TENSOR_FILE)
         if not os.path.isfile(mpath) or not os.path.isfile(tpath):
-            raise DataError(f"{out_dir} is not a complete EK-FAC factor directory (needs manifest.json and factors.safetensors)")
+            raise DataError(f"{out_dir} is not a complete EK-FAC factor directory (needs {MANIFEST} and {TENSOR_FILE})")
         manifest = read_json(mpath)
         if manifest.get("format") != FORMAT:
             raise DataError(f"{mpath} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(manifest.get("blocks"), dict):
+            raise DataError(f"{mpath} lists no blocks")
+        with open(tpath, "rb") as fh:
+            data = fh.read()
         try:
-            tensors = load_file(tpath)
+            tensors = safetensors_load(data)
         except Exception as exc:  # safetensors raises its own error types on corrupt files
             raise DataError(f"{tpath} cannot be read: {exc}") from None
-        blocks = {}
-        for n, m in manifest["blocks"].items():
-            try:
-                t = {k: tensors[f"{n}/{k}"] for k in ("A", "S", "Q_A", "Q_S", "lam")}
-            except KeyError as exc:
-                raise DataError(f"{tpath} lacks tensor {exc.args[0]} listed in its manifest") from None
-            blocks[n] = BlockFactors(n, damping=float(m["damping"]), n_tokens=int(m["n_tokens"]),
-                                     n_samples=int(m["n_samples"]), **t)
-        return cls(blocks, manifest)
+        factors = cls({n: _block(n, m, tensors, mpath, tpath) for n, m in manifest["blocks"].items()}, manifest)
+        factors.check_values(tpath)
+        if manifest.get("tensors_sha256") not in (None, hashlib.sha256(data).hexdigest()):
+            raise DataError(f"{tpath} is not the file {mpath} describes (its sha256 differs): it was written by "
+                            f"another fit or changed since; fit the factors again")
+        return factors
 
+
+def _block(name: str, meta: dict, tensors: dict, mpath: str, tpath: str) -> BlockFactors:
+    try:
+        t = {k: tensors[f"{name}/{k}"] for k in TENSORS}
+    except KeyError as exc:
+        raise DataError(f"{tpath} lacks tensor {exc.args[0]} listed in its manifest") from None
+    damping = _finite_number(meta.get("damping"), f"{mpath}: the damping of block {name}")
+    try:
+        counts = {k: int(meta[k]) for k in ("n_tokens", "n_samples")}
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{mpath}: block {name} lacks integer n_tokens / n_samples") from None
+    return BlockFactors(name, damping=damping, **counts, **t)

@@ -11,20 +11,31 @@ this class and do no stage work of their own. The run directory::
     factors/  manifest.json, factors.safetensors     (fit)
     scores/   manifest.json, scores.npz, chunks/     (score: resumable, every rank its share)
     top/      top.json, hist_<col>.png, cumulative_<col>.png   (top)
+    .lock     the writer lock (``mda_fast.lock``)
 
-A stage whose output is complete is reused by :meth:`run` (factors, scores); :meth:`fit` always
-refits. Ranks: under ``torchrun`` every rank calls the same methods; files are written by rank 0.
+Every stage first claims the run directory (``mda_fast.lock``: one writer at a time, writability
+checked before any compute). ``heads/``, ``factors/`` and ``top/`` are each written into a temporary
+sibling and renamed (``io.atomic_dir``): visible complete or not at all; ``scores/`` is a resumable
+store whose manifest is its commit marker (``store``). A stage's output is reused by :meth:`run`
+only when its content fingerprint matches this run (``attribution.identity``): factors fitted on
+other weights, another window or other fit settings are fitted again, scores of other inputs are
+replaced; :meth:`fit` always refits. Ranks: under ``torchrun`` every rank calls the same methods;
+files are written by rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from mda_fast.attribution import dist
 from mda_fast.attribution.api import MDA, report_top
+from mda_fast.attribution.identity import fitted_on
 from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
-from mda_fast.io import read_json, write_json
-
+from mda_fast.data.fingerprint import window_fingerprint
+from mda_fast.io import atomic_dir, read_json, write_json
+from mda_fast.lock import claim
+from mda_fast.models.fingerprint import weights_fingerprint
 
 
 class Pipeline:
@@ -56,28 +67,37 @@ class Pipeline:
         if self._log and dist.rank() == 0:
             self._log(msg)
 
+    def claim(self):
+        """The run directory's writer lock (rank 0; re-entrant): held by every stage."""
+        return claim(self.out) if dist.rank() == 0 else contextlib.nullcontext()
+
+    def _factors_manifest(self) -> dict | None:
+        path = os.path.join(self.path("factors"), "manifest.json")
+        return read_json(path) if os.path.isfile(path) else None
+
     # -- heads -> units --------------------------------------------------------------------------
     def head_scores(self):
         """Every head's scores (``mda_fast.heads.head_scores``), written to ``heads/`` by rank 0."""
         from mda_fast.heads import head_scores
 
         h = self.heads_cfg
-        res = head_scores(self.model, n=int(h["n"]), seq_len=int(h["seq_len"]), seed=int(h["seed"]),
-                          vocab_low=int(h["vocab_low"]), vocab_high=h["vocab_high"], tokenizer=self.tokenizer,
-                          name=str(self.model_name), revision=self.revision)
-        if dist.rank() == 0:
-            out = self.path("heads")
-            res.to_csv(os.path.join(out, "heads.csv")), res.to_json(os.path.join(out, "heads.json"))
-            res.heatmap(os.path.join(out, "heads.png"))
+        with self.claim():
+            res = head_scores(self.model, n=int(h["n"]), seq_len=int(h["seq_len"]), seed=int(h["seed"]),
+                              vocab_low=int(h["vocab_low"]), vocab_high=h["vocab_high"], tokenizer=self.tokenizer,
+                              name=str(self.model_name), revision=self.revision)
+            if dist.rank() == 0:
+                with atomic_dir(self.path("heads")) as tmp:
+                    res.to_csv(tmp / "heads.csv"), res.to_json(tmp / "heads.json"), res.heatmap(tmp / "heads.png")
         return res
 
     def chosen_units(self) -> list:
-        """The units of this run (resolving "auto", see the class doc)."""
+        """The units of this run: the given ones; for "auto" those of factors already fitted on this
+        model and window, else the best heads by ``heads["metric"]``."""
         if self.units != "auto":
             return list(self.units) if isinstance(self.units, (list, tuple)) else [self.units]
-        manifest = os.path.join(self.path("factors"), "manifest.json")
-        if os.path.isfile(manifest):
-            return read_json(manifest)["units"]
+        manifest = self._factors_manifest()
+        if manifest and fitted_on(manifest, weights_fingerprint(self.model), window_fingerprint(self.window)):
+            return manifest["units"]
         h = self.heads_cfg
         res = self.head_scores()
         self.say(res.table(sort=h["metric"], k=5))
@@ -96,23 +116,31 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------------
     def fit(self):
         """Fit EK-FAC on the window into ``factors/``; returns the FactorSet."""
-        self.mda.fit(self.window, out_dir=self.path("factors"))
+        with self.claim():
+            self.mda.fit(self.window, out_dir=self.path("factors"))
         fs = self.mda.factors
         self.say(f"fitted EK-FAC on {fs.manifest['rows_used']} of {fs.manifest['window_rows']} rows for "
                  f"{', '.join(fs.blocks)} -> {self.path('factors')}")
         return fs
+
+    def factors_current(self) -> bool:
+        """Whether ``factors/`` holds factors of exactly this run (weights, window, blocks, settings)."""
+        manifest = self._factors_manifest()
+        return bool(manifest) and manifest.get("fingerprint") == self.mda.fit_fingerprint(self.window)
 
     def load_factors(self, path: str | None = None):
         """Use the factors in ``path`` (default this run's ``factors/``)."""
         self.mda.load_factors(path or self.path("factors"))
         return self.mda.factors
 
-    def score(self, factors: str | None = None, on_batch=None):
+    def score(self, factors: str | None = None, on_batch=None, replace: bool = False):
         """Score every row of the window into ``scores/`` (resumes a killed run); returns the table.
-        Uses factors already fitted in this session, else loads ``factors`` (default ``factors/``)."""
-        if self.mda.factors is None or factors is not None:
-            self.load_factors(factors)
-        self.table = self.mda.score(self.window, self.path("scores"), on_batch=on_batch)
+        Uses factors already fitted in this session, else loads ``factors`` (default ``factors/``).
+        ``scores/`` holding another run's scores is refused, or with ``replace`` scored again."""
+        with self.claim():
+            if self.mda.factors is None or factors is not None:
+                self.load_factors(factors)
+            self.table = self.mda.score(self.window, self.path("scores"), on_batch=on_batch, replace=replace)
         self.say(f"scored {len(self.table.row_ids)} rows x {len(self.table.columns)} columns -> "
                  f"{self.path('scores')}/scores.npz")
         return self.table
@@ -123,20 +151,23 @@ class Pipeline:
 
         if dist.rank() != 0:
             return []
-        table = self.table if self.table is not None else load_scores(self.path("scores"))
-        src = source if source is not None else self.window
-        out = self.path("top")
-        cols = table.columns if column is None else ([column] if isinstance(column, str) else list(column))
-        reports = [report_top(table, int(k), c, src, self.tokenizer, out) for c in cols]
-        write_json(os.path.join(out, "top.json"), {"reports": reports})
+        with self.claim():
+            table = self.table if self.table is not None else load_scores(self.path("scores"))
+            src = source if source is not None else self.window
+            out = self.path("top")
+            cols = table.columns if column is None else ([column] if isinstance(column, str) else list(column))
+            with atomic_dir(out) as tmp:
+                reports = [report_top(table, int(k), c, src, self.tokenizer, str(tmp), shown_dir=out) for c in cols]
+                write_json(tmp / "top.json", {"reports": reports})
         self.reports = reports
         return reports
 
     def run(self, top_k: int = 20, refit: bool = False, columns: list[str] | None = None):
-        """fit (reusing complete factors unless ``refit``) -> score -> top (of ``columns``, default
-        all); returns the score table."""
-        if refit or not os.path.isfile(os.path.join(self.path("factors"), "manifest.json")):
-            self.fit()
-        self.score()
-        self.top(top_k, columns)
+        """fit (unless ``factors/`` holds this run's factors, or with ``refit``) -> score (replacing
+        scores of other inputs) -> top (of ``columns``, default all); returns the score table."""
+        with self.claim():
+            if refit or not self.factors_current():
+                self.fit()
+            self.score(replace=True)
+            self.top(top_k, columns)
         return self.table

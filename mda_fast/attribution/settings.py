@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from mda_fast.errors import ConfigError
+from mda_fast.ops.backends import BACKENDS, unusable
 
 
 # How a run with units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`;
@@ -57,21 +59,25 @@ class Settings:
         self.validate()
 
     def validate(self) -> "Settings":
-        if not 0.0 < float(self.fit_fraction) <= 1.0:
-            raise ConfigError(f"fit_fraction must be in (0, 1], got {self.fit_fraction}")
-        if self.fit_rows is not None and int(self.fit_rows) < 1:
-            raise ConfigError(f"fit_rows must be >= 1, got {self.fit_rows}")
-        if self.fisher not in ("true", "empirical"):
-            raise ConfigError(f"fisher must be 'true' or 'empirical', got {self.fisher!r}")
-        if not float(self.damping) >= 0.0:
-            raise ConfigError(f"damping must be >= 0, got {self.damping}")
-        if not float(self.damping_floor) > 0.0:
-            raise ConfigError(f"damping_floor must be > 0, got {self.damping_floor}")
-        if self.preconditioner not in ("ekfac", "identity"):
-            raise ConfigError(f"preconditioner must be 'ekfac' or 'identity', got {self.preconditioner!r}")
+        """Coerce every field to its type and check its range; ConfigError naming the setting."""
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
+        _check(0.0 < self.fit_fraction <= 1.0, "fit_fraction must be in (0, 1]", self.fit_fraction)
+        _check(self.fit_rows is None or self.fit_rows >= 1, "fit_rows must be >= 1", self.fit_rows)
+        _check(self.fisher in ("true", "empirical"), "fisher must be 'true' or 'empirical'", self.fisher)
+        _check(self.damping >= 0.0 and math.isfinite(self.damping), "damping must be a finite number >= 0",
+               self.damping)
+        _check(self.damping_floor > 0.0 and math.isfinite(self.damping_floor),
+               "damping_floor must be a finite number > 0", self.damping_floor)
+        _check(self.preconditioner in ("ekfac", "identity"), "preconditioner must be 'ekfac' or 'identity'",
+               self.preconditioner)
+        _check(self.backend in ("auto",) + BACKENDS,
+               f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}", self.backend)
+        why = unusable(self.backend)
+        if why:
+            raise ConfigError(f"settings.backend {self.backend!r} {why}")
         for name in ("batch_size", "chunk_rows", "probe_batch", "probe_n"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
         return self
 
     # Settings that change the fitted factors; a factor file fitted otherwise is not reused.
@@ -97,3 +103,28 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**d)
+
+
+_TYPES = {"float": (float, "a number"), "int": (int, "an integer"), "str": (str, "a string"),
+          "bool": (bool, "true or false")}
+
+
+def _coerce(name: str, value, annotation: str):
+    """``value`` as the field's type (``"int | None"`` allows None); ConfigError naming the setting."""
+    kind, optional = annotation.split(" | ")[0], annotation.endswith("| None")
+    if value is None and optional:
+        return None
+    cast, what = _TYPES[kind]
+    ok = isinstance(value, cast) and not (cast is not bool and isinstance(value, bool))
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise ConfigError(f"settings.{name} must be {what}{' or null' if optional else ''}, got {value!r}")
+    return cast(value)
+
+
+def _check(ok: bool, message: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"settings.{message}, got {value!r}")

@@ -1,12 +1,18 @@
 """Scores on disk: a run directory that is written as rows are scored and can be resumed.
 
-    <run>/manifest.json                 model, units, probes, window, settings, columns, complete
+    <run>/manifest.json                 model, units, probes, window, settings, columns, identity,
+                                        fingerprint, complete
     <run>/chunks/chunk-<rank>-<start>.npz  row_ids int64[n], scores float32[n, C], loss float32[n]
-    <run>/scores.npz                     merged, sorted by row id (written when complete)
+    <run>/scores.npz                     merged, sorted by row id, with the run's fingerprint
+                                        (written when complete)
 
 ``start`` is the rank-local cursor (rows of that rank's chunk of the window already scored), so a
 rank resumes at the end of its last contiguous chunk; rows buffered but not yet flushed when a run
-dies are simply scored again. Every file is written to ``<path>.tmp`` and renamed.
+dies are simply scored again. Every file is written to a temporary sibling and renamed
+(``io.atomic_path``). A run is complete when the manifest says so and ``scores.npz`` carries the
+manifest's fingerprint (written first, the manifest last: the commit marker). An existing
+directory is resumed only when its fingerprint (``attribution.identity``), columns and world size
+match; otherwise it is refused, or with ``replace=True`` emptied and started again.
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from mda_fast.io import atomic_path, read_json, write_json
+from mda_fast.attribution.identity import difference, names_of
 from mda_fast.errors import ConfigError, DataError
+from mda_fast.io import atomic_path, read_json, remove_tree, write_json
+from mda_fast.lock import LOCK_NAME
 
 _CHUNK = re.compile(r"^chunk-(\d+)-(\d+)\.npz$")
-# Manifest keys that must agree for a resume to continue an existing run.
-IDENTITY_KEYS = ("model", "revision", "units", "probes", "columns", "window", "fit", "settings_score", "world_size")
+# Manifest keys that must agree for a resume to continue an existing run (beside the identity).
+LAYOUT_KEYS = ("columns", "world_size")
 
 
 @dataclass
@@ -76,19 +85,52 @@ class ScoreStore:
         return os.path.join(self.dir, "manifest.json")
 
     # -- opening ---------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Rank 0: create the directory and manifest, or check that an existing one is the same run."""
-        os.makedirs(self.chunk_dir, exist_ok=True)
-        if os.path.isfile(self.manifest_path):
+    def prepare(self, replace: bool = False) -> None:
+        """Rank 0: create the directory and manifest, or check that an existing one is the same run
+        (ConfigError naming the difference; with ``replace`` its content is removed instead)."""
+        why = self._difference()
+        if why is not None and not replace:
+            raise ConfigError(f"{self.dir} holds scores of another run ({why}); score into a new "
+                              f"directory (or `mda run`, which replaces them)")
+        if why is not None:
+            self._discard()
+        elif os.path.isfile(self.manifest_path):
             old = read_json(self.manifest_path)
-            for key in IDENTITY_KEYS:
-                if old.get(key) != self.manifest.get(key):
-                    raise ConfigError(f"{self.dir} holds a different run ({key} differs: {old.get(key)!r} vs "
-                                      f"{self.manifest.get(key)!r}); use a new output directory")
             self.manifest = dict(old, **{k: v for k, v in self.manifest.items() if k != "complete"},
                                  complete=bool(old.get("complete")))
-        else:
-            write_json(self.manifest_path, self.manifest)
+            self._remove_temporaries()
+            return
+        os.makedirs(self.chunk_dir, exist_ok=True)
+        write_json(self.manifest_path, self.manifest)
+
+    def _difference(self) -> str | None:
+        """Why the directory's content is not this run's (None: it is, or there is none)."""
+        if not os.path.isfile(self.manifest_path):
+            return "score chunks without a manifest" if self.chunks() else None
+        old = read_json(self.manifest_path)
+        if not isinstance(old.get("identity"), dict):
+            return "it records no content identity: written by an older mda-fast or by hand"
+        why = difference(old.get("identity"), self.manifest.get("identity") or {}, names_of(old),
+                         names_of(self.manifest))
+        if why is not None:
+            return f"{why[0]}: {why[1]} there vs {why[2]} in this run"
+        for key in LAYOUT_KEYS:
+            if old.get(key) != self.manifest.get(key):
+                return f"{key}: {old.get(key)!r} there vs {self.manifest.get(key)!r} in this run"
+        return None
+
+    def _remove_temporaries(self) -> None:
+        """Remove half-written chunk files of a killed run (no rank writes before rank 0 prepared)."""
+        if os.path.isdir(self.chunk_dir):
+            for name in os.listdir(self.chunk_dir):
+                if name.endswith(".tmp"):
+                    remove_tree(Path(self.chunk_dir) / name)
+
+    def _discard(self) -> None:
+        """Remove everything in the directory but its writer lock (held by this process)."""
+        for name in os.listdir(self.dir):
+            if name != LOCK_NAME:
+                remove_tree(Path(self.dir) / name)
 
     def is_complete(self) -> bool:
         return os.path.isfile(self.manifest_path) and bool(read_json(self.manifest_path).get("complete")) \
@@ -153,7 +195,7 @@ class ScoreStore:
             raise DataError(f"{self.dir}: {len(missing)} rows of the window have no score (e.g. row "
                             f"{int(missing[0]) if len(missing) else '?'}); resume the run to finish it")
         _save_npz(os.path.join(self.dir, "scores.npz"), row_ids=ids, scores=sc, loss=lo,
-                  columns=np.array(self.manifest["columns"]))
+                  columns=np.array(self.manifest["columns"]), fingerprint=np.array(str(self.manifest.get("fingerprint"))))
         self.manifest["complete"] = True
         self.manifest["rows"] = int(len(ids))
         write_json(self.manifest_path, self.manifest)
@@ -169,4 +211,7 @@ def load_scores(path: str) -> ScoreTable:
     if not manifest.get("complete") or not os.path.isfile(spath):
         raise DataError(f"run {path} is not complete; resume it with `mda score` (same arguments)")
     z = _load_npz(spath)
+    if manifest.get("fingerprint") is not None and str(z.get("fingerprint")) != str(manifest["fingerprint"]):
+        raise DataError(f"{spath} is not the scores {mpath} describes (their fingerprints differ); resume the "
+                        f"run with `mda score` (same arguments) to write it again")
     return ScoreTable(z["row_ids"], z["scores"], [str(c) for c in z["columns"]], z["loss"], manifest)

@@ -2,13 +2,16 @@
 
 Every command reads an optional YAML config (see mda_fast.config) and flags that override it;
 ``--set key=value`` overrides anything (``--set settings.fit_fraction=0.2``). Outputs go under
-``--out``: ``factors/`` (fit), ``scores/`` (score, resumable), ``top/`` (top), ``heads/`` (run).
+``--out``: ``factors/`` (fit), ``scores/`` (score, resumable), ``top/`` (top), ``heads/`` (run); one
+command writes into ``--out`` at a time. ``run`` reuses factors and scores only when they were
+computed from the same model weights, window, units, probes and settings (content, not paths).
 Under ``torchrun`` fit and score split the rows across ranks (NCCL on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from mda_fast.cli import flags
@@ -91,7 +94,7 @@ def _window(cfg):
     src = open_source(cfg.data["source"], **(cfg.data.get("options") or {}))
     if cfg.data.get("steps"):
         a, b = cfg.data["steps"]
-        src = select_steps(src, a, b, int(cfg.data.get("rows_per_step") or 1024))
+        src = select_steps(src, a, b, cfg.data["rows_per_step"])
     return src
 
 
@@ -130,31 +133,48 @@ def _start():
     dist.init_from_env()
 
 
-def cmd_fit(args) -> int:
+def _claimed(cfg):
+    """--out's writer lock for the whole command (rank 0; ``mda_fast.lock``): another writer or a
+    location that cannot be written is refused before anything is loaded."""
+    from mda_fast.attribution import dist
+    from mda_fast.lock import claim
+
+    return claim(cfg.out) if dist.rank() == 0 else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _session(args):
+    """(config, Pipeline) of a fit / score / run command, --out claimed for the whole block; the
+    data is opened before the model is loaded (its errors come first and cheap)."""
     _start()
     cfg = _config(args)
-    model, tok = _model(cfg)
-    _pipeline(cfg, model, tok, _window(cfg)).fit()
+    with _claimed(cfg):
+        window = _window(cfg)
+        model, tok = _model(cfg)
+        yield cfg, _pipeline(cfg, model, tok, window)
+
+
+def cmd_fit(args) -> int:
+    with _session(args) as (_, p):
+        p.fit()
     return 0
 
 
 def cmd_score(args) -> int:
-    _start()
-    cfg = _config(args)
-    model, tok = _model(cfg)
-    p = _pipeline(cfg, model, tok, _window(cfg))
-    factors = args.factors or p.path("factors")
-    if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
-        p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
-    p.score(factors=factors)
+    with _session(args) as (cfg, p):
+        factors = args.factors or p.path("factors")
+        if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
+            p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
+        p.score(factors=factors)
     return 0
 
 
 def cmd_top(args) -> int:
     cfg = _config(args)
-    src = _window(cfg) if cfg.data.get("source") else None
-    tok = _tokenizer(cfg.model, cfg.revision) if cfg.model else None
-    _print_top(_pipeline(cfg, None, tok, src).top(int(cfg.top_k), args.column))
+    with _claimed(cfg):
+        src = _window(cfg) if cfg.data.get("source") else None
+        tok = _tokenizer(cfg.model, cfg.revision) if cfg.model else None
+        _print_top(_pipeline(cfg, None, tok, src).top(int(cfg.top_k), args.column))
     return 0
 
 
@@ -172,12 +192,8 @@ def _tokenizer(model: str, revision: str | None):
 
 
 def cmd_run(args) -> int:
-    _start()
-    cfg = _config(args)
-    model, tok = _model(cfg)
-    src = _window(cfg)
-    _say(f"window: {len(src)} rows of {src.seq_len} tokens from {cfg.data['source']}")
-    p = _pipeline(cfg, model, tok, src)
-    p.run(int(cfg.top_k), refit=True)
+    with _session(args) as (cfg, p):
+        _say(f"window: {len(p.window)} rows of {p.window.seq_len} tokens from {cfg.data['source']}")
+        p.run(int(cfg.top_k))
     _print_top(p.reports)
     return 0

@@ -54,7 +54,6 @@ def _add_intervene(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1, help="retraining worker processes (one core each)")
     p.add_argument("--shuffle-block", type=int, default=8, help="seed k>0 permutes rows within blocks of this many steps")
     p.add_argument("--lr", type=float, default=None, help="override the checkpoint's learning rate")
-    p.add_argument("--model-name", default=None, help="model id to match against the scores manifest")
     p.add_argument("--tokenizer", default=None, help="local tokenizer for decoding rows (default: bytes if it fits)")
     p.add_argument("--no-report", action="store_true")
     flags.out(p, required=True, help="experiment directory (re-running resumes)")
@@ -124,7 +123,7 @@ def run_intervene(args) -> int:
                              seeds=seeds, cadence=args.cadence, end_step=args.end_step,
                              units=units, metric=args.metric, threshold=args.threshold,
                              optim={"lr": args.lr} if args.lr else None, shuffle_block=args.shuffle_block,
-                             model_name=args.model_name, tokenizer=args.tokenizer, report=not args.no_report,
+                             tokenizer=args.tokenizer, report=not args.no_report,
                              jobs=args.jobs)
     print(format_summary(summary))
     print(f"wrote {args.out}/summary.json, curves.png" + ("" if args.no_report else ", report.html"))

@@ -23,14 +23,13 @@ from mda_fast.errors import ConfigError, DataError
 _TEXT_KW = {"tokenizer", "eod_id", "text_column", "cache_dir", "sample_by", "overlap", "batch_docs"}
 
 
-def _parquet_has_tokens(path: Path, column: str) -> bool:
+def _parquet_columns(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(path).names
+        return pq.read_schema(path).names
     except Exception as exc:  # ArrowInvalid / OSError on a file that is not parquet
         raise DataError(f"{path}: not a readable parquet file ({exc})") from None
-    return column in names
 
 
 def _expand(spec: str) -> list[Path]:
@@ -58,12 +57,16 @@ def _open_files(files: list[Path], spec: str, kw: dict) -> RowSource:
         return _only(NpySource, npy[0], kw, {"row_id_offset", "vocab_size"})
     parquet = [f for f in files if f.suffix == ".parquet"]
     column = kw.get("column", "token_ids")
-    if parquet and all(_parquet_has_tokens(f, column) for f in parquet):
+    if parquet and all(column in _parquet_columns(f) for f in parquet):
         return _only(ParquetSource, parquet, kw, {"column", "row_id_column", "row_id_offset", "vocab_size", "seq_len"})
     text = [f for f in files if text_builder(f) is not None]
     if text:
         if kw.get("tokenizer") is None and parquet:
-            raise DataError(f"{spec}: parquet without a {column!r} column is read as text and needs --tokenizer")
+            names = ", ".join(_parquet_columns(parquet[0]))
+            raise DataError(f"{spec}: parquet without a {column!r} column (columns: {names}) holds no token ids; "
+                            f"tokenize its text "
+                            f"first (`mda data pack --data {spec} --tokenizer TOKENIZER --seq-len L --out PREFIX`) and use the "
+                            f"packed rows, or name the column of token ids with --set data.options.column=NAME")
         return _only(TextSource, text, kw, _TEXT_KW | {"seq_len", "row_id_offset", "vocab_size"})
     raise DataError(
         f"{spec}: no readable data (.bin/.idx, .npy, .parquet, or text: {', '.join(sorted(TEXT_SUFFIXES))})"
@@ -106,6 +109,9 @@ def open_source(spec, **kw) -> RowSource:
     files = _expand(spec)
     if files:
         return _open_files(files, spec, kw)
+    if p.is_dir():
+        raise DataError(f"{spec}: the directory holds no data files (.bin/.idx, .npy, .parquet, or text: "
+                        f"{', '.join(sorted(TEXT_SUFFIXES))})")
     prefix = split_prefix(spec)
     if Path(f"{prefix}.idx").is_file():
         return _mmidx(prefix, kw)

@@ -176,6 +176,22 @@ class RowSource:
             tokens = tokens.astype(np.int64)
         return Batch(torch.from_numpy(ids), torch.from_numpy(tokens))
 
+    def check_tokens(self, vocab_size: int, rows_per_read: int | None = None) -> None:
+        """DataError naming the first row and position holding a token id outside ``[0, vocab_size)``
+        (negative ids included). Reads every row once in its storage dtype, in pieces of about 16M
+        tokens; nothing is read when the storage dtype cannot hold an id that large."""
+        n = len(self)
+        if n == 0:
+            return
+        kind = self.read_range(0, 1, dtype=None).dtype
+        if kind.kind == "u" and np.iinfo(kind).max < vocab_size:
+            return
+        step = rows_per_read or max(1, (1 << 24) // max(self.seq_len, 1))
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            check_vocab(self.read_range(lo, hi, dtype=None), vocab_size, self.name,
+                        self.row_ids_at(np.arange(lo, hi, dtype=np.int64)))
+
     def num_batches(self, batch_size: int, rank: int = 0, world_size: int = 1, start: int = 0) -> int:
         lo, hi = rank_bounds(len(self), rank, world_size)
         return -(-max(hi - lo - start, 0) // batch_size)

@@ -10,7 +10,8 @@ the four. Experiment directory::
     config.json                  the arguments (resolved)
     plans/<cond>-seed<k>.json    resolved row ids of each plan
     runs/<cond>/seed<k>/curve.json (+ train/metrics.jsonl)   reused when its inputs are unchanged
-                                 (content, not paths: fingerprint.py)
+                                 (content, not paths: fingerprint.py; the starting checkpoint
+                                 and the training rows included)
     curves.json, curves.png      all tracked curves
     heads.json                   all heads' induction/previous-token scores at the window's end
     kinds.json, kinds.png        data-kind enrichment of the top rows (``analyze=True``)
@@ -29,8 +30,10 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.fingerprint import run_fingerprint
+from mda_fast.digest import array_digest
+from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
 from mda_fast.io import write_json
+from mda_fast.lock import claim
 from mda_fast.intervene.plans import PlanSpec, build_plan, parse_plan_spec
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
@@ -135,20 +138,23 @@ def _stop_rule(units, threshold, stop_after, cadence: int, window) -> StopRule |
     return StopRule(tuple((u.metric, u.layer, u.head) for u in units), float(threshold), after, b + after)
 
 
-def _run_key_settings(shared: RunShared, probe_n: int, probe_len: int, probe_range) -> tuple:
-    """Everything besides the plan that a finished run depends on (its fingerprint)."""
+def _run_key_settings(shared: RunShared, probe_n: int, probe_len: int, probe_range, inputs: str) -> tuple:
+    """Everything besides the plan that a finished run depends on (its fingerprint); ``inputs``:
+    ``fingerprint.inputs_fingerprint`` of the starting checkpoint and the rows trained on."""
     held, stop = shared.heldout, shared.stop
-    n_held = None if held is None else ({k: v.shape[0] for k, v in held.items()} if isinstance(held, dict)
-                                        else held.shape[0])
+    held_key = None if held is None else ({k: array_digest(v.numpy()) for k, v in held.items()}
+                                          if isinstance(held, dict) else array_digest(held.numpy()))
     return (shared.end_step, shared.cadence, shared.shuffle_block, shared.optim.to_dict(), probe_n, probe_len,
-            list(probe_range), n_held,
-            None if stop is None else [list(map(list, stop.targets)), stop.threshold, stop.after, stop.not_before])
+            list(probe_range), held_key,
+            None if stop is None else [list(map(list, stop.targets)), stop.threshold, stop.after, stop.not_before],
+            inputs)
 
 
-def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, units, metric, model_name, device):
+def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, units, metric, device):
     """(checkpoints {step: dir}, source, table, rows per step, units, model config), all checked."""
     from mda_fast.attribution.store import load_scores
-    from mda_fast.data import open_source
+    from mda_fast.data import open_source, select_steps
+    from mda_fast.data.fingerprint import window_fingerprint
     from mda_fast.training import list_checkpoints, read_state
 
     a, b = window
@@ -162,8 +168,8 @@ def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, 
     if rps <= 0:
         raise ConfigError(f"rows per step are unknown for checkpoint {ckpts[a]}; pass rows_per_step")
     units = _units(units, table, metric)
-    check_scores_match(table.manifest, model=model_name or checkpoints, window=(a, b),
-                       unit=(units[0].layer, units[0].head), rows_per_step=rps,
+    check_scores_match(table.manifest, checkpoints=ckpts, data=window_fingerprint(select_steps(source, a, b, rps)),
+                       window=(a, b), unit=(units[0].layer, units[0].head), rows_per_step=rps,
                        where=f"scores {scores if isinstance(scores, (str, Path)) else 'table'}")
     cfg = load_checkpoint_model(ckpts[a], device).config
     for u in units:
@@ -176,7 +182,7 @@ def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, 
 def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_PLANS, seeds=(0, 1, 2),
                        units=None, metric: str = "induction", cadence: int = 10, end_step: int | None = None,
                        threshold=0.5, stop_after: int | None = None, optim: dict | None = None,
-                       shuffle_block: int = 8, model_name=None, probe_n: int = 32, probe_len: int = 32,
+                       shuffle_block: int = 8, probe_n: int = 32, probe_len: int = 32,
                        probe_range: tuple[int, int] | None = None, heldout=32, rows_per_step: int | None = None,
                        device: str = "cpu") -> Experiment:
     """Check the inputs and resolve every plan (see :func:`run_experiment` for the arguments)."""
@@ -187,7 +193,7 @@ def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAU
     if not seeds:
         raise ConfigError("at least one seed is needed")
     ckpts, source, table, rps, units, cfg = _check_inputs(checkpoints, source, scores, (a, b), end, rows_per_step,
-                                                          units, metric, model_name, device)
+                                                          units, metric, device)
     optim_cfg = optim_from_checkpoint(ckpts[a], optim)
     resolved = _resolve_plans(specs, seeds, (a, b), rps, table, (units[0].layer, units[0].head), source)
     low, high = probe_range or default_token_range(cfg.vocab_size)
@@ -196,7 +202,8 @@ def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAU
                        shuffle_block=shuffle_block, probe_tokens=repeated_random_tokens(probe_n, probe_len, low, high,
                                                                                          seed=777),
                        heldout=held, stop=_stop_rule(units, threshold, stop_after, cadence, (a, b)), device=device)
-    settings = _run_key_settings(shared, probe_n, probe_len, (low, high))
+    settings = _run_key_settings(shared, probe_n, probe_len, (low, high),
+                                 inputs_fingerprint(ckpts[a], source, a, end, rps))
     tasks = [RunTask(name, s, plan, syn, out / "runs" / name / f"seed{s}", run_fingerprint(plan, syn, *settings))
              for (name, s), (plan, syn) in resolved.items()]
     config = {"checkpoints": str(checkpoints), "source": getattr(source, "name", str(source)),
@@ -214,11 +221,13 @@ def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAU
 
 
 def run_conditions(exp: Experiment, jobs: int = 1, log=print) -> dict:
-    """Retrain every (condition, seed); returns curves {condition: {seed(str): curve}}."""
-    write_json(exp.out / "config.json", exp.config)
-    for (name, s), (plan, _) in exp.resolved.items():
-        plan.save(exp.out / "plans" / f"{name}-seed{s}.json")
-    done = run_tasks(exp.tasks, exp.shared, jobs=jobs, log=log)
+    """Retrain every (condition, seed); returns curves {condition: {seed(str): curve}}. The
+    experiment directory is claimed meanwhile (``mda_fast.lock``: one experiment writes it)."""
+    with claim(exp.out):
+        write_json(exp.out / "config.json", exp.config)
+        for (name, s), (plan, _) in exp.resolved.items():
+            plan.save(exp.out / "plans" / f"{name}-seed{s}.json")
+        done = run_tasks(exp.tasks, exp.shared, jobs=jobs, log=log)
     curves: dict = {}
     for spec in exp.specs:                       # conditions in the order the user gave them
         for s in exp.seeds:
@@ -276,9 +285,10 @@ def run_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAULT_P
     (layer, head) pairs; default the scores' first unit), metric, cadence, end_step (train until
     here, default b), threshold (emergence score, or "50%" of the baseline's peak), stop_after
     (steps trained after every unit has emerged, and at least past b + stop_after; -1 = never
-    stop early), optim, shuffle_block,
-    model_name, probe_n, probe_len, probe_range, heldout (row count, a tensor, or {name: tensor} of held-out sets for the
-    ICL score), rows_per_step, device.
+    stop early), optim, shuffle_block, probe_n, probe_len, probe_range, heldout (row count, a tensor,
+    or {name: tensor} of held-out sets for the ICL score), rows_per_step, device. The scores must
+    have been computed from one of the run's checkpoints on the window's rows (by content:
+    ``validate.check_scores_match``).
     """
     t0 = time.perf_counter()
     exp = prepare_experiment(out_dir, checkpoints, source, scores, window, plans, seeds, **options)

@@ -6,28 +6,25 @@ equivalent path (relative, absolute, a copy) reuses finished runs:
 - the resolved plan: the row ids it deletes / copies / replaces (the scores enter through the rows
   they select, and the score share recorded in ``plan.info``) and the plan's parameters;
 - the synthetic rows themselves (insert-synthetic), hashed in place of their file's path;
-- the training and tracking settings.
+- the training and tracking settings, among them :func:`inputs_fingerprint`: the starting
+  checkpoint's weights, optimizer and trainer state (``models.fingerprint.checkpoint_state``) and
+  the training rows the run reads (``data.fingerprint.window_fingerprint``), so replacing a
+  checkpoint or the data under the same path retrains.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 
-import numpy as np
-
-
-def array_digest(a) -> str:
-    """sha1 of an array's dtype, shape and bytes."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
+from mda_fast.data.fingerprint import window_fingerprint
+from mda_fast.digest import array_digest, blob_key
+from mda_fast.models.fingerprint import checkpoint_state
 
 
-def _key(blob) -> str:
-    return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def inputs_fingerprint(checkpoint, source, start_step: int, end_step: int, rows_per_step: int) -> str:
+    """Key of what a run from ``checkpoint`` reads: its files and the rows of steps [start, end)."""
+    rows = source.slice(rows_per_step * start_step, rows_per_step * end_step)
+    return blob_key([checkpoint_state(checkpoint), window_fingerprint(rows)])
 
 
 def run_fingerprint(plan, synthetic, *settings) -> str:
@@ -38,4 +35,4 @@ def run_fingerprint(plan, synthetic, *settings) -> str:
     spec = d.get("info", {}).get("spec")
     if isinstance(spec, dict) and spec.get("synthetic"):
         spec["synthetic"] = rows
-    return _key(["v2", d, list(settings)])
+    return blob_key(["v2", d, list(settings)])

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.intervene.fingerprint import run_fingerprint
+from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
 from mda_fast.io import write_json
+from mda_fast.lock import claim
 from mda_fast.intervene.plans import Plan, window_rows
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
 from mda_fast.intervene.stats import spearman_ci
@@ -101,7 +102,8 @@ def lds_table(curves: dict, removed: list[np.ndarray], target: LdsTarget) -> dic
 
 def run_lds(out_dir, shared: RunShared, window: tuple[int, int], rows_per_step: int, targets: list[LdsTarget],
             n_subsets: int = 24, fraction: float = 0.5, seed: int = 0, jobs: int = 1, log=print) -> dict:
-    """Retrain every subset once (reusing finished runs), score every target; writes ``lds.json``.
+    """Retrain every subset once (reusing finished runs; ``out_dir`` claimed meanwhile), score every
+    target; writes ``lds.json``.
 
     ``shared`` is the experiment's run settings (checkpoint at the window start, source, optimizer,
     tracking data); its end step and stop rule are replaced here: every run ends at the window's end.
@@ -116,8 +118,10 @@ def run_lds(out_dir, shared: RunShared, window: tuple[int, int], rows_per_step: 
     shared = replace(shared, end_step=b, stop=None, end_probes=probes)
     removed = subsets((a, b), rows_per_step, n_subsets, fraction, seed)
     settings = ("lds-v1", b, shared.cadence, shared.optim.to_dict(), fraction, seed,
-                {n: np.asarray(tok).tolist() for n, (_, tok) in sorted(probes.items())})
-    done = run_tasks(lds_tasks(out, (a, b), rows_per_step, removed, settings), shared, jobs=jobs, log=log)
+                {n: np.asarray(tok).tolist() for n, (_, tok) in sorted(probes.items())},
+                inputs_fingerprint(shared.checkpoint, shared.source, a, b, rows_per_step))
+    with claim(out):
+        done = run_tasks(lds_tasks(out, (a, b), rows_per_step, removed, settings), shared, jobs=jobs, log=log)
     curves = {name: c for (name, _), c in done.items()}
     result = {"window": [a, b], "fraction": fraction, "seed": seed, "n_subsets": n_subsets,
               "targets": [lds_table(curves, removed, t) for t in targets],

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mda_fast.errors import ConfigError, ModelError
+from mda_fast.errors import ModelError
+from mda_fast.models.device import torch_device
+from mda_fast.models.fingerprint import remember_files
 
 # Buffers older checkpoints store that current modules recompute; their presence is harmless.
 _HARMLESS_UNEXPECTED = re.compile(r"(inv_freq|masked_bias|\.attn\.bias|\.attention\.bias)$")
@@ -42,12 +45,21 @@ def _quiet_transformers():
             log.enable_progress_bar()
 
 
+def _looks_local(s: str, p: Path) -> bool:
+    """Whether a name that is not an existing directory is meant as a local path: it exists, is
+    written as one (``/``, ``.``, ``~``, a trailing separator), is not shaped ``org/name``, starts
+    with a directory that exists here, or ends in a checkpoint step (``.../step150``)."""
+    if p.exists() or s.startswith(("/", ".", "~")) or s.endswith(os.sep) or not _HUB_ID.match(s):
+        return True
+    return Path(s.split("/")[0]).exists() or bool(re.fullmatch(r"step\d+", s.split("/")[-1]))
+
+
 def resolve_checkpoint(name_or_path: str, revision: str | None = None) -> tuple[str, str | None, bool]:
     """Return (path_or_id, hub_revision, is_local).
 
     A local directory with a `revision` means the Pythia-style layout written by training:
     `<dir>/<revision>/` (e.g. runs/demo/step1000). Anything that looks like a path but does not
-    exist is an error here rather than a confusing hub lookup.
+    exist (see :func:`_looks_local`) is an error here, before any network lookup.
     """
     p = Path(os.path.expanduser(str(name_or_path)))
     if p.is_dir():
@@ -62,10 +74,9 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None) -> tuple[
             raise ModelError(f"model directory {p} has no config.json (not a Hugging Face checkpoint)")
         return str(p), None, True
     s = str(name_or_path)
-    looks_like_path = (p.exists() or s.startswith(("/", ".", "~")) or s.endswith(os.sep)
-                       or not _HUB_ID.match(s))
-    if looks_like_path:
-        raise ModelError(f"model directory {s} does not exist")
+    if _looks_local(s, p):
+        what = "is not a directory" if p.exists() else "does not exist"
+        raise ModelError(f"model directory {s} {what}")
     return s, revision, False
 
 
@@ -76,10 +87,18 @@ def _fetch_hint(repo: str, revision: str | None) -> str:
             f"or unset HF_HUB_OFFLINE to let it download")
 
 
+def _mismatch(entry) -> str:
+    """``key (checkpoint [64, 32], config [48, 32])`` from a transformers mismatched-key entry."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        key, ckpt, model = entry
+        return f"{key} (checkpoint {list(ckpt)}, config {list(model)})"
+    return str(entry)
+
+
 def _check_loading_info(info: dict, where: str) -> None:
     missing = sorted(info.get("missing_keys") or ())
     unexpected = sorted(k for k in (info.get("unexpected_keys") or ()) if not _HARMLESS_UNEXPECTED.search(k))
-    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or ()))
+    mismatched = sorted(_mismatch(k) for k in (info.get("mismatched_keys") or ()))
     problems = []
     if missing:
         problems.append(f"{len(missing)} weights missing from the checkpoint (e.g. {missing[0]})")
@@ -91,54 +110,81 @@ def _check_loading_info(info: dict, where: str) -> None:
         raise ModelError(f"checkpoint {where} does not match its config.json: " + "; ".join(problems))
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _from_pretrained(target: str, is_local: bool, local_files_only: bool, where: str, kw: dict):
+    """(model, loading info) from ``from_pretrained``, the cache first; every failure a ModelError."""
+    def load(offline: bool, **extra):
+        with _quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(target, local_files_only=offline or is_local,
+                                                        output_loading_info=True, **kw, **extra)
+    try:
+        try:
+            return load(True)  # the cache first: no network round trip when it is there
+        except OSError:
+            if is_local or local_files_only:
+                raise
+            return load(False)
+    except OSError as exc:
+        if is_local:
+            raise ModelError(f"model directory {target} cannot be loaded: {_first_line(exc)}") from None
+        if local_files_only:
+            raise ModelError(f"model {where} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                             f"forbids downloading; {_fetch_hint(target, kw['revision'])}") from None
+        raise ModelError(f"model {where} is neither cached nor downloadable "
+                         f"({_first_line(exc)}); {_fetch_hint(target, kw['revision'])}") from None
+    except SafetensorError as exc:
+        raise ModelError(f"checkpoint {where}: a weight file cannot be read ({_first_line(exc)}); it is "
+                         f"truncated or corrupt, copy or download it again") from None
+    except RuntimeError as exc:  # size mismatch between config and weights: load again to list them
+        if "mismatched" not in str(exc):
+            raise ModelError(f"checkpoint {where} does not match its config.json: {_first_line(exc)}") from None
+        _check_loading_info(load(True, ignore_mismatched_sizes=True)[1], where)
+        raise ModelError(f"checkpoint {where} does not match its config.json: {_first_line(exc)}") from None
+    except (ValueError, KeyError) as exc:  # unknown model_type, malformed config
+        raise ModelError(f"checkpoint {where} has an unusable config.json: {_first_line(exc)}") from None
+
+
 def load_model(name_or_path: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", *, local_files_only: bool | None = None,
                cache_dir: str | None = None, load_tokenizer: bool = True):
     """Load a causal LM with eager attention, in eval mode -> (model, tokenizer or None).
 
     name_or_path: local HF directory, a directory of `step*/` checkpoints (pass revision), or a hub
-    id ("EleutherAI/pythia-70m") with revision ("step1000"). local_files_only defaults to the
-    HF_HUB_OFFLINE environment variable read at call time. Raises ModelError when the weights are
-    not available offline (saying how to fetch them) or do not match the config.
+    id ("EleutherAI/pythia-70m") with revision ("step1000"). The weights are converted to ``dtype``
+    whatever they are stored in (a float64 checkpoint loads as float32). local_files_only defaults
+    to the HF_HUB_OFFLINE environment variable read at call time. Raises ModelError when the weights
+    are not available offline (saying how to fetch them), are truncated or do not match the config,
+    ConfigError for a device this machine does not have. The model remembers the directory it was
+    read from, for its content fingerprint (``models.fingerprint``).
     """
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r} is not a valid torch device ({exc})") from None
+    device = torch_device(device)
     if local_files_only is None:
         local_files_only = _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
     target, hub_rev, is_local = resolve_checkpoint(name_or_path, revision)
     where = target if is_local else f"{target}" + (f" (revision {hub_rev})" if hub_rev else "")
     kw = dict(revision=hub_rev, cache_dir=cache_dir, attn_implementation="eager", dtype=dtype)
-
-    def _load(offline: bool):
-        with _quiet_transformers():
-            return AutoModelForCausalLM.from_pretrained(target, local_files_only=offline or is_local,
-                                                        output_loading_info=True, **kw)
-    try:
-        try:
-            model, info = _load(True)  # the cache first: no network round trip when it is there
-        except OSError:
-            if is_local or local_files_only:
-                raise
-            model, info = _load(False)
-    except OSError as exc:
-        if is_local:
-            raise ModelError(f"model directory {target} cannot be loaded: {str(exc).splitlines()[0]}") from None
-        if local_files_only:
-            raise ModelError(f"model {where} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                             f"forbids downloading; {_fetch_hint(target, hub_rev)}") from None
-        raise ModelError(f"model {where} is neither cached nor downloadable "
-                         f"({str(exc).splitlines()[0]}); {_fetch_hint(target, hub_rev)}") from None
-    except RuntimeError as exc:  # size mismatch between config and weights
-        raise ModelError(f"checkpoint {where} does not match its config.json: "
-                         f"{str(exc).splitlines()[0]}") from None
-    except (ValueError, KeyError) as exc:  # unknown model_type, malformed config
-        raise ModelError(f"checkpoint {where} has an unusable config.json: {str(exc).splitlines()[0]}") from None
+    model, info = _from_pretrained(target, is_local, local_files_only, where, kw)
     _check_loading_info(info, where)
+    files = target if is_local else _cached_snapshot(target, hub_rev, cache_dir)
+    if files is not None:
+        remember_files(model, files)
     model = model.to(device).eval()
     tokenizer = _load_tokenizer(target, hub_rev, cache_dir, is_local) if load_tokenizer else None
     return model, tokenizer
+
+
+def _cached_snapshot(repo: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """The Hugging Face cache directory a hub model's files were read from (None when unknown)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo, "config.json", revision=revision, cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - an unknown cache layout: identify the model by its tensors
+        return None
+    return str(Path(hit).parent) if isinstance(hit, str) else None
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

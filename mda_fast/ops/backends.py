@@ -201,18 +201,29 @@ def available_backends(device="cpu") -> list[str]:
 
 
 # ---- choice -----------------------------------------------------------------------------------------
+def unusable(backend: str, device_type: str | None = None) -> str | None:
+    """Why a backend named by the user cannot run ops here, on ``device_type`` tensors when given
+    (None: it can)."""
+    if backend not in ("auto",) + BACKENDS:
+        return f"is not one of 'auto', {', '.join(map(repr, BACKENDS))}"
+    if backend == "auto":
+        return None
+    ok, reason = status(backend)
+    if not ok:
+        return f"is not available: {reason}"
+    if device_type is not None and not _device_ok(backend, device_type):
+        return f"cannot run on {device_type} tensors"
+    return None
+
+
 def choose(backend: str, device: torch.device, *, empty: bool, prefer_cpp: bool) -> str:
     """The backend that runs one call. A named one must be available and able to run on ``device``
     (else ValueError saying why); empty inputs then run the torch reference (nothing to compute).
     ``prefer_cpp``: the op's measured CPU rule for this call (``prefers_cpp`` in its module)."""
-    if backend not in ("auto",) + BACKENDS:
-        raise ValueError(f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     if backend != "auto":
-        ok, reason = status(backend)
-        if not ok:
-            raise ValueError(f"backend={backend!r} is not available: {reason}")
-        if not _device_ok(backend, device.type):
-            raise ValueError(f"backend={backend!r} cannot run on {device.type} tensors")
+        why = unusable(backend, device.type)
+        if why:
+            raise ValueError(f"backend={backend!r} {why}")
         return "torch" if empty else backend
     if empty:
         return "torch"

@@ -7,7 +7,8 @@ by ``from_pretrained``/``mda_fast.models.load_model``) plus
 - ``trainer_state.json`` ``{"step", "rows_per_step", "lr", "optim", "rng", ...}``;
 - the tokenizer files when a tokenizer was given (so decoding works through the standard API).
 
-It is written to ``step{N}.tmp`` and renamed, so a directory named ``step{N}`` is always complete.
+It is written to a temporary sibling and renamed (``io.atomic_dir``), so a directory named ``step{N}``
+is always complete.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import base64
 import contextlib
 import glob
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
 from mda_fast.errors import ConfigError, DataError
+from mda_fast.io import atomic_dir
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
@@ -99,32 +99,20 @@ def _rng_from_json(rng: dict) -> None:
 
 def save_checkpoint(out_dir: str | Path, step: int, model, optimizer=None, state: dict | None = None,
                     tokenizer=None) -> Path:
-    """Write ``out_dir/step{step}`` atomically (``.tmp`` then rename); returns the final path."""
+    """Write ``out_dir/step{step}`` atomically (``io.atomic_dir``); returns the final path."""
     final = step_dir(out_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    with _quiet_hf():
-        model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
-    st = dict(state or {})
-    st["step"] = int(step)
-    st["rng"] = _rng_to_json()
-    with open(tmp / STATE_FILE, "w") as f:
-        json.dump(st, f, indent=1)
-    if final.exists():  # an older copy of the same step: replace it
-        old = final.with_name(final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        with _quiet_hf():
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+        st = dict(state or {})
+        st["step"] = int(step)
+        st["rng"] = _rng_to_json()
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(st, f, indent=1)
     return final
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError, DataError
+from mda_fast.models.fingerprint import forget_files
 from mda_fast.models.loss import model_row_losses
 from mda_fast.training.checkpoints import list_checkpoints, read_state, restore, save_checkpoint
 from mda_fast.training.optim import OptimConfig, build_optimizer, lr_at, set_lr
@@ -105,6 +106,7 @@ def train(model, source, steps: tuple[int, int], rows_per_step: int, optim: Opti
     if save_set and out_dir is None:
         raise ConfigError("save_steps were given but out_dir is None.")
     callbacks = list(callbacks)
+    forget_files(model)  # its weights are about to differ from any checkpoint it was loaded from
     optimizer = build_optimizer(model, optim)
     existing = list_checkpoints(out_dir) if (resume and out_dir is not None) else {}
     start = _restore_start(model, optimizer, (a, b), rows_per_step, existing, init_from, seed)
