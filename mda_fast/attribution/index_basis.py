@@ -1,0 +1,152 @@
+"""Index coordinates of one block: a gradient in the block's EK-FAC eigenbasis, whitened, compressed.
+
+For a block with factors (Q_A, Q_S, Λ, damping) and a gradient G [O, I] (a row's, or the probe's):
+
+    C(G) = (Q_S^T G Q_A) / sqrt(Λ + damping)                      [O, I] whitened eigen-coordinates
+    -<G_z, H^-1 ∇f>_F = -<C(G_z), C(∇f)>_F                        the score of mda score, exactly
+
+so an index of C(G_z) for every row scores any probe with one product. C is compressed to
+k_out x k_in per block with op 1 (``ops.project_per_sample_grad``), which computes
+P_out^T (sum_t g_t a_t^T) P_in from the captured (a, g) without forming G:
+
+    "eigen"   the leading eigen-directions: the k_out rows and k_in columns of C with the largest
+              row / column sums of Λ (the directions the rows' gradients occupy most). Op 1 with
+              P_in = Q_A[:, cols], P_out = Q_S[:, rows] gives those coordinates exactly; the rest
+              are dropped.
+    "seeded"  R_out^T C R_in with seeded Rademacher R (op 1's SeededProjection, never stored): op 1
+              with the whole Q_A, Q_S gives C, then op 1 again with C's rows as its "tokens" and
+              the identity as g (sum_o e_o C[o]^T = C) applies the seeded projections.
+    "none"    (k = full) the whole C: the index reproduces mda score to float tolerance.
+
+A probe gradient goes through the same code as the rows: op 1 with a = G [n, O, I] and g = the
+identity [n, O, O] gives P_out^T G P_in (its "tokens" are G's rows), so both sides are projected
+by the same numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from mda_fast import ops
+from mda_fast.errors import ConfigError
+from mda_fast.ops.projection import SeededProjection
+
+PROJECTIONS = ("eigen", "seeded")
+DTYPES = ("float16", "bfloat16", "float32")  # float32: for checking against mda score
+
+
+def parse_k(value) -> tuple[int, int] | None:
+    """``16`` -> (16, 16); ``"16x32"`` -> (k_out, k_in) = (16, 32); ``"full"`` / None -> None (no compression)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("full", "none")):
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        pair = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(value))
+        if not m:
+            raise ConfigError(f"index k {value!r} is not a count per side (16), k_out x k_in (16x32) or 'full'")
+        pair = (int(m.group(1)), int(m.group(2) or m.group(1)))
+    ko, ki = (int(x) for x in pair)
+    if ko < 1 or ki < 1:
+        raise ConfigError(f"index k {value!r} must be at least 1 per side")
+    return ko, ki
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How rows are compressed: ``k`` = (k_out, k_in) per block or None (the whole block),
+    ``projection`` "eigen" | "seeded", ``seed`` of the seeded projections, stored ``dtype``."""
+
+    k: tuple[int, int] | None = (32, 32)
+    projection: str = "eigen"
+    seed: int = 0
+    dtype: str = "float16"
+
+    def __post_init__(self):
+        object.__setattr__(self, "k", parse_k(self.k))
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"index projection {self.projection!r} is not one of {', '.join(PROJECTIONS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"index dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"index seed {self.seed!r} must be an integer")
+
+    @property
+    def kind(self) -> str:
+        return "none" if self.k is None else self.projection
+
+    def to_dict(self) -> dict:
+        """What changes the stored numbers (part of the index identity)."""
+        return {"projection": self.kind, "k": None if self.k is None else list(self.k),
+                "seed": self.seed if self.kind == "seeded" else None, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IndexSpec":
+        """The spec of a :meth:`to_dict` (an index manifest's ``spec``)."""
+        kind = d.get("projection")
+        return cls(k=d.get("k"), projection="eigen" if kind == "none" else kind, seed=d.get("seed") or 0,
+                   dtype=d.get("dtype", "float16"))
+
+
+def leading(weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest ``weights`` (ties by index), in that order."""
+    order = sorted(range(len(weights)), key=lambda i: (-float(weights[i]), i))
+    return torch.tensor(order[:k], dtype=torch.long)
+
+
+def _identity(n: int, size: int, dtype, device) -> torch.Tensor:
+    """[n, size, size] identity without copies (stride 0 over n): op 1's g for a matrix input."""
+    return torch.eye(size, dtype=dtype, device=device).expand(n, size, size)
+
+
+class BlockBasis:
+    """Maps captured (a [B, T, I], g [B, T, O]) or gradients G [n, O, I] of one block to index
+    coordinates [n, k_out * k_in] fp32 (see the module docstring)."""
+
+    def __init__(self, name: str, factors, spec: IndexSpec, backend: str = "auto"):
+        O, I = factors.shape
+        ko, ki = spec.k or (O, I)
+        if ko > O or ki > I:
+            raise ConfigError(f"index k {ko}x{ki} (k_out x k_in) is larger than block {name}, which is {O} x {I} "
+                              f"(out x in): use k_out <= {O} and k_in <= {I}, or k 'full' for the whole block")
+        self.name, self.kind, self.backend = name, spec.kind, backend
+        self.shape, self.k = (O, I), (ko, ki)
+        lam = factors.lam.double()
+        inv = (lam + float(factors.damping)).rsqrt()
+        QA, QS = factors.Q_A.double(), factors.Q_S.double()
+        if self.kind == "eigen":
+            rows, cols = leading(lam.sum(1), ko), leading(lam.sum(0), ki)
+            QA, QS, inv = QA[:, cols], QS[:, rows], inv[rows][:, cols]
+        self.P_in, self.P_out, self.inv = QA.float(), QS.float(), inv.float()
+        if self.kind == "seeded":
+            self.R_in, self.R_out = SeededProjection(I, ki, spec.seed), SeededProjection(O, ko, spec.seed + 1)
+
+    @property
+    def dim(self) -> int:
+        return self.k[0] * self.k[1]
+
+    def to(self, device) -> "BlockBasis":
+        self.P_in, self.P_out, self.inv = (t.to(device) for t in (self.P_in, self.P_out, self.inv))
+        return self
+
+    def coords(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """[B, k_out * k_in] fp32 of sum_t g_t a_t^T for each of the B samples."""
+        dev = a.device
+        if self.P_in.device != dev:
+            self.to(dev)
+        C = ops.project_per_sample_grad(a, g, self.P_in, self.P_out, backend=self.backend) * self.inv
+        if self.kind == "seeded":
+            B, O = C.shape[:2]
+            C = ops.project_per_sample_grad(C, _identity(B, O, C.dtype, dev), self.R_in, self.R_out,
+                                            backend=self.backend)
+        return C.reshape(C.shape[0], -1)
+
+    def of_gradients(self, G: torch.Tensor) -> torch.Tensor:
+        """[n, k_out * k_in] fp32 of gradients G [n, O, I] (the probe side)."""
+        G = G.float()
+        return self.coords(G, _identity(G.shape[0], G.shape[1], G.dtype, G.device))
