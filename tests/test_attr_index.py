@@ -202,8 +202,9 @@ def test_pipeline_query_writes_scores_and_top(fitted, tmp_path):
 
 def test_k_larger_than_the_block_is_refused_before_anything_is_written(fitted):
     d, model = fitted
-    with pytest.raises(ConfigError, match=r"index k 9x40 \(k_out x k_in\) is larger than block L1.H2.v, which is 8 x 32"):
-        index(d, model, "toolarge", IndexSpec(k=(9, 40)))
+    with pytest.raises(ConfigError, match=r"index k 9x4 \(k_out x k_in\) is larger than block L1.H2.v \(8 x 32, "
+                       r"out x in\): use k_out <= 8 and k_in <= 8"):  # o is 32 x 8: the limit is each side's smallest
+        index(d, model, "toolarge", IndexSpec(k=(9, 4)))
     assert not (d / "toolarge").exists()
 
 

@@ -31,7 +31,7 @@ from mda_fast.attribution.api import MDA, window_info
 from mda_fast.attribution.factors import FactorSet, check_finite
 from mda_fast.attribution.forward import captured_pass
 from mda_fast.attribution.identity import difference, fingerprint, names_of
-from mda_fast.attribution.index_basis import BlockBasis, IndexSpec
+from mda_fast.attribution.index_basis import BlockBasis, IndexSpec, check_k
 from mda_fast.attribution.index_store import FORMAT, IndexFiles, IndexStore, itemsize
 from mda_fast.attribution.inputs import as_list, model_dtype, prepare_model, resolve_units
 from mda_fast.attribution.queries import build_queries
@@ -88,6 +88,7 @@ class IndexBuild:
         units = index_units(factors, self.adapter) if units == "auto" else units
         self.units, self.unit_blocks, self.blocks = resolve_units(units, self.adapter)
         self.factors, self.names = factors, {"model": _named(model_name, model), "revision": revision}
+        check_k(self.spec, {b.name: (b.out_dim, b.in_dim) for b in self.blocks})
         self.bases = {b.name: BlockBasis(b.name, self._factor(b), self.spec, self.settings.backend) for b in self.blocks}
 
     def _factor(self, block):

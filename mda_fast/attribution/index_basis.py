@@ -104,16 +104,27 @@ def _identity(n: int, size: int, dtype, device) -> torch.Tensor:
     return torch.eye(size, dtype=dtype, device=device).expand(n, size, size)
 
 
+def check_k(spec: IndexSpec, shapes: dict[str, tuple[int, int]]) -> None:
+    """ConfigError naming every block (name -> (out, in)) that ``spec.k`` does not fit, and the
+    largest k that fits them all: one k is applied to every block, so the smallest sets the limit."""
+    if spec.k is None or not shapes:
+        return
+    ko, ki = spec.k
+    small = [f"{n} ({o} x {i}, out x in)" for n, (o, i) in shapes.items() if ko > o or ki > i]
+    if small:
+        lo, li = min(o for o, _ in shapes.values()), min(i for _, i in shapes.values())
+        raise ConfigError(f"index k {ko}x{ki} (k_out x k_in) is larger than block {', '.join(small)}: "
+                          f"use k_out <= {lo} and k_in <= {li}, or k 'full' for the whole blocks")
+
+
 class BlockBasis:
     """Maps captured (a [B, T, I], g [B, T, O]) or gradients G [n, O, I] of one block to index
     coordinates [n, k_out * k_in] fp32 (see the module docstring)."""
 
     def __init__(self, name: str, factors, spec: IndexSpec, backend: str = "auto"):
         O, I = factors.shape
+        check_k(spec, {name: (O, I)})
         ko, ki = spec.k or (O, I)
-        if ko > O or ki > I:
-            raise ConfigError(f"index k {ko}x{ki} (k_out x k_in) is larger than block {name}, which is {O} x {I} "
-                              f"(out x in): use k_out <= {O} and k_in <= {I}, or k 'full' for the whole block")
         self.name, self.kind, self.backend = name, spec.kind, backend
         self.shape, self.k = (O, I), (ko, ki)
         lam = factors.lam.double()
