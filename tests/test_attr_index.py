@@ -19,7 +19,7 @@ import torch
 from mda_fast.attribution import MDA, Settings, load_scores
 from mda_fast.attribution import index as index_mod
 from mda_fast.attribution.index import Index, build_index
-from mda_fast.attribution.index_basis import BlockBasis, IndexSpec, leading
+from mda_fast.attribution.index_basis import BlockBasis, IndexSpec
 from mda_fast.attribution.index_store import IndexFiles
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.errors import ConfigError, DataError
@@ -87,9 +87,9 @@ def _oracle(G, f, basis, spec):
     """float64 C(G) compressed as ``spec`` says, [n, dim]."""
     QA, QS, W = f.Q_A.double(), f.Q_S.double(), (f.lam.double() + f.damping).rsqrt()
     C = (QS.T @ G @ QA) * W
-    if spec.kind == "eigen":
-        rows, cols = leading(f.lam.double().sum(1), basis.k[0]), leading(f.lam.double().sum(0), basis.k[1])
-        C = C[:, rows][:, :, cols]
+    if spec.kind == "eigen":  # the k_out * k_in entries of largest Λ, largest first
+        order = sorted(range(C[0].numel()), key=lambda j: (-float(f.lam.flatten()[j]), j))
+        return C.reshape(C.shape[0], -1)[:, order[: basis.dim]]
     elif spec.kind == "seeded":
         C = basis.R_out.materialize(torch.float64).T @ C @ basis.R_in.materialize(torch.float64)
     return C.reshape(C.shape[0], -1)
