@@ -72,6 +72,15 @@ def test_full_index_equals_mda_score(fitted):
         assert err <= tol
 
 
+def test_mda_index_front_door_equals_mda_score(fitted, tmp_path):
+    d, model = fitted
+    mda = MDA(model, UNITS, PROBES, settings=settings()).load_factors(str(d / "factors"))
+    idx = mda.index(window(n=N), str(tmp_path / "index"), IndexSpec(k="full", dtype="float32"), units=UNITS)
+    assert idx.manifest["factors_path"] == os.path.abspath(d / "factors")  # recorded: queries find them
+    assert rel(Index(idx.path, model, settings=settings()).query(PROBES).scores,
+               load_scores(str(d / "scores")).scores) <= 1e-5
+
+
 def test_callable_probe_and_units_subset_match_mda_score(fitted, tmp_path):
     d, model = fitted
     mda = MDA(model, ["L1.H2.qkvo"], [CallableProbe(target_probe)], settings=settings())
@@ -219,6 +228,14 @@ def test_query_refuses_another_model_window_or_factors(fitted, tmp_path):
         Index(path, model, factors=str(tmp_path / "factors"), settings=settings())
     with pytest.raises(ConfigError, match="was built from window rows 1000..1022"):
         Index(path, model, settings=settings()).query(PROBES, window=window(n=N - 1))
+
+
+def test_factors_of_another_window_are_refused_before_the_pass(fitted, tmp_path):
+    d, model = fitted
+    with pytest.raises(ConfigError, match="factors .* were fitted on window rows 1000..1022"):
+        build_index(model, window(n=N - 1), str(tmp_path / "index"), UNITS, str(d / "factors"), IndexSpec(k=4),
+                    settings())
+    assert not (tmp_path / "index" / "manifest.json").exists()
 
 
 def test_a_missing_chunk_is_one_clear_error(fitted, tmp_path):

@@ -30,7 +30,7 @@ from mda_fast.attribution import dist
 from mda_fast.attribution.api import MDA, window_info
 from mda_fast.attribution.factors import FactorSet, check_finite
 from mda_fast.attribution.forward import captured_pass
-from mda_fast.attribution.identity import difference, fingerprint, names_of
+from mda_fast.attribution.identity import check_factors, difference, fingerprint, names_of
 from mda_fast.attribution.index_basis import BlockBasis, IndexSpec, check_k
 from mda_fast.attribution.index_store import FORMAT, IndexFiles, IndexStore, itemsize
 from mda_fast.attribution.inputs import as_list, model_dtype, prepare_model, resolve_units
@@ -108,7 +108,9 @@ class IndexBuild:
                 "index": self.spec.to_dict()}
 
     def manifest(self, source) -> dict:
+        """The index manifest; ConfigError when the factors were not fitted on this model and window."""
         identity = self.identity(source)
+        check_factors(self.factors.manifest, identity, {"weights": self.names["model"], "data": source.name}, self.where)
         blocks = {n: {"shape": list(b.shape), "k": list(b.k), "dim": b.dim} for n, b in self.bases.items()}
         width = itemsize(self.spec.dtype)
         per_unit = {u: width * sum(blocks[b]["dim"] for b in bs) for u, bs in self.unit_blocks.items()}
@@ -168,10 +170,11 @@ class IndexBuild:
 
 def build_index(model, window, out_dir: str, units="auto", factors: FactorSet | str | None = None, spec=None,
                 settings=None, *, model_name: str | None = None, revision: str | None = None,
-                on_batch=None) -> "Index":
+                on_batch=None, factors_where: str | None = None) -> "Index":
     """Index every row of ``window`` for ``units`` (default: every head of the factors' layers
-    they hold) into ``out_dir``; resumes a killed build, reuses a complete one. Returns the Index."""
-    where = factors if isinstance(factors, str) else None
+    they hold) into ``out_dir``; resumes a killed build, reuses a complete one. Returns the Index.
+    ``factors_where``: where FactorSet ``factors`` were loaded from (recorded for queries)."""
+    where = factors if isinstance(factors, str) else factors_where
     fs = FactorSet.load(factors) if isinstance(factors, str) else factors
     if fs is None:
         raise ConfigError("no EK-FAC factors: fit them first (`mda fit`) and pass them (factors=...)")

@@ -36,6 +36,9 @@ from mda_fast.errors import ConfigError
 from mda_fast.ops.projection import SeededProjection
 
 PROJECTIONS = ("eigen", "seeded")
+# The default k: the smallest of the sweep 8, 16, 32, 64 per side with Spearman >= 0.95 and top-10%
+# overlap >= 0.9 against mda score on every probe of the demo (benchmarks/index_accuracy.py; README).
+DEFAULT_K = (64, 64)
 DTYPES = ("float16", "bfloat16", "float32")  # float32: for checking against mda score
 
 
@@ -63,7 +66,7 @@ class IndexSpec:
     """How rows are compressed: ``k`` = (k_out, k_in) per block or None (the whole block),
     ``projection`` "eigen" | "seeded", ``seed`` of the seeded projections, stored ``dtype``."""
 
-    k: tuple[int, int] | None = (32, 32)
+    k: tuple[int, int] | None = DEFAULT_K
     projection: str = "eigen"
     seed: int = 0
     dtype: str = "float16"
