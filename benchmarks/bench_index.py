@@ -169,11 +169,37 @@ def _best(fn, rounds=3) -> float:
     return min(ts)
 
 
+def demo_ratio(demo: str, spec: IndexSpec) -> None:
+    """B and op 1's share on the demo's trained checkpoint and window (every head, one probe)."""
+    from pathlib import Path
+
+    from index_accuracy import load_demo
+
+    model, window, cfg, units, ck = load_demo(Path(demo))
+    st = Settings(probe_vocab_low=cfg.probe_low, probe_vocab_high=cfg.probe_high, progress=False)
+    with scratch() as d:
+        f = os.path.join(d, "factors")
+        mda = MDA(model, units, ["copy_target"], settings=st).fit(window, out_dir=f)
+        t_score = _best(lambda: scratch_call(lambda out: mda.score(window, out)), rounds=2)
+        with op1_timer() as spent:
+            t_build = _best(lambda: scratch_call(lambda out: mda.index(window, out, spec, units=units)), rounds=2)
+    share = spent[0] / 3 / t_build  # the op 1 time of the warm-up and the 2 rounds, per build
+    print(f"| demo window {len(window)} x {window.seq_len} rows, {len(units)} heads, {spec.kind} k {spec.k[0]}x{spec.k[1]} | "
+          f"score pass {t_score:.2f} s | index build {t_build:.2f} s | B = {t_build / t_score:.2f} | "
+          f"op 1 share ~{share:.0%} |", flush=True)
+
+
+def scratch_call(fn) -> None:
+    with scratch() as out:
+        fn(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic index")
     ap.add_argument("--ks", default="16,32,64", help="k per side of the synthetic index (dim = k * k)")
     ap.add_argument("--scratch", default=None, help="directory for the synthetic index (default a temporary one)")
+    ap.add_argument("--demo", default=None, help="also time score pass vs build on a finished `mda demo --out` window")
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
@@ -190,7 +216,9 @@ def main(argv=None) -> int:
     print(f"| {ROWS} x {TOKENS} rows, {len(UNITS)} heads, index {spec.kind} k {spec.k[0]}x{spec.k[1]} {spec.dtype} | "
           f"score pass {t_score:.2f} s | index build {t_build:.2f} s | B = {t_build / t_score:.2f} | "
           f"op 1 share {share:.0%} | probe gradient (copy_target, 32 x 64) {t_probe:.2f} s |", flush=True)
-    for k in (int(x) for x in args.ks.split(",")):
+    if args.demo:
+        demo_ratio(args.demo, spec)
+    for k in (int(x) for x in args.ks.split(",") if x):
         with tempfile.TemporaryDirectory(dir=args.scratch) as d:
             t0 = time.perf_counter()
             path = synthetic_index(os.path.join(d, "index"), args.rows, k * k)
