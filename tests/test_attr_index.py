@@ -1,12 +1,13 @@
 """The per-row gradient index (mda index / mda query) against mda score, float64 oracles and itself.
 
-- k "full" (no compression) in float32 equals the score pass to float tolerance (float16: to its
-  rounding), callable probes included;
+- k "full" (no compression) in float32 equals the score pass to float tolerance (float16 and
+  bfloat16 storage, fp32 accumulation: to their rounding), callable probes and MDA.index included;
 - a block's index coordinates equal C(G) = (Q_S^T G Q_A) / sqrt(Λ + damping), compressed by the
   selected eigen-directions or by the explicit seeded Rademacher matrices, in float64;
 - batch size, chunk boundaries, ranks and a kill + resume change nothing beyond float noise, and
   no row is indexed twice or skipped;
-- bad input: k larger than the block, another model / window / factors, a missing chunk.
+- bad input: k larger than the block, another model / window / factors (at query and at build),
+  a missing chunk, a damaged chunk file.
 """
 
 import os
@@ -61,7 +62,7 @@ def rel(x, y):
 def test_full_index_equals_mda_score(fitted):
     d, model = fitted
     ref = load_scores(str(d / "scores"))
-    for dtype, tol in (("float32", 1e-5), ("float16", 2e-3)):
+    for dtype, tol in (("float32", 1e-5), ("float16", 2e-3), ("bfloat16", 5e-3)):  # stored; fp32 accumulate
         idx = index(d, model, f"full-{dtype}", IndexSpec(k="full", dtype=dtype))
         table = idx.query(PROBES)
         assert table.columns == ref.columns
@@ -245,3 +246,12 @@ def test_a_missing_chunk_is_one_clear_error(fitted, tmp_path):
     shutil.rmtree(holed / "chunks" / "chunk-0-7")
     with pytest.raises(DataError, match=r"holed is missing chunk chunks/chunk-0-7 \(7 rows from row 7 of rank 0\)"):
         Index(str(holed), model, settings=settings())
+
+
+def test_a_damaged_chunk_file_is_one_clear_error(fitted, tmp_path):
+    d, model = fitted
+    damaged = tmp_path / "damaged"
+    shutil.copytree(d / "bs7", damaged)
+    np.save(damaged / "chunks" / "chunk-0-7" / "L0.H1.qk.npy", np.zeros((7, 3), np.float16))
+    with pytest.raises(DataError, match=r"chunk-0-7/L0.H1.qk.npy holds float16\[7, 3\], expected float32\[7, 16\]"):
+        Index(str(damaged), model, settings=settings()).query(PROBES)
