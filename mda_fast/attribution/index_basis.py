@@ -138,8 +138,8 @@ class BlockBasis:
             flat = leading(lam, ko * ki)
             rows, r_at = torch.unique(flat // I, return_inverse=True)
             cols, c_at = torch.unique(flat % I, return_inverse=True)
-            QA, QS, inv = QA[:, cols], QS[:, rows], inv[rows][:, cols]
             self.keep = r_at * len(cols) + c_at
+            QA, QS, inv = QA[:, cols], QS[:, rows], inv[rows][:, cols].reshape(-1)[self.keep]  # inv: [dim]
         self.P_in, self.P_out, self.inv = QA.float(), QS.float(), inv.float()
         if self.kind == "seeded":
             self.R_in, self.R_out = SeededProjection(I, ki, spec.seed), SeededProjection(O, ko, spec.seed + 1)
@@ -159,13 +159,15 @@ class BlockBasis:
         dev = a.device
         if self.P_in.device != dev:
             self.to(dev)
-        C = ops.project_per_sample_grad(a, g, self.P_in, self.P_out, backend=self.backend) * self.inv
+        C = ops.project_per_sample_grad(a, g, self.P_in, self.P_out, backend=self.backend)
+        if self.keep is not None:  # gather first: whiten only the kept entries
+            return C.reshape(C.shape[0], -1)[:, self.keep] * self.inv
+        C = C * self.inv
         if self.kind == "seeded":
             B, O = C.shape[:2]
             C = ops.project_per_sample_grad(C, _identity(B, O, C.dtype, dev), self.R_in, self.R_out,
                                             backend=self.backend)
-        C = C.reshape(C.shape[0], -1)
-        return C if self.keep is None else C[:, self.keep]
+        return C.reshape(C.shape[0], -1)
 
     def of_gradients(self, G: torch.Tensor) -> torch.Tensor:
         """[n, k_out * k_in] fp32 of gradients G [n, O, I] (the probe side)."""
