@@ -175,7 +175,7 @@ def demo_ratio(demo: str, spec: IndexSpec) -> None:
 
     from index_accuracy import load_demo
 
-    model, window, cfg, units, ck = load_demo(Path(demo))
+    model, window, cfg, units, _ = load_demo(Path(demo))
     st = Settings(probe_vocab_low=cfg.probe_low, probe_vocab_high=cfg.probe_high, progress=False)
     with scratch() as d:
         f = os.path.join(d, "factors")
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
             path = synthetic_index(os.path.join(d, "index"), args.rows, k * k)
             t_write = time.perf_counter() - t0
             size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-            t_query = _best(lambda: query(path), rounds=2)
+            t_query = _best(lambda p=path: query(p), rounds=2)
             print(f"| query, {args.rows:,} rows x {k}x{k} = {k * k} float16 | {size / 2**30:.2f} GiB | "
                   f"written in {t_write:.1f} s | query {t_query:.2f} s (page cache warm) |", flush=True)
     return 0

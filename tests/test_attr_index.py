@@ -27,7 +27,7 @@ from mda_fast.errors import ConfigError, DataError
 from mda_fast.probes import CallableProbe
 from mda_fast.units import Capture, get_adapter
 
-from test_attr_bruteforce import target_probe, tiny, window  # noqa: F401
+from test_attr_bruteforce import target_probe, tiny, window
 from test_attr_bruteforce import one_thread  # noqa: F401  (autouse fixture)
 
 UNITS = ["L1.H2.qkvo", "L0.H1.qk"]
@@ -208,6 +208,14 @@ def test_pipeline_query_writes_scores_and_top(fitted, tmp_path):
     assert "index" in loaded.manifest["identity"]
     p2 = Pipeline(model, None, str(run), ["copy_target"], units=["L0.H1.qk"], settings=settings())
     assert p2.query(top_k=2).columns == ["L0.H1.qk/copy_target"], "a later query replaces an earlier query's scores"
+
+
+def test_a_query_never_overwrites_the_scores_of_a_score_pass(fitted):
+    d, model = fitted
+    before = (d / "scores" / "scores.npz").read_bytes()
+    with pytest.raises(ConfigError, match=r"scores holds scores of another run .*query into another output directory"):
+        Index(str(d / "bs4"), model, settings=settings()).query(PROBES, out_dir=str(d / "scores"))
+    assert (d / "scores" / "scores.npz").read_bytes() == before
 
 
 def test_k_larger_than_the_block_is_refused_before_anything_is_written(fitted):

@@ -274,7 +274,7 @@ class Index:
         mda.factors = self.factors
         manifest = self._manifest(mda)
         with claim(out_dir) if out_dir is not None else contextlib.nullcontext():
-            store = None if out_dir is None else ScoreStore(out_dir, manifest, 0, 1, chunk_rows=max(self.rows, 1))
+            store = None if out_dir is None else QueryStore(out_dir, manifest, 0, 1, chunk_rows=max(self.rows, 1))
             if store is not None:
                 store.prepare(replace=_from_query(store.manifest_path))
                 if store.is_complete():
@@ -299,6 +299,12 @@ class Index:
                     window=self.manifest["window"], index=os.path.abspath(self.path), settings_score=identity["settings"],
                     unit_blocks=mda.unit_blocks, sign="positive = the row strengthens the probed behaviour",
                     identity=identity, fingerprint=fingerprint(identity))
+
+
+class QueryStore(ScoreStore):
+    """The score directory of a query: an earlier query's scores there are replaced, a score pass's refused."""
+
+    REFUSED_HINT = "query into another output directory (`mda query --out NEW --index THIS_INDEX`)"
 
 
 def _from_query(manifest_path: str) -> bool:
