@@ -97,7 +97,7 @@ def specs(ks):
             yield f"{proj}-{k}", IndexSpec(k=k, projection=proj)
 
 
-def run(demo: Path, out: Path, ks) -> dict:
+def run(demo: Path, out: Path, ks, probe_names=None, tag: str = "") -> dict:
     from mda_fast.attribution import MDA
     from mda_fast.attribution.index import build_index
     from mda_fast.probes import CallableProbe
@@ -105,15 +105,16 @@ def run(demo: Path, out: Path, ks) -> dict:
     torch.manual_seed(0)
     model, window, cfg, units, ck = load_demo(demo)
     st = {"probe_vocab_low": cfg.probe_low, "probe_vocab_high": cfg.probe_high, "progress": False}
-    probes = [*PROBES, CallableProbe(induction_loglik)]
-    names = [*(p.replace(":", ".") for p in PROBES), "induction_loglik"]
+    given = probe_names or PROBES
+    probes = [*given, CallableProbe(induction_loglik)] if probe_names is None else list(given)
+    names = [*(p.replace(":", ".") for p in given), *(["induction_loglik"] if probe_names is None else [])]
     mda = MDA(model, units, probes, settings=st, model_name=ck)
     if (out / "factors" / "manifest.json").is_file():
         mda.load_factors(str(out / "factors"))
     else:
         mda.fit(window, out_dir=str(out / "factors"))
     t0 = time.perf_counter()
-    exact = mda.score(window, str(out / "exact"))
+    exact = mda.score(window, str(out / f"exact{tag}"))
     result = {"checkpoint": ck, "rows": len(window), "units": units, "probes": names,
               "score_pass_s": time.perf_counter() - t0, "runs": {}}
     print(f"exact: {len(window)} rows, {result['score_pass_s']:.1f} s", flush=True)
@@ -161,14 +162,18 @@ def main(argv=None) -> int:
     ap.add_argument("--demo", required=True, type=Path, help="a finished `mda demo --out` directory (read only)")
     ap.add_argument("--out", required=True, type=Path, help="where factors, exact scores and indexes go")
     ap.add_argument("--ks", default=",".join(map(str, K_DEFAULT)), help="k per side to sweep")
+    ap.add_argument("--probes", default=None, help="comma-separated probes instead of the four fixed ones "
+                    "(the indexes are reused; results go to accuracy-<probes>.json/.md)")
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.demo, args.out, ks)
+    names = args.probes.split(",") if args.probes else None
+    tag = "-" + "_".join(n.replace(":", ".") for n in names) if names else ""
+    result = run(args.demo, args.out, ks, names, tag)
     result["default_k"] = default_k(result, ks)
     result["machine"] = f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
-    (args.out / "accuracy.json").write_text(json.dumps(result, indent=1))
-    (args.out / "accuracy.md").write_text(markdown(result))
+    (args.out / f"accuracy{tag}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"accuracy{tag}.md").write_text(markdown(result))
     print(markdown(result))
     print("smallest k meeting Spearman >= 0.95 and top-10% >= 0.9 on every probe:", result["default_k"])
     return 0
