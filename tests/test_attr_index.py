@@ -73,6 +73,17 @@ def test_full_index_equals_mda_score(fitted):
         assert err <= tol
 
 
+def test_default_k_is_capped_at_small_blocks(fitted):
+    """The default k (64 per side) is an upper bound: this model's blocks (8-16 x 32) are kept whole,
+    so the default index equals mda score; an explicit k that does not fit is an error (below)."""
+    d, model = fitted
+    idx = index(d, model, "default-k", IndexSpec(dtype="float32"))
+    for name, block in idx.manifest["blocks"].items():
+        assert block["k"] == block["shape"], name
+    assert IndexSpec.from_dict(idx.manifest["spec"]) == IndexSpec(dtype="float32")
+    assert rel(idx.query(PROBES).scores, load_scores(str(d / "scores")).scores) <= 1e-5
+
+
 def test_mda_index_front_door_equals_mda_score(fitted, tmp_path):
     d, model = fitted
     mda = MDA(model, UNITS, PROBES, settings=settings()).load_factors(str(d / "factors"))

@@ -64,14 +64,22 @@ def parse_k(value) -> tuple[int, int] | None:
 @dataclass(frozen=True)
 class IndexSpec:
     """How rows are compressed: ``k`` = (k_out, k_in) per block or None (the whole block),
-    ``projection`` "eigen" | "seeded", ``seed`` of the seeded projections, stored ``dtype``."""
+    ``projection`` "eigen" | "seeded", ``seed`` of the seeded projections, stored ``dtype``.
 
-    k: tuple[int, int] | None = DEFAULT_K
+    ``k="auto"`` (the default) is :data:`DEFAULT_K` as an upper bound: a block smaller than it on a
+    side keeps that whole side (a Pythia-14M v block is 32 x 128). A k the user gives must fit every
+    block (:func:`check_k`), so what is stored is never silently other than what was asked for."""
+
+    k: tuple[int, int] | str | None = "auto"
     projection: str = "eigen"
     seed: int = 0
     dtype: str = "float16"
+    bounded: bool = False  # set from k="auto": k is an upper bound per side
 
     def __post_init__(self):
+        if isinstance(self.k, str) and self.k.strip().lower() == "auto":
+            object.__setattr__(self, "bounded", True)
+            object.__setattr__(self, "k", DEFAULT_K)
         object.__setattr__(self, "k", parse_k(self.k))
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"index projection {self.projection!r} is not one of {', '.join(PROJECTIONS)}")
@@ -80,21 +88,29 @@ class IndexSpec:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"index seed {self.seed!r} must be an integer")
 
+    def k_of(self, out_dim: int, in_dim: int) -> tuple[int, int]:
+        """(k_out, k_in) of a block of [out_dim, in_dim]."""
+        if self.k is None:
+            return out_dim, in_dim
+        return (min(self.k[0], out_dim), min(self.k[1], in_dim)) if self.bounded else self.k
+
     @property
     def kind(self) -> str:
         return "none" if self.k is None else self.projection
 
     def to_dict(self) -> dict:
         """What changes the stored numbers (part of the index identity)."""
-        return {"projection": self.kind, "k": None if self.k is None else list(self.k),
+        return {"projection": self.kind, "k": None if self.k is None else list(self.k), "bounded": self.bounded,
                 "seed": self.seed if self.kind == "seeded" else None, "dtype": self.dtype}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexSpec":
         """The spec of a :meth:`to_dict` (an index manifest's ``spec``)."""
         kind = d.get("projection")
-        return cls(k=d.get("k"), projection="eigen" if kind == "none" else kind, seed=d.get("seed") or 0,
+        spec = cls(k=d.get("k"), projection="eigen" if kind == "none" else kind, seed=d.get("seed") or 0,
                    dtype=d.get("dtype", "float16"))
+        object.__setattr__(spec, "bounded", bool(d.get("bounded")) and spec.k is not None)
+        return spec
 
 
 def leading(weights: torch.Tensor, k: int) -> torch.Tensor:
@@ -110,7 +126,7 @@ def _identity(n: int, size: int, dtype, device) -> torch.Tensor:
 def check_k(spec: IndexSpec, shapes: dict[str, tuple[int, int]]) -> None:
     """ConfigError naming every block (name -> (out, in)) that ``spec.k`` does not fit, and the
     largest k that fits them all: one k is applied to every block, so the smallest sets the limit."""
-    if spec.k is None or not shapes:
+    if spec.k is None or spec.bounded or not shapes:
         return
     ko, ki = spec.k
     small = [f"{n} ({o} x {i}, out x in)" for n, (o, i) in shapes.items() if ko > o or ki > i]
@@ -127,7 +143,7 @@ class BlockBasis:
     def __init__(self, name: str, factors, spec: IndexSpec, backend: str = "auto"):
         O, I = factors.shape
         check_k(spec, {name: (O, I)})
-        ko, ki = spec.k or (O, I)
+        ko, ki = spec.k_of(O, I)
         self.name, self.kind, self.backend = name, spec.kind, backend
         self.shape, self.k = (O, I), (ko, ki)
         lam = factors.lam.double()

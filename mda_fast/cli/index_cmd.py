@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                               formatter_class=flags.FMT)
     run_cmd._common(p)
     p.add_argument("--factors", default=None, metavar="DIR", help="factor directory (default OUT/factors)")
-    p.add_argument("--k", default=None, metavar="K", help="kept per side: K, K_OUTxK_IN or full (default 64: README, the index)")
+    p.add_argument("--k", default=None, metavar="K", help="kept per side: K, K_OUTxK_IN or full (default: 64 per side, capped at each block's sides; README, the index)")
     p.add_argument("--projection", default=None, choices=("eigen", "seeded"),
                    help="leading eigen-directions or a seeded Rademacher projection (default eigen)")
     p.add_argument("--seed", type=int, default=None, help="seed of the seeded projection (default 0)")
