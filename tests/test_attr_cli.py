@@ -1,4 +1,4 @@
-"""`mda fit/score/top/run` end to end on a tiny saved model and a .npy window, and bad input."""
+"""`mda fit/score/top/run/index/query` end to end on a tiny saved model and a .npy window, and bad input."""
 
 import json
 import os
@@ -52,6 +52,18 @@ def test_run_then_separate_stages_agree(files, capsys):
     assert main(["top", *common, "-k", "2", "--column", "L1.H2.qk/copy_target"]) == 0
     t2 = load_scores(str(out2 / "scores"))
     np.testing.assert_allclose(t2.scores, t.scores, rtol=1e-4, atol=1e-4 * np.abs(t.scores).max())
+
+
+def test_index_then_query_equals_score(files, capsys):
+    out, q = files / "out_index", files / "out_query"
+    common = ["-c", str(files / "run.yaml"), "--out", str(out)]
+    assert main(["fit", *common]) == 0 and main(["score", *common]) == 0
+    assert main(["index", *common, "--k", "full", "--dtype", "float32"]) == 0
+    assert main(["query", "-c", str(files / "run.yaml"), "--out", str(q), "--index", str(out / "index"), "-k", "2"]) == 0
+    assert "top positive" in capsys.readouterr().out and (q / "top" / "top.json").is_file()
+    exact, queried = load_scores(str(out / "scores")), load_scores(str(q / "scores"))
+    assert queried.columns == exact.columns and list(queried.row_ids) == list(exact.row_ids)
+    np.testing.assert_allclose(queried.scores, exact.scores, rtol=0, atol=1e-5 * np.abs(exact.scores).max())
 
 
 def test_run_with_auto_units_uses_the_heads_stage(files, capsys):

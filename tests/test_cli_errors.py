@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--units", "L1.H1.qk", "--probes", "prev_attn:L1.H1", "--data", "rows.npy", "--steps", "2:7",
           "--rows-per-step", "4", "--no-progress", "--set", "settings.probe_n=4", "--set", "settings.probe_seq_len=16",
           "--set", "settings.fit_fraction=1.0"]
-COMPLETE = ("factors/manifest.json", "scores/scores.npz", "top/top.json", "heads/heads.json")
+COMPLETE = ("factors/manifest.json", "scores/scores.npz", "top/top.json", "heads/heads.json", "index/rows.npz")
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE = 24, 1
 
 
@@ -104,6 +104,7 @@ def _build_factors(d: Path) -> None:
         assert main(["fit", "--model", "ckpt/step1", "--out", "F", *COMMON]) == 0
         assert main(["score", "--model", "ckpt/step1", "--out", "F", *COMMON]) == 0
         assert main(["fit", "--model", "ckpt/step1", "--out", "G", *COMMON, "--steps", "3:8"]) == 0
+        assert main(["index", "--model", "ckpt/step1", "--out", "F", *COMMON, "--k", "4"]) == 0
     finally:
         os.chdir(here)
     lam = lambda fs: fs.blocks["L1.H1.qk"].lam  # noqa: E731
@@ -114,6 +115,7 @@ def _build_factors(d: Path) -> None:
     m = json.loads((d / "F_damping" / "manifest.json").read_text())
     m["blocks"]["L1.H1.qk"]["damping"] = float("nan")
     (d / "F_damping" / "manifest.json").write_text(json.dumps(m))
+    shutil.copytree(d / "F" / "index", d / "F_holed", ignore=shutil.ignore_patterns("chunk-*"))  # its one chunk lost
     shutil.copytree(d / "F" / "factors", d / "F_torn")        # new tensors under an old manifest
     shutil.copy(d / "G" / "factors" / "factors.safetensors", d / "F_torn")
     (d / "ro").mkdir()

@@ -188,6 +188,19 @@ class MDA:
         self.table, self.source = load_scores(out_dir), source
         return self.table
 
+    def index(self, source, out_dir: str, spec=None, units="auto", on_batch=None):
+        """One pass over ``source`` writing the per-row gradient index of ``units`` (default: every
+        head of the fitted layers whose blocks the factors hold) into ``out_dir``, compressed as
+        ``spec`` says (``IndexSpec``; default: the README's k); returns the ``attribution.index.Index``,
+        whose ``query(probes)`` scores every row in seconds. Resumes a killed build."""
+        from mda_fast.attribution.index import build_index
+
+        if self.factors is None:
+            raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before indexing")
+        return build_index(self.model, source, out_dir, units, self.factors, spec, self.settings,
+                           model_name=self.model_name, revision=self.revision, on_batch=on_batch,
+                           factors_where=self.factors_where)
+
     def _open_store(self, source, out_dir: str, replace: bool) -> ScoreStore:
         """The checked store of this run in ``out_dir`` (prepared by rank 0)."""
         identity = self.score_identity(source)

@@ -9,7 +9,8 @@ this class and do no stage work of their own. The run directory::
 
     heads/    heads.csv, heads.json, heads.png       (units="auto": units chosen by head score)
     factors/  manifest.json, factors.safetensors     (fit)
-    scores/   manifest.json, scores.npz, chunks/     (score: resumable, every rank its share)
+    scores/   manifest.json, scores.npz, chunks/     (score: resumable, every rank its share; or query)
+    index/    manifest.json, rows.npz, chunks/       (index: per-row gradients of the heads, resumable)
     top/      top.json, hist_<col>.png, cumulative_<col>.png   (top)
     .lock     the writer lock (``mda_fast.lock``)
 
@@ -161,6 +162,28 @@ class Pipeline:
                 write_json(tmp / "top.json", {"reports": reports})
         self.reports = reports
         return reports
+
+    def index(self, spec=None, factors: str | None = None, on_batch=None):
+        """One pass over the window writing the per-row gradient index of the units (default: every
+        head of the factors' layers they hold) into ``index/`` (``attribution.index``; resumable)."""
+        from mda_fast.attribution.index import build_index
+
+        with self.claim():
+            idx = build_index(self.model, self.window, self.path("index"), self.units, factors or self.path("factors"),
+                              spec, self.settings, model_name=self.model_name, revision=self.revision, on_batch=on_batch)
+        self.say(f"indexed {idx.rows} rows for {', '.join(idx.units)} -> {self.path('index')}")
+        return idx
+
+    def query(self, index: str | None = None, factors: str | None = None, top_k: int = 20, columns=None):
+        """Score the probes against an index (default ``index/``) into ``scores/`` and ``top/``."""
+        from mda_fast.attribution.index import Index
+
+        with self.claim():
+            idx = Index(index or self.path("index"), self.model, factors, self.settings, self.tokenizer,
+                        model_name=self.model_name, revision=self.revision)
+            self.table = idx.query(self.probes, self.units, self.path("scores"), self.window, self.probe_data)
+            self.top(top_k, columns)
+        return self.table
 
     def run(self, top_k: int = 20, refit: bool = False, columns: list[str] | None = None):
         """fit (unless ``factors/`` holds this run's factors, or with ``refit``) -> score (replacing

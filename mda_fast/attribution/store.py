@@ -65,7 +65,15 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 
 
 class ScoreStore:
-    """One rank's writer into a run directory (rank 0 also owns the manifest and the merge)."""
+    """One rank's writer into a run directory (rank 0 also owns the manifest and the merge).
+
+    The resumable-store logic (prepare, resume, chunk listing) is shared with the per-row gradient
+    index (``index_store.IndexStore``), which names its chunks by ``CHUNK`` and its content by ``WHAT`` / ``ITEM``.
+    """
+
+    CHUNK = _CHUNK
+    WHAT, ITEM = "scores", "score"
+    REFUSED_HINT = "score into a new directory (or `mda run`, which replaces them)"
 
     def __init__(self, out_dir: str, manifest: dict, rank: int = 0, world_size: int = 1, chunk_rows: int = 1024):
         self.dir, self.rank, self.world_size, self.chunk_rows = out_dir, rank, world_size, chunk_rows
@@ -90,8 +98,7 @@ class ScoreStore:
         (ConfigError naming the difference; with ``replace`` its content is removed instead)."""
         why = self._difference()
         if why is not None and not replace:
-            raise ConfigError(f"{self.dir} holds scores of another run ({why}); score into a new "
-                              f"directory (or `mda run`, which replaces them)")
+            raise ConfigError(f"{self.dir} holds {self.WHAT} of another run ({why}); {self.REFUSED_HINT}")
         if why is not None:
             self._discard()
         elif os.path.isfile(self.manifest_path):
@@ -106,7 +113,7 @@ class ScoreStore:
     def _difference(self) -> str | None:
         """Why the directory's content is not this run's (None: it is, or there is none)."""
         if not os.path.isfile(self.manifest_path):
-            return "score chunks without a manifest" if self.chunks() else None
+            return f"{self.ITEM} chunks without a manifest" if self.chunks() else None
         old = read_json(self.manifest_path)
         if not isinstance(old.get("identity"), dict):
             return "it records no content identity: written by an older mda-fast or by hand"
@@ -141,7 +148,7 @@ class ScoreStore:
         out = []
         if os.path.isdir(self.chunk_dir):
             for name in os.listdir(self.chunk_dir):
-                m = _CHUNK.match(name)
+                m = self.CHUNK.match(name)
                 if m and (rank is None or int(m.group(1)) == rank):
                     out.append((int(m.group(1)), int(m.group(2)), os.path.join(self.chunk_dir, name)))
         return sorted(out)
@@ -151,11 +158,15 @@ class ScoreStore:
         cursor = 0
         for _, start, path in self.chunks(self.rank):
             if start != cursor:  # a gap can only come from a foreign file; never skip rows
-                raise DataError(f"score chunk {path} starts at row {start} but rank {self.rank} has only "
+                raise DataError(f"{self.ITEM} chunk {path} starts at row {start} but rank {self.rank} has only "
                                 f"{cursor} rows before it; remove the stray file or use a new output directory")
-            cursor += int(_load_npz(path)["row_ids"].shape[0])
+            cursor += self.rows_in(path)
         self.cursor = cursor
         return cursor
+
+    def rows_in(self, path: str) -> int:
+        """Rows in one finished chunk."""
+        return int(_load_npz(path)["row_ids"].shape[0])
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, row_ids: np.ndarray, scores: np.ndarray, loss: np.ndarray) -> None:
