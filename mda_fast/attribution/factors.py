@@ -51,7 +51,7 @@ def eigh_factor(C: torch.Tensor, block: str, which: str) -> tuple[torch.Tensor, 
         evals, evecs = torch.linalg.eigh(C)
     except RuntimeError as exc:  # eigh failed to converge
         raise NumericalError(f"eigendecomposition of covariance {which} of block {block} failed: {exc}") from None
-    return evals, evecs
+    return evals, evecs.contiguous()  # row-major like loaded factors: same GEMM rounding in session and from disk
 
 
 @dataclass
