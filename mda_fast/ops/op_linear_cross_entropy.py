@@ -35,15 +35,32 @@ def chunk_tokens(V: int, chunk: Optional[int] = None) -> int:
     return int(chunk) if chunk is not None else max(1, CHUNK_ELEMS // max(1, V))
 
 
-def inverse_cdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Labels [C] drawn from softmax(logits [C, V]) with uniforms u [C] (float64) by inverse-CDF.
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Labels [C] drawn from ``probs`` [C, V] (rows of a softmax) with uniforms u [C] by inverse-CDF.
 
-    The CDF is float64 (no rounding gaps over a 50k vocabulary); row c of the result depends on
-    logits[c] and u[c] only, so any chunking of the tokens gives the same draws.
+    The CDF is the float64 running sum of the probabilities (no rounding gaps over a 50k
+    vocabulary); row c of the result depends on probs[c] and u[c] only, so any chunking of the
+    tokens gives the same draws.
     """
-    cdf = torch.softmax(logits.double(), dim=-1).cumsum_(-1)  # [C, V]
+    cdf = probs.double().cumsum_(-1)  # [C, V]
     lab = torch.searchsorted(cdf, (u.to(cdf.device).double() * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
-    return lab.clamp_(max=logits.shape[-1] - 1)
+    return lab.clamp_(max=probs.shape[-1] - 1)
+
+
+def softmax_lse(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(z) [C, V], logsumexp(z) [C]) of fp32 logits z, with one exp pass, in z's storage."""
+    mx = z.amax(dim=-1, keepdim=True)
+    e = z.sub_(mx).exp_()
+    tot = e.sum(dim=-1, keepdim=True)
+    return e.div_(tot), (mx + tot.log()).squeeze(-1)
+
+
+def _logit_of(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Logits [c] of labels y [c] at hidden states h [c, d] (fp32 dots, then rounded to the model's
+    dtype like F.linear's output; the chunk's z is the softmax by now)."""
+    z = (h.float() * weight[y].float()).sum(-1)
+    z = z if bias is None else z + bias[y].float()
+    return z.to(h.dtype).float()
 
 
 def reference(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -96,13 +113,16 @@ def chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     for s in range(0, N, C):
         sl = slice(s, min(N, s + C))
         z = F.linear(h[sl], weight, bias).float()  # [c, V]: the plain path's logits, one chunk
+        y_sl = [y[sl] for y in ys]
+        picked = [z.gather(1, y[:, None]).squeeze(1) for y in y_sl]  # before z becomes the softmax
+        p, lse = softmax_lse(z)  # [c, V], [c]
         if drawn is not None:
-            drawn[sl] = inverse_cdf(z, uniforms.reshape(N)[sl])
-        lse = torch.logsumexp(z, dim=-1)  # [c]
-        pW = torch.softmax(z, dim=-1).to(h.dtype) @ weight  # [c, d]; the one-hot part is a row of W
-        for k, y in enumerate(ys + ([drawn[sl]] if drawn is not None else [])):
-            y = y[sl] if k < len(ys) else y
-            tok_loss[k, sl] = lse - z.gather(1, y[:, None]).squeeze(1)
+            drawn[sl] = inverse_cdf(p, uniforms.reshape(N)[sl])
+            y_sl.append(drawn[sl])
+            picked.append(_logit_of(h[sl], weight, bias, drawn[sl]))
+        pW = p.to(h.dtype) @ weight  # [c, d]; the one-hot part of (p - e_y) W is a row of W
+        for k, y in enumerate(y_sl):
+            tok_loss[k, sl] = lse - picked[k]
             grads[k, sl] = pW - weight[y]
     return tok_loss.view(K, B, T).sum(2), grads.view(K, B, T, d), (drawn.view(B, T) if drawn is not None else None)
 
