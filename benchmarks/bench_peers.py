@@ -87,7 +87,8 @@ def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1) -> np.ndarray
 
 
 def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
-    """kronfluence EK-FAC on layer LAYER's attention modules, whole window; scores [N]."""
+    """kronfluence EK-FAC on layer LAYER's attention modules, whole window, damping 0.1 x mean
+    eigenvalue (as mda-fast); scores [N] in mda-fast's sign."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -124,8 +125,10 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
         an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
         an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=[probe_tokens], train_dataset=rows,
                                    per_device_query_batch_size=1, per_device_train_batch_size=bs,
-                                   score_args=ScoreArguments(), overwrite_output_dir=True)
-        return an.load_pairwise_scores("s")["all_modules"][0].double().numpy()
+                                   score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
+        # kronfluence scores grad f^T H^-1 grad L (positive: up-weighting the row lowers f); mda-fast's
+        # sign is the opposite (positive: the row strengthens f), so negate to compare
+        return -an.load_pairwise_scores("s")["all_modules"][0].double().numpy()
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

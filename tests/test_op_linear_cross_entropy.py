@@ -118,3 +118,27 @@ def test_captured_pass_forms_no_vocabulary_sized_tensor(labels, monkeypatch):
     if labels == "sampled":
         targets = sample_labels(logits, torch.arange(4), 3)
     torch.testing.assert_close(loss, row_losses(logits, targets), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["neox", "gpt2", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_captured_pass_equals_the_plain_eager_pass(arch, dtype):
+    """Chunked head + fused attention give the captures of the plain path (eager attention, full
+    logits, F.cross_entropy); the model keeps its eager attention afterwards."""
+    from mda_fast.units import Capture
+
+    model = make_tiny_model(arch, seed=1).to(dtype)
+    adapter = get_adapter(model)
+    blocks = Unit.parse("L1.H1.qkvo").blocks(adapter)
+    tokens = torch.randint(0, 256, (3, 20))
+    _, g, loss = captured_pass(model, adapter, blocks, tokens, torch.arange(3))
+    assert model.config._attn_implementation == "eager"
+    with Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
+        want_loss = row_losses(model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:])
+        want_loss.sum().backward()
+        want = cap.g
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(loss, want_loss.detach(), **tol)
+    for name in want:
+        scale = float(want[name].float().abs().max())
+        torch.testing.assert_close(g[name].float() / scale, want[name].float() / scale, **tol)

@@ -3,7 +3,8 @@
 A row of L tokens gives inputs ``tokens[:, :-1]`` and labels ``tokens[:, 1:]`` (T = L - 1), as in
 Pythia's 2049-token rows. The loss is the summed next-token cross-entropy over the row. The LM head,
 the cross-entropy, the label draw and the gradient into the final hidden state run in token chunks
-(``ops.op_linear_cross_entropy``): no [B, T, V] tensor is ever formed.
+(``ops.op_linear_cross_entropy``): no [B, T, V] tensor is ever formed; attention runs as fused SDPA
+(``models.attention``): no [B, H, T, T] weights are kept either.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from mda_fast.errors import DataError
+from mda_fast.models.attention import fused_attention
 from mda_fast.models.loss import final_hidden, lm_head
 from mda_fast.ops import op_linear_cross_entropy as lce
 from mda_fast.units import Capture
@@ -84,7 +86,7 @@ def captured_multi_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: t
     """
     inputs, targets = split_tokens(tokens, where)
     gs, out = [], []
-    with Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
+    with fused_attention(model), Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
         hidden = final_hidden(model, inputs)  # [B, T, d]
         losses = head_losses(model, hidden, targets, row_ids, seed, kinds)
         for i, loss in enumerate(losses):
