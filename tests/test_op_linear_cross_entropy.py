@@ -142,3 +142,16 @@ def test_captured_pass_equals_the_plain_eager_pass(arch, dtype):
     for name in want:
         scale = float(want[name].float().abs().max())
         torch.testing.assert_close(g[name].float() / scale, want[name].float() / scale, **tol)
+
+
+@pytest.mark.parametrize("block", [1, 4, 36, 37])
+def test_two_level_draw_equals_one_level(block):
+    """The block-sum search finds the label a single float64 CDF over the whole vocabulary finds."""
+    gen = torch.Generator().manual_seed(4)
+    probs = torch.softmax(torch.randn(500, V, generator=gen) * 3, -1)
+    u = torch.rand(500, generator=gen, dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=V - 1)
+    got = lce.inverse_cdf(probs, u, block=block)
+    assert torch.equal(got, want)  # (fp32 block sums could move a draw sitting within 1e-7 of a boundary)
+    assert len(torch.unique(want)) > V // 2

@@ -35,16 +35,28 @@ def chunk_tokens(V: int, chunk: Optional[int] = None) -> int:
     return int(chunk) if chunk is not None else max(1, CHUNK_ELEMS // max(1, V))
 
 
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 1024) -> torch.Tensor:
     """Labels [C] drawn from ``probs`` [C, V] (rows of a softmax) with uniforms u [C] by inverse-CDF.
 
-    The CDF is the float64 running sum of the probabilities (no rounding gaps over a 50k
-    vocabulary); row c of the result depends on probs[c] and u[c] only, so any chunking of the
-    tokens gives the same draws.
+    Two levels: the float64 CDF of the sums of ``block`` consecutive probabilities picks the block
+    holding u * total, the float64 running sum inside that block the label. This reads the
+    probabilities once instead of writing a [C, V] float64 CDF; the block sums are fp32 (as exact
+    as the fp32 softmax they sum). Row c of the result depends on probs[c] and u[c] only, so any
+    chunking of the tokens gives the same draws.
     """
-    cdf = probs.double().cumsum_(-1)  # [C, V]
-    lab = torch.searchsorted(cdf, (u.to(cdf.device).double() * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
-    return lab.clamp_(max=probs.shape[-1] - 1)
+    C, V = probs.shape
+    nf = V // block
+    sums = [probs[:, : nf * block].reshape(C, nf, block).sum(-1)] if nf else []
+    if nf * block < V:
+        sums.append(probs[:, nf * block :].sum(-1, keepdim=True))
+    bcdf = torch.cat(sums, 1).double().cumsum_(-1)  # [C, blocks]
+    target = u.to(probs.device).double() * bcdf[:, -1]  # [C]
+    k = torch.searchsorted(bcdf, target[:, None]).squeeze(-1).clamp_(max=bcdf.shape[1] - 1)  # block of the draw
+    before = torch.where(k > 0, bcdf.gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(-1), torch.zeros_like(target))
+    idx = k[:, None] * block + torch.arange(block, device=probs.device)  # [C, block]
+    inner = probs.gather(1, idx.clamp(max=V - 1)).masked_fill_(idx >= V, 0).double().cumsum_(-1) + before[:, None]
+    j = torch.searchsorted(inner, target[:, None]).squeeze(-1).clamp_(max=block - 1)
+    return (k * block + j).clamp_(max=V - 1)
 
 
 def softmax_lse(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
