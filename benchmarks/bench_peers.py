@@ -4,7 +4,9 @@ Workload: a random Pythia-shaped model, N rows of L tokens, batch B, unit L3.H1.
 copy_target (the MDA default probe set: 32 x 64 tokens). Runs (each in its own process, so the peak
 RSS is its own):
 
-    plain        one forward+backward of the summed CE over the rows, every weight gradient (T0)
+    plain        one forward+backward of the summed CE over the rows, every weight gradient (T0),
+                 the model as loaded (eager attention)
+    plain_sdpa   the same with fused SDPA attention (what mda-fast's passes use): the stricter T0
     one_head     mda-fast fit (default 10% subsample) + score, one head
     all_heads    mda-fast, every head of the model (qkvo) in one run
     whole        mda-fast fit on the whole window (fit_fraction 1: pass 2 shared with scoring)
@@ -41,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 UNIT, LAYER, PROBE = "L3.H1.qkvo", 3, "copy_target"
-RUNS = ("plain", "one_head", "all_heads", "whole", "layer", "kronfluence")
+RUNS = ("plain", "plain_sdpa", "one_head", "all_heads", "whole", "layer", "kronfluence")
 
 
 def make_model(name: str):
@@ -56,8 +58,10 @@ def make_rows(n: int, L: int):
     return ArraySource(np.random.default_rng(0).integers(2, 50277, (n, L)), name="bench")
 
 
-def plain_step(model, src, bs: int) -> None:
+def plain_step(model, src, bs: int, attention: str | None = None) -> None:
     """Forward + backward of the summed CE with every weight gradient, batch by batch (T0)."""
+    if attention:
+        model.set_attn_implementation(attention)
     model.zero_grad(set_to_none=True)
     for b in src.batches(bs):
         logits = model(input_ids=b.tokens[:, :-1]).logits
@@ -138,6 +142,7 @@ def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
     torch.manual_seed(0)
     model, src = make_model(model_name), make_rows(n, L)
     fns = {"plain": lambda: plain_step(model, src, bs),
+           "plain_sdpa": lambda: plain_step(model, src, bs, "sdpa"),
            "one_head": lambda: mda_run(model, src, bs, [UNIT]),
            "all_heads": lambda: mda_run(model, src, bs, heads(model)),
            "whole": lambda: mda_run(model, src, bs, [UNIT], fit_fraction=1.0),
@@ -206,13 +211,14 @@ def table(a) -> None:
             res[what] = _subprocess(what, a)
         print(json.dumps({k: v for k, v in res[what].items() if k != "scores"}), flush=True)
     t0 = res.get("plain", {}).get("seconds")
-    print("| run | time (s) | time / plain fwd+bwd | peak RSS (GB) |\n|---|---|---|---|")
+    ts = res.get("plain_sdpa", {}).get("seconds")
+    print("| run | time (s) | / plain (eager) | / plain (sdpa) | peak RSS (GB) |\n|---|---|---|---|---|")
     for what, r in res.items():
         if "error" in r:
-            print(f"| {what} | not run: {r['error']} | | |")
+            print(f"| {what} | not run: {r['error']} | | | |")
             continue
-        ratio = f"{r['seconds'] / t0:.2f}" if t0 else "-"
-        print(f"| {what} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_gb']:.2f} |")
+        ratio = lambda t: f"{r['seconds'] / t:.2f}" if t else "-"  # noqa: E731
+        print(f"| {what} | {r['seconds']:.1f} | {ratio(t0)} | {ratio(ts)} | {r['peak_rss_gb']:.2f} |")
     kf = res.get("kronfluence", {}).get("scores")
     for other in ("whole", "layer"):
         if kf and res.get(other, {}).get("scores"):

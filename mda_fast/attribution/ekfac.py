@@ -56,26 +56,44 @@ def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: 
         yield batch, a, g
 
 
+def input_key(block) -> tuple:
+    """Blocks with equal keys read the same input a (e.g. every head's qk and v block of a layer:
+    the layer's attention input), so they share A and its eigenbasis."""
+    p = block.pieces[0]
+    cols = None if p.in_cols is None else (p.in_cols.start, p.in_cols.stop, p.in_cols.step)
+    return p.module, cols
+
+
 def covariance_pass(model, adapter, blocks, sub, settings: Settings) -> tuple[dict, float]:
-    """Pass 1 over ``sub``: ({block: (A, S, Q_A, Q_S)} float64, tokens seen), summed over ranks."""
+    """Pass 1 over ``sub``: ({block: (A, S, Q_A, Q_S)} float64, tokens seen), summed over ranks.
+    A (and Q_A) is computed once per distinct block input (:func:`input_key`)."""
     device = next(model.parameters()).device
-    A_sum = {b.name: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
+    first = {}  # input key -> first block reading it
+    for b in blocks:
+        first.setdefault(input_key(b), b)
+    A_sum = {k: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for k, b in first.items()}
     S_sum = {b.name: torch.zeros(b.out_dim, b.out_dim, dtype=torch.float64, device=device) for b in blocks}
     n_tok = torch.zeros(1, dtype=torch.float64, device=device)
     kw = fit_labels(settings)
     for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 1/2 (covariances)", **kw):
+        for k, b in first.items():
+            a2 = a[b.name].reshape(-1, b.in_dim).double()
+            A_sum[k] += a2.T @ a2  # fp64 products and sum: rounding barely depends on the batch size
         for b in blocks:
-            a2, g2 = a[b.name].reshape(-1, b.in_dim).double(), g[b.name].reshape(-1, b.out_dim).double()
-            A_sum[b.name] += a2.T @ a2  # fp64 products and sum: rounding barely depends on the batch size
+            g2 = g[b.name].reshape(-1, b.out_dim).double()
             S_sum[b.name] += g2.T @ g2
         n_tok += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
     dist.all_reduce_sum([*A_sum.values(), *S_sum.values(), n_tok])
     if float(n_tok) == 0:
         raise DataError("the EK-FAC subsample has no tokens (rows shorter than 2 tokens?)")
+    eig_A = {}
+    for k, b in first.items():
+        A = covariance(A_sum[k], float(n_tok))
+        eig_A[k] = (A, eigh_factor(A, b.name, "A")[1])
     eig = {}
     for b in blocks:
-        A, S = covariance(A_sum[b.name], float(n_tok)), covariance(S_sum[b.name], float(n_tok))
-        _, Q_A = eigh_factor(A, b.name, "A")
+        A, Q_A = eig_A[input_key(b)]
+        S = covariance(S_sum[b.name], float(n_tok))
         _, Q_S = eigh_factor(S, b.name, "S")
         dist.broadcast([Q_A, Q_S])  # ranks must share one eigenbasis even where eigh is not bitwise stable
         eig[b.name] = (A, S, Q_A, Q_S)
