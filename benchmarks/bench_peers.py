@@ -14,6 +14,8 @@ RSS is its own):
     kronfluence  EK-FAC (whole window, true Fisher) on layer 3's attention modules
                  (query_key_value, dense), 1 query = the probe set; only when kronfluence imports
     bergson      not wired yet (reported as not run)
+    pass         one captured pass (true-Fisher labels) of the first batch: the per-pass time and
+                 memory; runs on older checkouts too (PYTHONPATH=<checkout>), for before/after
 
 Nothing is installed here: a peer that does not import is skipped (`pip install .[bench]` adds them).
 Spearman correlations compare kronfluence's scores with ``whole`` (one head) and with ``layer``
@@ -43,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 UNIT, LAYER, PROBE = "L3.H1.qkvo", 3, "copy_target"
-RUNS = ("plain", "plain_sdpa", "one_head", "all_heads", "whole", "layer", "kronfluence")
+RUNS = ("plain", "plain_sdpa", "one_head", "all_heads", "whole", "layer", "kronfluence", "pass")
 
 
 def make_model(name: str):
@@ -147,13 +149,24 @@ def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
            "all_heads": lambda: mda_run(model, src, bs, heads(model)),
            "whole": lambda: mda_run(model, src, bs, [UNIT], fit_fraction=1.0),
            "layer": lambda: mda_run(model, src, bs, heads(model, [LAYER]), fit_fraction=1.0).sum(1),
-           "kronfluence": lambda: kronfluence_run(model, src, bs, probe_set(model))}
+           "kronfluence": lambda: kronfluence_run(model, src, bs, probe_set(model)),
+           "pass": lambda: one_pass(model, src, bs)}
     t0 = time.perf_counter()
     res = fns[what]()
     dt = time.perf_counter() - t0
     scores = None if res is None else np.asarray(res, np.float64).reshape(n, -1)[:, 0].tolist()
     return {"run": what, "seconds": dt, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "scores": scores}
+
+
+def one_pass(model, src, bs: int) -> None:
+    """One forward + truncated backward of the first batch with sampled labels (captured_pass)."""
+    from mda_fast.attribution.forward import captured_pass
+    from mda_fast.units import Unit, get_adapter
+
+    adapter = get_adapter(model)
+    batch = next(iter(src.batches(bs)))
+    captured_pass(model, adapter, Unit.parse(UNIT).blocks(adapter), batch.tokens, batch.row_ids, labels="sampled")
 
 
 def probe_set(model) -> torch.Tensor:
@@ -181,7 +194,7 @@ def spearman(x, y) -> float:
 SMALL = ("pythia-14m", 8, 129, 4)
 
 
-@pytest.mark.parametrize("what", RUNS)
+@pytest.mark.parametrize("what", [r for r in RUNS if r != "pass"])
 def test_bench_peers(benchmark, what):
     if what == "kronfluence":
         pytest.importorskip("kronfluence")
@@ -233,7 +246,7 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--len", type=int, default=2049)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    p.add_argument("--runs", nargs="+", default=[r for r in RUNS if r != "pass"], choices=RUNS)
     p.add_argument("--one", choices=RUNS, help="time one run in this process and print its JSON")
     a = p.parse_args(argv)
     if a.one:
