@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 
+import numpy as np
 import torch
 
 from mda_fast.attribution import dist
-from mda_fast.attribution.ekfac import fit_ekfac
-from mda_fast.attribution.factors import FactorSet
+from mda_fast.attribution.ekfac import covariance_pass, finish_factors, fit_ekfac, fit_info, fit_positions
+from mda_fast.attribution.factors import FactorSet, check_finite
 from mda_fast.attribution.identity import check_factors, fingerprint
 from mda_fast.attribution.inputs import model_dtype, prepare_model, resolve_probes, resolve_units
 from mda_fast.attribution.queries import build_queries
-from mda_fast.attribution.scoring import run_score_pass
+from mda_fast.attribution.scoring import column_map, run_score_pass
+from mda_fast.attribution.shared_pass import rotated_queries, scores_of, shared_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.top import plot_cumulative, plot_histogram, top_rows
@@ -140,6 +142,60 @@ class MDA:
                 self.factors_where = str(out_dir)
         dist.barrier()
         return self
+
+    def whole_window(self, source) -> bool:
+        """Whether the settings fit on every row of ``source`` (``fit_fraction 1``)."""
+        return len(source) > 0 and len(fit_positions(len(source), self.settings)) == len(source)
+
+    def fit_and_score(self, source, out_dir: str, factors_dir: str | None = None, replace: bool = False) -> ScoreTable:
+        """Whole-window fit and scores in two passes (``attribution.shared_pass``): pass 1, then pass 2
+        and the score pass sharing one forward + truncated backward. The factors (saved to
+        ``factors_dir`` if given) and scores equal fit(source); score(source, out_dir) to float
+        tolerance. Needs ``whole_window(source)``; not resumable mid-pass (a killed run starts over)."""
+        if not self.whole_window(source):
+            raise ConfigError(f"fit_and_score needs a fit on the whole window (settings.fit_fraction 1 and no "
+                              f"smaller fit_rows); these settings fit on "
+                              f"{len(fit_positions(len(source), self.settings)) if len(source) else 0} of "
+                              f"{len(source)} rows")
+        with self._writer(out_dir):
+            self._check_tokens(source)
+            identity = self.fit_identity(source)
+            info = dict(self._describe(), window=window_info(source), identity=identity,
+                        fingerprint=fingerprint(identity))
+            eig, n_tok = covariance_pass(self.model, self.adapter, self.blocks, source, self.settings)
+            lam_sum, n_rows, ids, losses, kept = shared_pass(self.model, self.adapter, self.blocks, source,
+                                                             self.settings, eig)
+            blocks = finish_factors(self.blocks, eig, lam_sum, n_rows, n_tok, self.settings)
+            self.factors = FactorSet(blocks, fit_info(info, self.settings, source, np.arange(len(source))))
+            self.factors_where = "the EK-FAC factors fitted in this session"
+            if factors_dir is not None and dist.rank() == 0:
+                self.factors.save(factors_dir)
+                self.factors_where = str(factors_dir)
+            self._store_scores(source, out_dir, replace, ids, losses, kept)
+        dist.barrier()
+        self.table, self.source = load_scores(out_dir), source
+        return self.table
+
+    def _store_scores(self, source, out_dir: str, replace: bool, ids, losses, kept) -> None:
+        """Score this rank's rows from their kept rotated gradients into the store of ``out_dir``."""
+        store = self._open_store(source, out_dir, replace)
+        if not store.is_complete():
+            s = self.settings
+            raw = build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
+                                s.probe_batch, s.backend, precondition=False)
+            queries = rotated_queries(self.factors, raw, precondition=s.preconditioner == "ekfac")
+            n_probes = len(self.probes)
+            cols = column_map(self.units, self.blocks, self.unit_blocks, n_probes)
+            sc = scores_of(kept, queries, cols, len(self.units) * n_probes, n_probes)
+            check_finite(sc, "score", ",".join(queries), "the shared pass")
+            start = store.resume_cursor()  # rows of a killed run already stored are kept
+            for i in range(start, len(ids), s.batch_size):
+                j = min(len(ids), i + s.batch_size)
+                store.add(ids[i:j], sc[i:j].numpy(), losses[i:j])
+            store.flush()
+            dist.barrier()
+            if dist.rank() == 0:
+                store.merge(source.row_ids())
 
     def load_factors(self, path: str) -> "MDA":
         """Use factors fitted earlier (``mda fit``); every block of the units must be in them (that

@@ -56,51 +56,65 @@ def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: 
         yield batch, a, g
 
 
-def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict | None = None) -> FactorSet:
-    """Fit the EK-FAC factors of ``blocks`` on a subsample of ``source``; same result on every rank.
+def input_key(block) -> tuple:
+    """Blocks with equal keys read the same input a (e.g. every head's qk and v block of a layer:
+    the layer's attention input), so they share A and its eigenbasis."""
+    p = block.pieces[0]
+    cols = None if p.in_cols is None else (p.in_cols.start, p.in_cols.stop, p.in_cols.step)
+    return p.module, cols
 
-    source: a RowSource (the window). Returns a FactorSet whose manifest records the rows used.
-    """
-    positions = fit_positions(len(source), settings)
-    sub = source.subset(positions)
-    labels = "sampled" if settings.fisher == "true" else "data"
+
+def covariance_pass(model, adapter, blocks, sub, settings: Settings) -> tuple[dict, float]:
+    """Pass 1 over ``sub``: ({block: (A, S, Q_A, Q_S)} float64, tokens seen), summed over ranks.
+    A (and Q_A) is computed once per distinct block input (:func:`input_key`)."""
     device = next(model.parameters()).device
-    kw = dict(labels=labels, seed=settings.fit_seed)
-
-    # ---- pass 1: covariances ---------------------------------------------------------------
-    A_sum = {b.name: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
+    first = {}  # input key -> first block reading it
+    for b in blocks:
+        first.setdefault(input_key(b), b)
+    A_sum = {k: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for k, b in first.items()}
     S_sum = {b.name: torch.zeros(b.out_dim, b.out_dim, dtype=torch.float64, device=device) for b in blocks}
     n_tok = torch.zeros(1, dtype=torch.float64, device=device)
+    kw = fit_labels(settings)
     for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 1/2 (covariances)", **kw):
+        for k, b in first.items():
+            a2 = a[b.name].reshape(-1, b.in_dim).double()
+            A_sum[k] += a2.T @ a2  # fp64 products and sum: rounding barely depends on the batch size
         for b in blocks:
-            a2, g2 = a[b.name].reshape(-1, b.in_dim).double(), g[b.name].reshape(-1, b.out_dim).double()
-            A_sum[b.name] += a2.T @ a2  # fp64 products and sum: rounding barely depends on the batch size
+            g2 = g[b.name].reshape(-1, b.out_dim).double()
             S_sum[b.name] += g2.T @ g2
         n_tok += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
     dist.all_reduce_sum([*A_sum.values(), *S_sum.values(), n_tok])
     if float(n_tok) == 0:
         raise DataError("the EK-FAC subsample has no tokens (rows shorter than 2 tokens?)")
-
+    eig_A = {}
+    for k, b in first.items():
+        A = covariance(A_sum[k], float(n_tok))
+        eig_A[k] = (A, eigh_factor(A, b.name, "A")[1])
     eig = {}
     for b in blocks:
-        A, S = covariance(A_sum[b.name], float(n_tok)), covariance(S_sum[b.name], float(n_tok))
-        _, Q_A = eigh_factor(A, b.name, "A")
+        A, Q_A = eig_A[input_key(b)]
+        S = covariance(S_sum[b.name], float(n_tok))
         _, Q_S = eigh_factor(S, b.name, "S")
         dist.broadcast([Q_A, Q_S])  # ranks must share one eigenbasis even where eigh is not bitwise stable
         eig[b.name] = (A, S, Q_A, Q_S)
+    return eig, float(n_tok)
 
-    # ---- pass 2: eigenvalue correction from per-sample gradients ---------------------------
-    q32 = {n: (QA.float(), QS.float()) for n, (_, _, QA, QS) in eig.items()}
-    lam_sum = {b.name: torch.zeros(b.out_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
-    n_rows = torch.zeros(1, dtype=torch.float64, device=device)
-    for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 2/2 (eigenvalues)", **kw):
-        for b in blocks:
-            out = torch.zeros(b.out_dim, b.in_dim, dtype=torch.float32, device=device)
-            ops.ekfac_lambda_accumulate(a[b.name], g[b.name], *q32[b.name], out, backend=settings.backend)
-            lam_sum[b.name] += out.double()
-        n_rows += batch.tokens.shape[0]
-    dist.all_reduce_sum([*lam_sum.values(), n_rows])
 
+def fit_labels(settings: Settings) -> dict:
+    """captured_pass keywords of the fit: labels sampled from the model (true Fisher) or the data's."""
+    return dict(labels="sampled" if settings.fisher == "true" else "data", seed=settings.fit_seed)
+
+
+def accumulate_lambda(lam_sum: dict, a, g, blocks, eig32: dict, backend: str) -> None:
+    """lam_sum[block] += sum_b (Q_S^T G_b Q_A)^2 of one batch (float64 sums of fp32 batch terms)."""
+    for b in blocks:
+        out = torch.zeros(b.out_dim, b.in_dim, dtype=torch.float32, device=lam_sum[b.name].device)
+        ops.ekfac_lambda_accumulate(a[b.name], g[b.name], *eig32[b.name], out, backend=backend)
+        lam_sum[b.name] += out.double()
+
+
+def finish_factors(blocks, eig: dict, lam_sum: dict, n_rows: float, n_tok: float, settings: Settings) -> dict:
+    """{block: BlockFactors} from pass 1's eigenbases and pass 2's (rank-summed) Lambda sums."""
     factors = {}
     for b in blocks:
         A, S, Q_A, Q_S = eig[b.name]
@@ -109,8 +123,37 @@ def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict
         factors[b.name] = BlockFactors(b.name, A.cpu(), S.cpu(), Q_A.cpu(), Q_S.cpu(), lam.cpu(),
                                        damping_of(lam, settings.damping, settings.damping_floor),
                                        n_tokens=int(n_tok), n_samples=int(n_rows))
+    return factors
+
+
+def fit_info(manifest: dict | None, settings: Settings, source, positions: np.ndarray) -> dict:
+    """The factor manifest: ``manifest`` plus the settings and the rows the factors were fitted on."""
     info = dict(manifest or {})
     info.update(settings=settings.fit_dict(), rows_used=int(len(positions)), window_rows=int(len(source)),
                 fit_row_ids=[int(x) for x in source.row_ids_at(positions)] if len(positions) <= 100_000 else None,
                 world_size=dist.world_size())
-    return FactorSet(factors, info)
+    return info
+
+
+def lambda_sums(blocks, device) -> dict:
+    return {b.name: torch.zeros(b.out_dim, b.in_dim, dtype=torch.float64, device=device) for b in blocks}
+
+
+def fit_ekfac(model, adapter, blocks, source, settings: Settings, manifest: dict | None = None) -> FactorSet:
+    """Fit the EK-FAC factors of ``blocks`` on a subsample of ``source``; same result on every rank.
+
+    source: a RowSource (the window). Returns a FactorSet whose manifest records the rows used.
+    """
+    positions = fit_positions(len(source), settings)
+    sub = source.subset(positions)
+    device = next(model.parameters()).device
+    eig, n_tok = covariance_pass(model, adapter, blocks, sub, settings)
+    eig32 = {n: (QA.float(), QS.float()) for n, (_, _, QA, QS) in eig.items()}
+    lam_sum, n_rows = lambda_sums(blocks, device), torch.zeros(1, dtype=torch.float64, device=device)
+    kw = fit_labels(settings)
+    for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 2/2 (eigenvalues)", **kw):
+        accumulate_lambda(lam_sum, a, g, blocks, eig32, settings.backend)
+        n_rows += batch.tokens.shape[0]
+    dist.all_reduce_sum([*lam_sum.values(), n_rows])
+    factors = finish_factors(blocks, eig, lam_sum, float(n_rows), n_tok, settings)
+    return FactorSet(factors, fit_info(manifest, settings, source, positions))

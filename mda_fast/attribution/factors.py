@@ -51,7 +51,7 @@ def eigh_factor(C: torch.Tensor, block: str, which: str) -> tuple[torch.Tensor, 
         evals, evecs = torch.linalg.eigh(C)
     except RuntimeError as exc:  # eigh failed to converge
         raise NumericalError(f"eigendecomposition of covariance {which} of block {block} failed: {exc}") from None
-    return evals, evecs
+    return evals, evecs.contiguous()  # row-major like loaded factors: same GEMM rounding in session and from disk
 
 
 @dataclass
@@ -124,7 +124,8 @@ class FactorSet:
         tensors, meta = {}, {}
         for n, f in self.blocks.items():
             for key in TENSORS:
-                tensors[f"{n}/{key}"] = getattr(f, key).detach().to("cpu", torch.float64).contiguous()
+                # a copy: blocks reading one input share A and Q_A in memory (ekfac.input_key)
+                tensors[f"{n}/{key}"] = getattr(f, key).detach().to("cpu", torch.float64).contiguous().clone()
             meta[n] = {"damping": f.damping, "n_tokens": f.n_tokens, "n_samples": f.n_samples, "shape": list(f.shape)}
         data = safetensors_bytes(tensors, metadata={"format": FORMAT})
         manifest = dict(self.manifest, format=FORMAT, blocks=meta, tensors_sha256=hashlib.sha256(data).hexdigest())

@@ -1,7 +1,10 @@
 """One model pass per batch: row losses, sampled labels, and the captured (a, g) of each block.
 
 A row of L tokens gives inputs ``tokens[:, :-1]`` and labels ``tokens[:, 1:]`` (T = L - 1), as in
-Pythia's 2049-token rows. The loss is the summed next-token cross-entropy over the row.
+Pythia's 2049-token rows. The loss is the summed next-token cross-entropy over the row. The LM head,
+the cross-entropy, the label draw and the gradient into the final hidden state run in token chunks
+(``ops.op_linear_cross_entropy``): no [B, T, V] tensor is ever formed; attention runs as fused SDPA
+(``models.attention``): no [B, H, T, T] weights are kept either.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from mda_fast.errors import DataError
-from mda_fast.models.loss import row_losses
+from mda_fast.models.attention import fused_attention
+from mda_fast.models.loss import final_hidden, lm_head
+from mda_fast.ops import op_linear_cross_entropy as lce
 from mda_fast.units import Capture
 
 _MIX = 0x9E3779B97F4A7C15  # row-seed mixing constant (golden ratio, 64 bit)
@@ -20,22 +25,25 @@ def row_seed(seed: int, row_id: int) -> int:
     return (int(seed) * _MIX + int(row_id) * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
 
 
-def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int, chunk: int = 256) -> torch.Tensor:
-    """Labels [B, T] drawn from softmax(logits [B, T, V]) by inverse-CDF sampling.
+def row_uniforms(row_ids: torch.Tensor, seed: int, T: int) -> torch.Tensor:
+    """Uniforms [B, T] float64 of the label draw: one generator per row seeded by (seed, row id),
+    so the draw depends on neither batch size nor world size; T numbers per row (Gumbel-max would
+    need T * V)."""
+    rows = [torch.rand(T, generator=torch.Generator().manual_seed(row_seed(seed, int(r))), dtype=torch.float64)
+            for r in row_ids]
+    return torch.stack(rows) if rows else torch.empty(0, T, dtype=torch.float64)
 
-    The uniforms come from one generator per row, so the draw depends on (seed, row id) only and
-    not on batch size or world size; only T random numbers per row (Gumbel-max would need T * V).
-    The CDF is float64 (no rounding gaps) in chunks of ``chunk`` positions to bound memory.
-    """
+
+def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int, chunk: int = 256) -> torch.Tensor:
+    """Labels [B, T] drawn from softmax(logits [B, T, V]) by inverse-CDF sampling (float64 CDF of the
+    float32 softmax) with :func:`row_uniforms`: the draws the chunked pass makes from the same logits."""
     B, T, V = logits.shape
+    u = row_uniforms(row_ids, seed, T).to(logits.device)
     out = torch.empty(B, T, dtype=torch.long, device=logits.device)
     for b in range(B):
-        gen = torch.Generator().manual_seed(row_seed(seed, int(row_ids[b])))
-        u = torch.rand(T, 1, generator=gen, dtype=torch.float64).to(logits.device)
         for t0 in range(0, T, chunk):
-            cdf = torch.softmax(logits[b, t0 : t0 + chunk].double(), dim=-1).cumsum_(-1)  # [t, V]
-            out[b, t0 : t0 + chunk] = torch.searchsorted(cdf, u[t0 : t0 + chunk] * cdf[:, -1:]).squeeze(-1)
-    return out.clamp_(max=V - 1)
+            out[b, t0 : t0 + chunk] = lce.inverse_cdf(lce.softmax_lse(logits[b, t0 : t0 + chunk].float().clone())[0], u[b, t0 : t0 + chunk])
+    return out
 
 
 def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +51,18 @@ def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.
     if tokens.dim() != 2 or tokens.shape[1] < 2:
         raise DataError(f"{where}: rows must be [B, L] with L >= 2 tokens, got shape {tuple(tokens.shape)}")
     return tokens[:, :-1], tokens[:, 1:]
+
+
+def head_losses(model, hidden: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, seed: int,
+                kinds: tuple[str, ...]) -> list[torch.Tensor]:
+    """Row losses [B] (differentiable w.r.t. ``hidden`` [B, T, d]) for each of ``kinds``: "data"
+    (``targets``) or "sampled" (drawn from the model); one chunked LM-head pass serves all."""
+    weight, bias = lm_head(model)
+    data = [targets] if "data" in kinds else []
+    u = row_uniforms(row_ids, seed, hidden.shape[1]).to(hidden.device) if "sampled" in kinds else None
+    losses, grads, _ = lce.chunked(hidden, weight, bias, data, u)
+    order = ["data"] * len(data) + ["sampled"] * (u is not None)
+    return [lce.attach(hidden, losses[order.index(k)], grads[order.index(k)]) for k in kinds]
 
 
 def captured_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.Tensor, *,
@@ -54,13 +74,24 @@ def captured_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.T
     Returns (a {block: [B, T, I]}, g {block: [B, T, O]}, loss [B] detached fp32).
     Backward stops at the lowest target layer; no weight gradient is computed.
     """
+    a, gs, losses = captured_multi_pass(model, adapter, blocks, tokens, row_ids, (labels,), seed=seed, where=where)
+    return a, gs[0], losses[0]
+
+
+def captured_multi_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.Tensor,
+                        kinds: tuple[str, ...], *, seed: int = 0, where: str = "a batch"):
+    """One forward, then one truncated backward per label kind in ``kinds`` (see captured_pass).
+
+    Returns (a {block: [B, T, I]}, [g {block: [B, T, O]} per kind], [loss [B] per kind]).
+    """
     inputs, targets = split_tokens(tokens, where)
-    with Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
-        logits = model(input_ids=inputs).logits  # [B, T, V]
-        if labels == "sampled":
-            with torch.no_grad():
-                targets = sample_labels(logits.detach(), row_ids, seed)
-        loss = row_losses(logits, targets)  # [B]
-        loss.sum().backward()
-        a, g = cap.a, cap.g
-    return a, g, loss.detach()
+    gs, out = [], []
+    with fused_attention(model), Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
+        hidden = final_hidden(model, inputs)  # [B, T, d]
+        losses = head_losses(model, hidden, targets, row_ids, seed, kinds)
+        for i, loss in enumerate(losses):
+            loss.sum().backward(retain_graph=i + 1 < len(losses))
+            gs.append(cap.g)  # the hooks replace the dict's entries, never these tensors
+            out.append(loss.detach())
+        a = cap.a
+    return a, gs, out

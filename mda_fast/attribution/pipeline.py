@@ -146,6 +146,16 @@ class Pipeline:
                  f"{self.path('scores')}/scores.npz")
         return self.table
 
+    def fit_and_score(self):
+        """Whole-window fit (``fit_fraction 1``) into ``factors/`` and scores into ``scores/`` in two
+        passes (``MDA.fit_and_score``: fit pass 2 and the score pass share one); returns the table."""
+        with self.claim():
+            self.table = self.mda.fit_and_score(self.window, self.path("scores"), factors_dir=self.path("factors"),
+                                                replace=True)
+        self.say(f"fitted EK-FAC on all {len(self.window)} rows and scored them (shared pass) -> "
+                 f"{self.path('factors')}, {self.path('scores')}/scores.npz")
+        return self.table
+
     def top(self, k: int = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
         """Top rows of a column or list of columns (default every column) with their figures, into ``top/``."""
         from mda_fast.attribution import load_scores
@@ -187,10 +197,14 @@ class Pipeline:
 
     def run(self, top_k: int = 20, refit: bool = False, columns: list[str] | None = None):
         """fit (unless ``factors/`` holds this run's factors, or with ``refit``) -> score (replacing
-        scores of other inputs) -> top (of ``columns``, default all); returns the score table."""
+        scores of other inputs) -> top (of ``columns``, default all); returns the score table. A fit
+        on the whole window (``fit_fraction 1``) shares its pass 2 with the score pass."""
         with self.claim():
-            if refit or not self.factors_current():
-                self.fit()
-            self.score(replace=True)
+            if (refit or not self.factors_current()) and self.mda.whole_window(self.window):
+                self.fit_and_score()
+            else:
+                if refit or not self.factors_current():
+                    self.fit()
+                self.score(replace=True)
             self.top(top_k, columns)
         return self.table

@@ -1,0 +1,259 @@
+"""mda-fast beside the peers on one workload: time and peak RSS of each run, ratios, score agreement.
+
+Workload: a random Pythia-shaped model, N rows of L tokens, batch B, unit L3.H1.qkvo, probe
+copy_target (the MDA default probe set: 32 x 64 tokens). Runs (each in its own process, so the peak
+RSS is its own):
+
+    plain        one forward+backward of the summed CE over the rows, every weight gradient (T0),
+                 the model as loaded (eager attention)
+    plain_sdpa   the same with fused SDPA attention (what mda-fast's passes use): the stricter T0
+    one_head     mda-fast fit (default 10% subsample) + score, one head
+    all_heads    mda-fast, every head of the model (qkvo) in one run
+    whole        mda-fast fit on the whole window (fit_fraction 1: pass 2 shared with scoring)
+    layer        mda-fast, every head of layer 3 (qkvo), whole window: the parameters kronfluence sees
+    kronfluence  EK-FAC (whole window, true Fisher) on layer 3's attention modules
+                 (query_key_value, dense), 1 query = the probe set; only when kronfluence imports
+    bergson      not wired yet (reported as not run)
+    pass         one captured pass (true-Fisher labels) of the first batch: the per-pass time and
+                 memory; runs on older checkouts too (PYTHONPATH=<checkout>), for before/after
+
+Nothing is installed here: a peer that does not import is skipped (`pip install .[bench]` adds them).
+Spearman correlations compare kronfluence's scores with ``whole`` (one head) and with ``layer``
+(sum of layer 3's head columns: the same parameters, minus biases, block-diagonal by head).
+
+Run:  python benchmarks/bench_peers.py --model pythia-14m --rows 16 --len 2049 --batch 8
+      python benchmarks/bench_peers.py --one one_head ...    # one run, prints its JSON
+      python -m pytest benchmarks/bench_peers.py --benchmark-enable -q   # small shape, pytest-benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+UNIT, LAYER, PROBE = "L3.H1.qkvo", 3, "copy_target"
+RUNS = ("plain", "plain_sdpa", "one_head", "all_heads", "whole", "layer", "kronfluence", "pass")
+
+
+def make_model(name: str):
+    from mda_fast.models import make_tiny_model
+
+    return make_tiny_model(name, seed=0)
+
+
+def make_rows(n: int, L: int):
+    from mda_fast.data import ArraySource
+
+    return ArraySource(np.random.default_rng(0).integers(2, 50277, (n, L)), name="bench")
+
+
+def plain_step(model, src, bs: int, attention: str | None = None) -> None:
+    """Forward + backward of the summed CE with every weight gradient, batch by batch (T0)."""
+    if attention:
+        model.set_attn_implementation(attention)
+    model.zero_grad(set_to_none=True)
+    for b in src.batches(bs):
+        logits = model(input_ids=b.tokens[:, :-1]).logits
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.tokens[:, 1:].reshape(-1), reduction="sum").backward()
+    model.zero_grad(set_to_none=True)
+
+
+def heads(model, layers=None) -> list[str]:
+    c = model.config
+    return [f"L{l}.H{h}.qkvo" for l in (layers if layers is not None else range(c.num_hidden_layers))
+            for h in range(c.num_attention_heads)]
+
+
+def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1) -> np.ndarray:
+    """fit + score (Pipeline.run's path: a whole-window fit shares pass 2 with scoring); scores [N, C]."""
+    from mda_fast.attribution import MDA, Settings
+
+    out = tempfile.mkdtemp(prefix="mda_peers_")
+    try:
+        s = Settings(batch_size=bs, progress=False, chunk_rows=4096, fit_fraction=fit_fraction)
+        mda = MDA(model, units, [PROBE], settings=s)
+        if mda.whole_window(src):
+            return mda.fit_and_score(src, out).scores
+        return mda.fit(src).score(src, out).scores
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
+    """kronfluence EK-FAC on layer LAYER's attention modules, whole window, damping 0.1 x mean
+    eigenvalue (as mda-fast); scores [N] in mda-fast's sign."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    from mda_fast.probes import parse_probe, probe_forward
+
+    probe = parse_probe(PROBE)
+    mods = [f"gpt_neox.layers.{LAYER}.attention.query_key_value", f"gpt_neox.layers.{LAYER}.attention.dense"]
+
+    class LMTask(Task):  # the row loss of mda-fast (summed CE; labels sampled for the true Fisher)
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(input_ids=batch[:, :-1]).logits.float()
+            flat = logits.reshape(-1, logits.shape[-1])
+            if sample:
+                with torch.no_grad():
+                    labels = torch.multinomial(torch.softmax(flat.detach(), -1), 1).squeeze(-1)
+            else:
+                labels = batch[:, 1:].reshape(-1)
+            return F.cross_entropy(flat, labels, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return probe_forward(model, probe, batch[0]) / batch.shape[1]
+
+        def get_influence_tracked_modules(self):
+            return mods
+
+    rows = [torch.as_tensor(r) for r in src.read(np.arange(len(src)))]
+    task = LMTask()
+    model = prepare_model(model, task)
+    out = tempfile.mkdtemp(prefix="kf_peers_")
+    try:
+        an = Analyzer("bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=out)
+        fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None)
+        an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
+        an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=[probe_tokens], train_dataset=rows,
+                                   per_device_query_batch_size=1, per_device_train_batch_size=bs,
+                                   score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
+        # kronfluence scores grad f^T H^-1 grad L (positive: up-weighting the row lowers f); mda-fast's
+        # sign is the opposite (positive: the row strengthens f), so negate to compare
+        return -an.load_pairwise_scores("s")["all_modules"][0].double().numpy()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
+    """Time one run in this process: {seconds, peak_rss_gb, scores (list) | None}."""
+    torch.manual_seed(0)
+    model, src = make_model(model_name), make_rows(n, L)
+    fns = {"plain": lambda: plain_step(model, src, bs),
+           "plain_sdpa": lambda: plain_step(model, src, bs, "sdpa"),
+           "one_head": lambda: mda_run(model, src, bs, [UNIT]),
+           "all_heads": lambda: mda_run(model, src, bs, heads(model)),
+           "whole": lambda: mda_run(model, src, bs, [UNIT], fit_fraction=1.0),
+           "layer": lambda: mda_run(model, src, bs, heads(model, [LAYER]), fit_fraction=1.0).sum(1),
+           "kronfluence": lambda: kronfluence_run(model, src, bs, probe_set(model)),
+           "pass": lambda: one_pass(model, src, bs)}
+    t0 = time.perf_counter()
+    res = fns[what]()
+    dt = time.perf_counter() - t0
+    scores = None if res is None else np.asarray(res, np.float64).reshape(n, -1)[:, 0].tolist()
+    return {"run": what, "seconds": dt, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "scores": scores}
+
+
+def one_pass(model, src, bs: int) -> None:
+    """One forward + truncated backward of the first batch with sampled labels (captured_pass)."""
+    from mda_fast.attribution.forward import captured_pass
+    from mda_fast.units import Unit, get_adapter
+
+    adapter = get_adapter(model)
+    batch = next(iter(src.batches(bs)))
+    captured_pass(model, adapter, Unit.parse(UNIT).blocks(adapter), batch.tokens, batch.row_ids, labels="sampled")
+
+
+def probe_set(model) -> torch.Tensor:
+    """The MDA default probe data of PROBE (32 x 64 tokens) for this model."""
+    from mda_fast.attribution import MDA
+
+    return MDA(model, [UNIT], [PROBE]).probe_data[PROBE]
+
+
+def peer_available(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except Exception:
+        return False
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+# -- pytest-benchmark: a small shape, each run timed in this process -------------------------------
+SMALL = ("pythia-14m", 8, 129, 4)
+
+
+@pytest.mark.parametrize("what", [r for r in RUNS if r != "pass"])
+def test_bench_peers(benchmark, what):
+    if what == "kronfluence":
+        pytest.importorskip("kronfluence")
+    res = benchmark.pedantic(lambda: run_one(what, *SMALL), rounds=1, iterations=1)
+    benchmark.extra_info.update(model=SMALL[0], rows=SMALL[1], tokens_per_row=SMALL[2], batch_size=SMALL[3],
+                                peak_rss_gb=res["peak_rss_gb"])
+
+
+# -- the side-by-side table -------------------------------------------------------------------------
+def _subprocess(what: str, a) -> dict:
+    cmd = [sys.executable, __file__, "--one", what, "--model", a.model, "--rows", str(a.rows), "--len", str(a.len),
+           "--batch", str(a.batch)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"run": what, "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def table(a) -> None:
+    print(f"{a.model}, {a.rows} rows x {a.len} tokens, batch {a.batch}, unit {UNIT}, probe {PROBE}; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    res = {}
+    for what in a.runs:
+        if what == "kronfluence" and not peer_available("kronfluence"):
+            res[what] = {"run": what, "error": "kronfluence not importable (pip install .[bench])"}
+        else:
+            res[what] = _subprocess(what, a)
+        print(json.dumps({k: v for k, v in res[what].items() if k != "scores"}), flush=True)
+    t0 = res.get("plain", {}).get("seconds")
+    ts = res.get("plain_sdpa", {}).get("seconds")
+    print("| run | time (s) | / plain (eager) | / plain (sdpa) | peak RSS (GB) |\n|---|---|---|---|---|")
+    for what, r in res.items():
+        if "error" in r:
+            print(f"| {what} | not run: {r['error']} | | | |")
+            continue
+        ratio = lambda t: f"{r['seconds'] / t:.2f}" if t else "-"  # noqa: E731
+        print(f"| {what} | {r['seconds']:.1f} | {ratio(t0)} | {ratio(ts)} | {r['peak_rss_gb']:.2f} |")
+    kf = res.get("kronfluence", {}).get("scores")
+    for other in ("whole", "layer"):
+        if kf and res.get(other, {}).get("scores"):
+            print(f"Spearman(kronfluence, {other}) = {spearman(kf, res[other]['scores']):.3f}")
+    if "whole" in res and "kronfluence" in res and "seconds" in res["kronfluence"] and "seconds" in res["whole"]:
+        print(f"kronfluence / whole-window mda-fast = {res['kronfluence']['seconds'] / res['whole']['seconds']:.2f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="pythia-14m")
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--len", type=int, default=2049)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--runs", nargs="+", default=[r for r in RUNS if r != "pass"], choices=RUNS)
+    p.add_argument("--one", choices=RUNS, help="time one run in this process and print its JSON")
+    a = p.parse_args(argv)
+    if a.one:
+        print(json.dumps(run_one(a.one, a.model, a.rows, a.len, a.batch)))
+    else:
+        table(a)
+
+
+if __name__ == "__main__":
+    main()

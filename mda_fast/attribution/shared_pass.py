@@ -1,0 +1,96 @@
+"""Whole-window fit and scores in two passes: pass 2 of the fit (per-sample Lambda) and the score
+pass share one forward + truncated backward per batch (``fit_fraction 1``, the paper's configuration,
+costs pass 1 + this pass instead of three passes).
+
+Lambda needs every row's (sampled-label) gradient before any score can be preconditioned, so each
+row's data-label gradient is kept rotated into pass 1's eigenbases, Gt_b = Q_S^T G_b Q_A [O, I]
+(fp32), and scored once Lambda is known:
+
+    score[b, (u, p)] = - sum_{k in u} < Gt_{b,k}, Vt_{k,p} / (Lambda_k + damping_k) >     Vt = Q_S^T grad f_p Q_A
+
+which is -<G_b, H^-1 grad f_p> of the score pass (Q_A, Q_S orthogonal). Memory: this rank's rows x
+sum_k O_k I_k fp32 (64 KiB a row for one Pythia-14M head, qkvo). With the empirical Fisher the data
+labels serve both, so there is one backward; with the true Fisher two backwards share the forward
+and the LM head's chunked pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mda_fast.attribution import dist
+from mda_fast.attribution.ekfac import _batches, _where, accumulate_lambda, lambda_sums
+from mda_fast.attribution.factors import FactorSet, check_finite
+from mda_fast.attribution.forward import captured_multi_pass
+from mda_fast.attribution.settings import Settings
+from mda_fast.ops.tensors import f32, sample_chunks
+
+
+def rotated_grads(a: torch.Tensor, g: torch.Tensor, Q_A: torch.Tensor, Q_S: torch.Tensor) -> torch.Tensor:
+    """Q_S^T G_b Q_A [B, O*I] fp32 of G_b = sum_t g_bt a_bt^T, from a [B, T, I], g [B, T, O], Q fp32."""
+    B, _, I = a.shape
+    O = g.shape[2]
+    out = torch.empty(B, O * I, dtype=torch.float32, device=a.device)
+    for sl in sample_chunks(B, O * I):
+        G = torch.bmm(f32(g[sl]).transpose(1, 2), f32(a[sl]))  # [b, O, I]
+        out[sl] = (Q_S.T @ G @ Q_A).reshape(G.shape[0], O * I)
+    return out
+
+
+def rotated_queries(factors: FactorSet, raw: dict[str, torch.Tensor], precondition: bool) -> dict[str, torch.Tensor]:
+    """{block: [n, O*I]} Vt / (Lambda + damping) (or Vt for ``precondition=False``) of raw probe
+    gradients {block: [n, O, I]}, in float64 then fp32."""
+    out = {}
+    for name, V in raw.items():
+        f = factors[name]
+        Vt = f.Q_S.T @ V.to(f.Q_S) @ f.Q_A  # [n, O, I]
+        if precondition:
+            Vt = Vt / (f.lam + f.damping)
+        out[name] = Vt.reshape(Vt.shape[0], -1).float().to(V.device)
+    return out
+
+
+def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
+    """Pass 2 + the score pass over this rank's rows of ``source`` (the whole window).
+
+    eig: {block: (A, S, Q_A, Q_S)} of pass 1. Returns (lam_sum {block: [O, I] float64, rank-summed},
+    n_rows (all ranks), row ids int64[n], losses float32[n], kept {block: [n, O*I] fp32 rotated
+    data-label gradients}).
+    """
+    device = next(model.parameters()).device
+    eig32 = {n: (QA.float().to(device), QS.float().to(device)) for n, (_, _, QA, QS) in eig.items()}
+    kinds = ("sampled", "data") if settings.fisher == "true" else ("data",)
+    lam_sum, n_rows = lambda_sums(blocks, device), torch.zeros(1, dtype=torch.float64, device=device)
+    ids, losses, kept = [], [], {b.name: [] for b in blocks}
+    for batch in _batches(source, settings, "EK-FAC pass 2/2 + scores"):
+        where = _where(batch)
+        a, gs, ls = captured_multi_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, kinds,
+                                        seed=settings.fit_seed, where=where)
+        for b in blocks:
+            check_finite(a[b.name], "input activation", b.name, where)
+            for g in gs:
+                check_finite(g[b.name], "output gradient", b.name, where)
+        accumulate_lambda(lam_sum, a, gs[0], blocks, eig32, settings.backend)
+        for b in blocks:
+            kept[b.name].append(rotated_grads(a[b.name], gs[-1][b.name], *eig32[b.name]).cpu())
+        n_rows += batch.tokens.shape[0]
+        ids.append(batch.row_ids.numpy())
+        losses.append(ls[-1].cpu().numpy())
+    dist.all_reduce_sum([*lam_sum.values(), n_rows])
+    cat = lambda xs, empty: np.concatenate(xs) if xs else empty  # noqa: E731
+    kept = {n: torch.cat(v) if v else torch.zeros(0, b.out_dim * b.in_dim)
+            for (n, v), b in zip(kept.items(), blocks)}
+    return lam_sum, float(n_rows), cat(ids, np.zeros(0, np.int64)), cat(losses, np.zeros(0, np.float32)), kept
+
+
+def scores_of(kept: dict[str, torch.Tensor], queries: dict[str, torch.Tensor], block_cols: dict[str, list[int]],
+              n_cols: int, n_probes: int) -> torch.Tensor:
+    """Scores [n, C] = -<Gt, query> summed over each unit's blocks (columns as scoring.column_map)."""
+    n = next(iter(kept.values())).shape[0]
+    out = torch.zeros(n, n_cols, dtype=torch.float32)
+    for name, Q in queries.items():
+        d = kept[name] @ Q.cpu().T  # [n, n_probes]
+        for c0 in block_cols[name]:
+            out[:, c0 : c0 + n_probes] -= d
+    return out
