@@ -24,7 +24,8 @@ def register(subparsers) -> None:
                    help="also run the causal retraining experiment and the LDS check (about 25 minutes on 2 cores)")
     p.add_argument("--seeds", type=int, default=8, help="seeds of the experiment")
     p.add_argument("--jobs", type=int, default=2, help="retraining worker processes (one core each)")
-    p.add_argument("--lds-subsets", type=int, default=24, help="random half subsets of the LDS check (0: skip it)")
+    p.add_argument("--lds-subsets", type=int, default=24, help="random subsets of the LDS check (0: skip it)")
+    p.add_argument("--lds-fraction", type=float, default=0.5, help="share of the window's rows each LDS subset keeps")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -34,7 +35,10 @@ def cmd_demo(args) -> int:
 
     from mda_fast.demo.config import load_demo_config
     from mda_fast.demo.pipeline import run_demo
+    from mda_fast.errors import ConfigError
 
+    if not 0.0 < args.lds_fraction < 1.0:  # checked before hours of training, not after
+        raise ConfigError(f"--lds-fraction must be in (0, 1), got {args.lds_fraction}")
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     over = {"steps": args.max_steps} if args.max_steps else {}
     cfg = load_demo_config(args.config, **over)
@@ -44,6 +48,7 @@ def cmd_demo(args) -> int:
     if args.experiment:
         from mda_fast.demo.experiment import run_demo_experiment
 
-        run_demo_experiment(args.out, seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets)
+        run_demo_experiment(args.out, seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets,
+                            lds_fraction=args.lds_fraction)
         print(f"experiment: {args.out}/experiment/summary.json, curves.png, dose.png, report.html, lds/lds.json")
     return 0

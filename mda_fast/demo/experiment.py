@@ -173,9 +173,11 @@ def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, doses: bool
     return exp, cfg, info
 
 
-def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log) -> dict:
+def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log, fraction: float = 0.5) -> dict:
     """LDS of the EK-FAC scores and of gradient dot products for each demo unit and its probe, on the
-    same retrained random half subsets of the window; returns the summary entry."""
+    same retrained random subsets of the window, each keeping ``fraction`` of its rows (into
+    ``experiment/lds`` for half subsets, ``experiment/lds-keep<fraction>`` otherwise); returns the
+    summary entry."""
     from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
     from mda_fast.probes import make_data, parse_probe
 
@@ -188,18 +190,20 @@ def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log
                          [Attributor("EK-FAC (MDA)", exp.table.row_ids, exp.table.column(col)),
                           Attributor("gradient dot product", gd.row_ids, gd.column(col))])
                for u, uinfo, col in zip(units, info["units"], cols)]
-    log(f"[experiment] LDS: {subsets} random half subsets of the window, retrained to step {exp.window[1]}")
-    lds = run_lds(demo_dir / "experiment" / "lds", exp.shared, exp.window, cfg.rows_per_step, targets,
-                  n_subsets=subsets, jobs=jobs, log=log)
+    where = demo_dir / "experiment" / ("lds" if fraction == 0.5 else f"lds-keep{fraction:g}")
+    log(f"[experiment] LDS: {subsets} random subsets keeping {fraction:g} of the window, retrained to step "
+        f"{exp.window[1]}")
+    lds = run_lds(where, exp.shared, exp.window, cfg.rows_per_step, targets, n_subsets=subsets, fraction=fraction,
+                  jobs=jobs, log=log)
     log(format_lds(lds))
-    return {"path": str(demo_dir / "experiment" / "lds" / "lds.json"),
+    return {"path": str(where / "lds.json"),
             "targets": [{k: t[k] for k in ("unit", "probe")} |
                         {"attributors": {n: {"lds_probe": r["lds_probe"], "lds_head": r["lds_head"]}
                                          for n, r in t["attributors"].items()}} for t in lds["targets"]]}
 
 
 def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
-                        lds_subsets: int = 24, doses: bool = True, log=print) -> dict:
+                        lds_subsets: int = 24, doses: bool = True, log=print, lds_fraction: float = 0.5) -> dict:
     """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary."""
     from mda_fast.intervene.experiment import run_conditions, summarize, write_outputs
     from mda_fast.intervene.report import write_report
@@ -221,7 +225,7 @@ def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float =
     plot_effects(summary, out / "effects.png")
     log(format_summary(summary))
     if lds_subsets:
-        summary["lds"] = lds_check(demo_dir, exp, cfg, info, lds_subsets, jobs, log)
+        summary["lds"] = lds_check(demo_dir, exp, cfg, info, lds_subsets, jobs, log, lds_fraction)
     write_json(out / "summary.json", summary)
     write_report(out, scores=exp.table, source=exp.source)
     return summary
