@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def compiled():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout, installed or not
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_aot.py"), "--arch", "80", "--arch", "90", "--json"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
