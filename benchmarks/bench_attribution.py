@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from mda_fast.attribution import MDA, Settings
 from mda_fast.data import ArraySource
 from mda_fast.models import make_tiny_model
+from timing import best_of
 
 # name -> (make model, rows N, tokens per row, batch size, "one head" unit)
 CASES = {
@@ -83,14 +83,6 @@ def test_bench_attribution(benchmark, name, what):
     benchmark.extra_info.update(rows=len(src), tokens_per_row=src.seq_len, batch_size=bs)
 
 
-def _best(fn, rounds=3):
-    fn()  # warm-up (allocator, lazy imports, backend selection)
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def main():
@@ -102,9 +94,9 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for name in CASES:
         model, src, bs, one = _setup(name)
-        tp = _best(lambda: plain_step(model, src, bs))
-        t1 = _best(lambda: attribute(model, src, bs, [one]))
-        ta = _best(lambda: attribute(model, src, bs, all_heads(model)))
+        tp = best_of(lambda: plain_step(model, src, bs))
+        t1 = best_of(lambda: attribute(model, src, bs, [one]))
+        ta = best_of(lambda: attribute(model, src, bs, all_heads(model)))
         print(f"| {name} ({one} / {len(all_heads(model))} heads) | {len(src)} x {src.seq_len} | {bs} | {tp:.3f} | "
               f"{t1:.3f} | {ta:.3f} | {t1 / tp:.2f} | {ta / t1:.2f} |", flush=True)
 

@@ -37,6 +37,7 @@ from mda_fast.attribution.index_basis import IndexSpec
 from mda_fast.attribution.index_store import FORMAT, IndexFiles, IndexStore
 from mda_fast.data import ArraySource
 from mda_fast.models import make_tiny_model
+from timing import best_of
 
 ROWS, TOKENS, BATCH = 1024, 65, 32
 UNITS = [f"L{l}.H{h}.qk" for l in range(2) for h in range(4)]
@@ -159,14 +160,6 @@ def test_bench_index_query(benchmark, tmp_path, k):
 
 
 # ---- the RESULTS.md table --------------------------------------------------------------------------
-def _best(fn, rounds=3) -> float:
-    fn()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def demo_ratio(demo: str, spec: IndexSpec) -> None:
@@ -180,9 +173,9 @@ def demo_ratio(demo: str, spec: IndexSpec) -> None:
     with scratch() as d:
         f = os.path.join(d, "factors")
         mda = MDA(model, units, ["copy_target"], settings=st).fit(window, out_dir=f)
-        t_score = _best(lambda: scratch_call(lambda out: mda.score(window, out)), rounds=2)
+        t_score = best_of(lambda: scratch_call(lambda out: mda.score(window, out)), rounds=2)
         with op1_timer() as spent:
-            t_build = _best(lambda: scratch_call(lambda out: mda.index(window, out, spec, units=units)), rounds=2)
+            t_build = best_of(lambda: scratch_call(lambda out: mda.index(window, out, spec, units=units)), rounds=2)
     share = spent[0] / 3 / t_build  # the op 1 time of the warm-up and the 2 rounds, per build
     print(f"| demo window {len(window)} x {window.seq_len} rows, {len(units)} heads, {spec.kind} k {spec.k[0]}x{spec.k[1]} | "
           f"score pass {t_score:.2f} s | index build {t_build:.2f} s | B = {t_build / t_score:.2f} | "
@@ -206,8 +199,8 @@ def main(argv=None) -> int:
     spec = IndexSpec()
     with scratch() as d:
         model, src = setup(os.path.join(d, "factors"))
-        t_score = _best(lambda: score_pass(model, src, os.path.join(d, "factors")))
-        t_build = _best(lambda: index_build(model, src, os.path.join(d, "factors"), spec))
+        t_score = best_of(lambda: score_pass(model, src, os.path.join(d, "factors")))
+        t_build = best_of(lambda: index_build(model, src, os.path.join(d, "factors"), spec))
         with op1_timer() as spent:
             t0 = time.perf_counter()
             index_build(model, src, os.path.join(d, "factors"), spec)
@@ -224,7 +217,7 @@ def main(argv=None) -> int:
             path = synthetic_index(os.path.join(d, "index"), args.rows, k * k)
             t_write = time.perf_counter() - t0
             size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-            t_query = _best(lambda p=path: query(p), rounds=2)
+            t_query = best_of(lambda p=path: query(p), rounds=2)
             print(f"| query, {args.rows:,} rows x {k}x{k} = {k * k} float16 | {size / 2**30:.2f} GiB | "
                   f"written in {t_write:.1f} s | query {t_query:.2f} s (page cache warm) |", flush=True)
     return 0

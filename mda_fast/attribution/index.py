@@ -1,4 +1,4 @@
-"""Ask any probe, any time: a per-row gradient index of heads, then queries in seconds (issue 13).
+"""Ask any probe, any time: a per-row gradient index of heads, then queries in seconds.
 
     from mda_fast.attribution.index import Index, IndexSpec, build_index
     idx = build_index(model, window, "runs/x/index", units="auto", factors=FactorSet.load("runs/x/factors"))

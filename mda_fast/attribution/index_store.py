@@ -65,11 +65,8 @@ class IndexStore(ScoreStore):
     REFUSED_HINT = "index into a new directory, or remove it first"
 
     def __init__(self, out_dir: str, manifest: dict, rank: int = 0, world_size: int = 1, chunk_rows: int = 1024):
-        self.dir, self.rank, self.world_size, self.chunk_rows = out_dir, rank, world_size, chunk_rows
-        self.manifest = dict(manifest, world_size=world_size, complete=False)
+        super().__init__(out_dir, manifest, rank, world_size, chunk_rows)
         self.dtype = self.manifest["spec"]["dtype"]
-        self._buf: list[tuple[np.ndarray, dict, np.ndarray]] = []
-        self._buffered, self.cursor = 0, 0
 
     def rows_in(self, path: str) -> int:
         return int(_npy(os.path.join(path, "row_ids.npy"), "r").shape[0])
@@ -82,22 +79,14 @@ class IndexStore(ScoreStore):
         """Buffer one batch (row_ids int64[B], {block: [B, dim] fp32}, loss float32[B]); flush when full."""
         where = f"the batch of rows {int(row_ids[0])}..{int(row_ids[-1])}"
         arrays = {name: stored(c, self.dtype, name, where) for name, c in coords.items()}
-        self._buf.append((np.asarray(row_ids, np.int64), arrays, np.asarray(loss, np.float32)))
-        self._buffered += len(row_ids)
-        if self._buffered >= self.chunk_rows:
-            self.flush()
+        self._push(row_ids, arrays, loss)
 
-    def flush(self) -> None:
-        if not self._buf:
-            return
-        ids = np.concatenate([b[0] for b in self._buf])
+    def _write_chunk(self, ids: np.ndarray, items: list, loss: np.ndarray) -> None:
         with atomic_dir(os.path.join(self.chunk_dir, f"chunk-{self.rank}-{self.cursor}")) as tmp:
             np.save(tmp / "row_ids.npy", ids)
-            np.save(tmp / "loss.npy", np.concatenate([b[2] for b in self._buf]))
-            for name in self._buf[0][1]:
-                np.save(tmp / f"{name}.npy", np.concatenate([b[1][name] for b in self._buf]))
-        self.cursor += len(ids)
-        self._buf, self._buffered = [], 0
+            np.save(tmp / "loss.npy", loss)
+            for name in items[0]:
+                np.save(tmp / f"{name}.npy", np.concatenate([item[name] for item in items]))
 
     def merge(self, expected_row_ids: np.ndarray) -> None:
         """Rank 0, after every rank flushed: check the chunks hold every row of the window once, in

@@ -78,7 +78,7 @@ class ScoreStore:
     def __init__(self, out_dir: str, manifest: dict, rank: int = 0, world_size: int = 1, chunk_rows: int = 1024):
         self.dir, self.rank, self.world_size, self.chunk_rows = out_dir, rank, world_size, chunk_rows
         self.manifest = dict(manifest, world_size=world_size, complete=False)
-        self.n_cols = len(self.manifest["columns"])
+        self.n_cols = len(self.manifest.get("columns", ()))  # the index store has no columns
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
         self.cursor = 0
@@ -173,7 +173,11 @@ class ScoreStore:
         """Buffer one batch (row_ids int64[B], scores float32[B, C], loss float32[B]); flush when full."""
         if scores.shape != (len(row_ids), self.n_cols):
             raise ValueError(f"scores shape {scores.shape} != ({len(row_ids)}, {self.n_cols})")
-        self._buf.append((np.asarray(row_ids, np.int64), np.asarray(scores, np.float32), np.asarray(loss, np.float32)))
+        self._push(row_ids, np.asarray(scores, np.float32), loss)
+
+    def _push(self, row_ids: np.ndarray, item, loss: np.ndarray) -> None:
+        """Buffer one batch's row ids, content (``item``) and losses; flush a chunk when full."""
+        self._buf.append((np.asarray(row_ids, np.int64), item, np.asarray(loss, np.float32)))
         self._buffered += len(row_ids)
         if self._buffered >= self.chunk_rows:
             self.flush()
@@ -181,10 +185,15 @@ class ScoreStore:
     def flush(self) -> None:
         if not self._buf:
             return
-        ids, sc, lo = (np.concatenate(x) for x in zip(*self._buf))
-        _save_npz(os.path.join(self.chunk_dir, f"chunk-{self.rank}-{self.cursor}.npz"), row_ids=ids, scores=sc, loss=lo)
+        ids = np.concatenate([b[0] for b in self._buf])
+        self._write_chunk(ids, [b[1] for b in self._buf], np.concatenate([b[2] for b in self._buf]))
         self.cursor += len(ids)
         self._buf, self._buffered = [], 0
+
+    def _write_chunk(self, ids: np.ndarray, items: list, loss: np.ndarray) -> None:
+        """One finished chunk file, starting at this rank's cursor (atomic)."""
+        _save_npz(os.path.join(self.chunk_dir, f"chunk-{self.rank}-{self.cursor}.npz"), row_ids=ids,
+                  scores=np.concatenate(items), loss=loss)
 
     def merge(self, expected_row_ids: np.ndarray) -> ScoreTable:
         """Rank 0, after every rank flushed: check each expected row is there exactly once, write
