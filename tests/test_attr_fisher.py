@@ -71,3 +71,20 @@ def test_sampled_labels_follow_the_model_softmax_and_depend_on_row_only():
     alone = torch.cat([sample_labels(big[i : i + 1], ids[i : i + 1], 7) for i in range(4)])
     assert torch.equal(together, alone)
     assert not torch.equal(sample_labels(big, ids, 8), together)
+
+
+def test_blocks_sharing_an_input_or_output_gradient_share_their_factors():
+    """Every head's qk and v block of a layer read the layer's input (one A, Q_A), every head's o
+    block sees the output projection's whole gradient (one S, Q_S): fitting two heads together
+    computes those once and gives each head exactly the factors it gets fitted alone."""
+    model, st = tiny("neox", 1), Settings(fit_fraction=1.0, batch_size=4, progress=False, probe_n=4, probe_seq_len=16)
+    both = MDA(model, ["L1.H0.qkvo", "L1.H2.qkvo"], ["copy_target"], settings=st).fit(window(n=9)).factors.blocks
+    assert both["L1.H0.qk"].A is both["L1.H2.v"].A and both["L1.H0.qk"].Q_A is both["L1.H2.qk"].Q_A
+    assert both["L1.H0.o"].S is both["L1.H2.o"].S and both["L1.H0.o"].Q_S is both["L1.H2.o"].Q_S
+    assert both["L1.H0.qk"].S is not both["L1.H2.qk"].S          # q/k rows of different heads: their own S
+    for head in ("L1.H0", "L1.H2"):
+        alone = MDA(model, [f"{head}.qkvo"], ["copy_target"], settings=st).fit(window(n=9)).factors.blocks
+        for part in ("qk", "v", "o"):
+            for key in ("A", "S", "Q_A", "Q_S", "lam"):
+                torch.testing.assert_close(getattr(both[f"{head}.{part}"], key), getattr(alone[f"{head}.{part}"], key),
+                                           rtol=0, atol=0, msg=f"{head}.{part} {key}")

@@ -56,48 +56,63 @@ def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: 
         yield batch, a, g
 
 
+def _span(sl: slice | None):
+    return None if sl is None else (sl.start, sl.stop, sl.step)
+
+
 def input_key(block) -> tuple:
     """Blocks with equal keys read the same input a (e.g. every head's qk and v block of a layer:
     the layer's attention input), so they share A and its eigenbasis."""
     p = block.pieces[0]
-    cols = None if p.in_cols is None else (p.in_cols.start, p.in_cols.stop, p.in_cols.step)
-    return p.module, cols
+    return p.module, _span(p.in_cols)
+
+
+def output_key(block) -> tuple:
+    """Blocks with equal keys see the same output gradient g (e.g. every head's o block of a
+    layer: the attention output projection's whole output), so they share S and its eigenbasis."""
+    return tuple((p.module, _span(p.out_rows)) for p in block.pieces)
+
+
+def _factor_sums(blocks, key, dim, device) -> tuple[dict, dict]:
+    """({key: first block with that key}, {key: float64 zeros [dim, dim]}) for keys shared by blocks."""
+    first = {}
+    for b in blocks:
+        first.setdefault(key(b), b)
+    return first, {k: torch.zeros(dim(b), dim(b), dtype=torch.float64, device=device) for k, b in first.items()}
+
+
+def _eigen(first: dict, sums: dict, n_tok: float, which: str) -> dict:
+    """{key: (covariance, its eigenvectors)} of each shared sum."""
+    out = {}
+    for k, b in first.items():
+        C = covariance(sums[k], n_tok)
+        out[k] = (C, eigh_factor(C, b.name, which)[1])
+    return out
 
 
 def covariance_pass(model, adapter, blocks, sub, settings: Settings) -> tuple[dict, float]:
     """Pass 1 over ``sub``: ({block: (A, S, Q_A, Q_S)} float64, tokens seen), summed over ranks.
-    A (and Q_A) is computed once per distinct block input (:func:`input_key`)."""
+    A (and Q_A) is computed once per distinct block input (:func:`input_key`), S (and Q_S) once per
+    distinct output gradient (:func:`output_key`)."""
     device = next(model.parameters()).device
-    first = {}  # input key -> first block reading it
-    for b in blocks:
-        first.setdefault(input_key(b), b)
-    A_sum = {k: torch.zeros(b.in_dim, b.in_dim, dtype=torch.float64, device=device) for k, b in first.items()}
-    S_sum = {b.name: torch.zeros(b.out_dim, b.out_dim, dtype=torch.float64, device=device) for b in blocks}
+    first_a, A_sum = _factor_sums(blocks, input_key, lambda b: b.in_dim, device)
+    first_g, S_sum = _factor_sums(blocks, output_key, lambda b: b.out_dim, device)
     n_tok = torch.zeros(1, dtype=torch.float64, device=device)
     kw = fit_labels(settings)
     for batch, a, g in _captured_batches(model, adapter, blocks, sub, settings, "EK-FAC pass 1/2 (covariances)", **kw):
-        for k, b in first.items():
-            a2 = a[b.name].reshape(-1, b.in_dim).double()
-            A_sum[k] += a2.T @ a2  # fp64 products and sum: rounding barely depends on the batch size
-        for b in blocks:
-            g2 = g[b.name].reshape(-1, b.out_dim).double()
-            S_sum[b.name] += g2.T @ g2
+        for sums, first, x, dim in ((A_sum, first_a, a, "in_dim"), (S_sum, first_g, g, "out_dim")):
+            for k, b in first.items():
+                x2 = x[b.name].reshape(-1, getattr(b, dim)).double()
+                sums[k] += x2.T @ x2  # fp64 products and sum: rounding barely depends on the batch size
         n_tok += batch.tokens.shape[0] * (batch.tokens.shape[1] - 1)
     dist.all_reduce_sum([*A_sum.values(), *S_sum.values(), n_tok])
     if float(n_tok) == 0:
         raise DataError("the EK-FAC subsample has no tokens (rows shorter than 2 tokens?)")
-    eig_A = {}
-    for k, b in first.items():
-        A = covariance(A_sum[k], float(n_tok))
-        eig_A[k] = (A, eigh_factor(A, b.name, "A")[1])
-    eig = {}
-    for b in blocks:
-        A, Q_A = eig_A[input_key(b)]
-        S = covariance(S_sum[b.name], float(n_tok))
-        _, Q_S = eigh_factor(S, b.name, "S")
-        dist.broadcast([Q_A, Q_S])  # ranks must share one eigenbasis even where eigh is not bitwise stable
-        eig[b.name] = (A, S, Q_A, Q_S)
-    return eig, float(n_tok)
+    eig_A, eig_S = _eigen(first_a, A_sum, float(n_tok), "A"), _eigen(first_g, S_sum, float(n_tok), "S")
+    for _, Q in (*eig_A.values(), *eig_S.values()):
+        dist.broadcast([Q])  # ranks must share one eigenbasis even where eigh is not bitwise stable
+    return {b.name: (eig_A[input_key(b)][0], eig_S[output_key(b)][0], eig_A[input_key(b)][1],
+                     eig_S[output_key(b)][1]) for b in blocks}, float(n_tok)
 
 
 def fit_labels(settings: Settings) -> dict:
