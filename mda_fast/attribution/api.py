@@ -132,16 +132,22 @@ class MDA:
             raise DataError("the window is empty: there are no rows to fit EK-FAC on")
         with self._writer(None if out_dir is None else os.path.dirname(os.path.abspath(out_dir))):
             self._check_tokens(source)
-            identity = self.fit_identity(source)
-            info = dict(self._describe(), window=window_info(source), identity=identity,
-                        fingerprint=fingerprint(identity))
-            self.factors = fit_ekfac(self.model, self.adapter, self.blocks, source, self.settings, info)
-            self.factors_where = "the EK-FAC factors fitted in this session"
-            if out_dir is not None and dist.rank() == 0:
-                self.factors.save(out_dir)
-                self.factors_where = str(out_dir)
+            self._keep(fit_ekfac(self.model, self.adapter, self.blocks, source, self.settings, self._fit_info(source)),
+                       out_dir)
         dist.barrier()
         return self
+
+    def _fit_info(self, source) -> dict:
+        """The manifest entries of factors fitted on ``source``: description, window, identity."""
+        identity = self.fit_identity(source)
+        return dict(self._describe(), window=window_info(source), identity=identity, fingerprint=fingerprint(identity))
+
+    def _keep(self, factors: FactorSet, out_dir: str | None) -> None:
+        """Use freshly fitted ``factors``, saved into ``out_dir`` by rank 0 when given."""
+        self.factors, self.factors_where = factors, "the EK-FAC factors fitted in this session"
+        if out_dir is not None and dist.rank() == 0:
+            factors.save(out_dir)
+            self.factors_where = str(out_dir)
 
     def whole_window(self, source) -> bool:
         """Whether the settings fit on every row of ``source`` (``fit_fraction 1``)."""
@@ -159,18 +165,12 @@ class MDA:
                               f"{len(source)} rows")
         with self._writer(out_dir):
             self._check_tokens(source)
-            identity = self.fit_identity(source)
-            info = dict(self._describe(), window=window_info(source), identity=identity,
-                        fingerprint=fingerprint(identity))
             eig, n_tok = covariance_pass(self.model, self.adapter, self.blocks, source, self.settings)
             lam_sum, n_rows, ids, losses, kept = shared_pass(self.model, self.adapter, self.blocks, source,
                                                              self.settings, eig)
             blocks = finish_factors(self.blocks, eig, lam_sum, n_rows, n_tok, self.settings)
-            self.factors = FactorSet(blocks, fit_info(info, self.settings, source, np.arange(len(source))))
-            self.factors_where = "the EK-FAC factors fitted in this session"
-            if factors_dir is not None and dist.rank() == 0:
-                self.factors.save(factors_dir)
-                self.factors_where = str(factors_dir)
+            self._keep(FactorSet(blocks, fit_info(self._fit_info(source), self.settings, source,
+                                                  np.arange(len(source)))), factors_dir)
             self._store_scores(source, out_dir, replace, ids, losses, kept)
         dist.barrier()
         self.table, self.source = load_scores(out_dir), source

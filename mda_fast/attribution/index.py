@@ -35,7 +35,7 @@ from mda_fast.attribution.index_basis import BlockBasis, IndexSpec, check_k
 from mda_fast.attribution.index_store import FORMAT, IndexFiles, IndexStore, itemsize
 from mda_fast.attribution.inputs import as_list, model_dtype, prepare_model, resolve_units
 from mda_fast.attribution.queries import build_queries
-from mda_fast.attribution.scoring import column_map
+from mda_fast.attribution.scoring import column_map, fill_store, rank_batches
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.data import rank_bounds
@@ -129,17 +129,6 @@ class IndexBuild:
             check_finite(g[name], "output gradient", name, where)
         return ids.numpy(), {n: basis.coords(a[n], g[n]) for n, basis in self.bases.items()}, loss.cpu().numpy()
 
-    def batches(self, source, start: int):
-        """This rank's batches from row ``start`` of its share (with a progress bar when asked)."""
-        r, w, bs = dist.rank(), dist.world_size(), self.settings.batch_size
-        it = source.batches(bs, rank=r, world_size=w, start=start)
-        if not self.settings.progress:
-            return it
-        from tqdm.auto import tqdm
-
-        return tqdm(it, total=source.num_batches(bs, r, w, start), desc=f"indexing (rank {r})", unit="batch",
-                    position=r)
-
     def run(self, source, out_dir: str, on_batch=None) -> None:
         """Index this rank's rows of ``source`` into ``out_dir`` (resuming; rank 0 merges).
         ``on_batch(done)``: called after each batch (an exception stops the pass, keeping chunks)."""
@@ -155,13 +144,7 @@ class IndexBuild:
             dist.barrier()
             if not store.is_complete():
                 store.resume_cursor()
-                try:
-                    for done, batch in enumerate(self.batches(source, store.cursor), 1):
-                        store.add(*self.batch(batch))
-                        if on_batch is not None:
-                            on_batch(done)
-                finally:  # whole batches only are buffered: keep them so a resume does not redo them
-                    store.flush()
+                fill_store(store, rank_batches(source, self.settings, store.cursor, "indexing"), self.batch, on_batch)
                 dist.barrier()
                 if r == 0:
                     store.merge(source.row_ids())

@@ -55,27 +55,39 @@ def score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols: int, 
     return ids.numpy(), sc.cpu().numpy(), loss.cpu().numpy()
 
 
-def run_score_pass(model, adapter, units, blocks, queries, source, store: ScoreStore, settings: Settings,
-                   unit_blocks: dict[str, list[str]], n_probes: int, on_batch=None) -> None:
-    """Score this rank's rows of ``source`` from ``store.cursor`` on, flushing chunks as they fill.
-
-    ``on_batch(done)`` is called after every batch added to the store (``done`` = batches so far);
-    an exception it raises stops the pass with every finished chunk kept (resumable).
-    """
+def rank_batches(source, settings: Settings, start: int, desc: str):
+    """This rank's batches of ``source`` from row ``start`` of its share, with a progress bar when
+    ``settings.progress`` (one line per rank)."""
     r, w = dist.rank(), dist.world_size()
-    block_cols = column_map(units, blocks, unit_blocks, n_probes)
-    n_cols = len(units) * n_probes
-    it = source.batches(settings.batch_size, rank=r, world_size=w, start=store.cursor)
-    if settings.progress:
-        from tqdm.auto import tqdm
+    it = source.batches(settings.batch_size, rank=r, world_size=w, start=start)
+    if not settings.progress:
+        return it
+    from tqdm.auto import tqdm
 
-        it = tqdm(it, total=source.num_batches(settings.batch_size, r, w, store.cursor), desc=f"scoring (rank {r})",
-                  unit="batch", position=r)
+    return tqdm(it, total=source.num_batches(settings.batch_size, r, w, start), desc=f"{desc} (rank {r})",
+                unit="batch", position=r)
+
+
+def fill_store(store, batches, rows_of, on_batch=None) -> None:
+    """``store.add(*rows_of(batch))`` for every batch, flushing chunks as they fill.
+
+    ``on_batch(done)`` is called after every batch added (``done`` = batches so far); an exception
+    it raises stops the pass with every finished chunk kept (resumable).
+    """
     try:
-        for done, batch in enumerate(it, 1):
-            store.add(*score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols, n_probes,
-                                  settings.backend))
+        for done, batch in enumerate(batches, 1):
+            store.add(*rows_of(batch))
             if on_batch is not None:
                 on_batch(done)
     finally:  # the buffer holds whole batches only: keep them so a resume does not redo them
         store.flush()
+
+
+def run_score_pass(model, adapter, units, blocks, queries, source, store: ScoreStore, settings: Settings,
+                   unit_blocks: dict[str, list[str]], n_probes: int, on_batch=None) -> None:
+    """Score this rank's rows of ``source`` from ``store.cursor`` on (:func:`fill_store`)."""
+    block_cols = column_map(units, blocks, unit_blocks, n_probes)
+    n_cols = len(units) * n_probes
+    fill_store(store, rank_batches(source, settings, store.cursor, "scoring"),
+               lambda batch: score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols, n_probes,
+                                        settings.backend), on_batch)
