@@ -106,3 +106,21 @@ def test_factors_of_another_model_or_window_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="were fitted on window rows 1000..1005"):
         mda.score(window(n=6, seed=1), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "a" / "manifest.json") and not os.path.exists(tmp_path / "b" / "manifest.json")
+
+
+def test_finite_check_of_views_names_the_bad_block_only_inside_blocks():
+    from mda_fast.attribution.factors import check_finite_views
+
+    base = torch.zeros(2, 5, 12)  # [B, T, 3 heads x 4]: one captured tensor, blocks are its slices
+    views = {f"h{h}": base[..., 4 * h : 4 * (h + 1)] for h in (0, 2)}
+    views["own"] = torch.zeros(2, 5, 3)  # a block with its own tensor (e.g. a concatenation)
+    check_finite_views(views, "output gradient", "here")
+    base[1, 3, 5] = float("nan")  # head 1: no block reads it
+    check_finite_views(views, "output gradient", "here")
+    base[0, 4, 9] = float("inf")
+    with pytest.raises(NumericalError, match=r"output gradient of block h2 is not finite .* at here"):
+        check_finite_views(views, "output gradient", "here")
+    base[0, 4, 9] = 0.0
+    views["own"][0, 0, 0] = float("nan")
+    with pytest.raises(NumericalError, match="block own"):
+        check_finite_views(views, "output gradient", "here")

@@ -13,7 +13,7 @@ import torch
 
 from mda_fast import ops
 from mda_fast.attribution import dist
-from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, covariance, damping_of, eigh_factor
+from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, check_finite_views, covariance, damping_of, eigh_factor
 from mda_fast.attribution.forward import captured_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.errors import DataError
@@ -50,9 +50,8 @@ def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: 
     for batch in _batches(source, settings, desc):
         where = _where(batch)
         a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
-        for b in blocks:
-            check_finite(a[b.name], "input activation", b.name, where)
-            check_finite(g[b.name], "output gradient", b.name, where)
+        check_finite_views(a, "input activation", where)
+        check_finite_views(g, "output gradient", where)
         yield batch, a, g
 
 

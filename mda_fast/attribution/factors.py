@@ -35,6 +35,24 @@ def check_finite(t: torch.Tensor, what: str, block: str, where: str) -> None:
         raise NumericalError(f"{what} of block {block} is not finite (NaN/inf) at {where}")
 
 
+def check_finite_views(tensors: dict[str, torch.Tensor], what: str, where: str) -> None:
+    """:func:`check_finite` of every {block: tensor}, reading each distinct underlying tensor once.
+
+    A layer's blocks are views of one captured tensor (every head's qk and v block see the attention
+    input; their output gradients are slices of the qkv gradient), so all heads cost one check per
+    module instead of one per block; the blocks of a bad tensor are then checked one by one to name
+    the first bad block (non-finite values outside every block's slice are not an error).
+    """
+    groups: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, t in tensors.items():
+        base = t._base if t._base is not None else t
+        groups.setdefault(id(base), (base, []))[1].append(name)
+    for base, names in groups.values():
+        if not bool(torch.isfinite(base).all()):
+            for name in names:
+                check_finite(tensors[name], what, name, where)
+
+
 def covariance(total: torch.Tensor, count: float) -> torch.Tensor:
     """``total / count`` in float64, symmetrized: [D, D] sum of outer products -> E[x x^T]."""
     C = total.double() / max(float(count), 1.0)

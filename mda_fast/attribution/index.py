@@ -28,7 +28,7 @@ import torch
 
 from mda_fast.attribution import dist
 from mda_fast.attribution.api import MDA, window_info
-from mda_fast.attribution.factors import FactorSet, check_finite
+from mda_fast.attribution.factors import FactorSet, check_finite_views
 from mda_fast.attribution.forward import captured_pass
 from mda_fast.attribution.identity import check_factors, difference, fingerprint, names_of
 from mda_fast.attribution.index_basis import BlockBasis, IndexSpec, check_k
@@ -125,8 +125,7 @@ class IndexBuild:
         where = f"the batch of rows {int(ids[0])}..{int(ids[-1])}"
         tokens = batch.tokens.to(next(self.model.parameters()).device)
         a, g, loss = captured_pass(self.model, self.adapter, self.blocks, tokens, ids, where=where)
-        for name in g:
-            check_finite(g[name], "output gradient", name, where)
+        check_finite_views(g, "output gradient", where)
         return ids.numpy(), {n: basis.coords(a[n], g[n]) for n, basis in self.bases.items()}, loss.cpu().numpy()
 
     def run(self, source, out_dir: str, on_batch=None) -> None:

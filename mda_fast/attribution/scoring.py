@@ -14,7 +14,7 @@ import torch
 
 from mda_fast import ops
 from mda_fast.attribution import dist
-from mda_fast.attribution.factors import check_finite
+from mda_fast.attribution.factors import check_finite, check_finite_views
 from mda_fast.attribution.forward import captured_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore
@@ -48,8 +48,7 @@ def score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols: int, 
     ids = batch.row_ids
     where = f"the batch of rows {int(ids[0])}..{int(ids[-1])}"
     a, g, loss = captured_pass(model, adapter, blocks, batch.tokens.to(device), ids, where=where)
-    for b in blocks:
-        check_finite(g[b.name], "output gradient", b.name, where)
+    check_finite_views(g, "output gradient", where)
     sc = score_batch(a, g, queries, block_cols, n_cols, n_probes, backend)
     check_finite(sc, "score", ",".join(queries), where)
     return ids.numpy(), sc.cpu().numpy(), loss.cpu().numpy()

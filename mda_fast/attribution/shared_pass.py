@@ -21,7 +21,7 @@ import torch
 
 from mda_fast.attribution import dist
 from mda_fast.attribution.ekfac import _batches, _where, accumulate_lambda, lambda_sums
-from mda_fast.attribution.factors import FactorSet, check_finite
+from mda_fast.attribution.factors import FactorSet, check_finite_views
 from mda_fast.attribution.forward import captured_multi_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.ops.tensors import f32, sample_chunks
@@ -67,10 +67,9 @@ def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
         where = _where(batch)
         a, gs, ls = captured_multi_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, kinds,
                                         seed=settings.fit_seed, where=where)
-        for b in blocks:
-            check_finite(a[b.name], "input activation", b.name, where)
-            for g in gs:
-                check_finite(g[b.name], "output gradient", b.name, where)
+        check_finite_views(a, "input activation", where)
+        for g in gs:
+            check_finite_views(g, "output gradient", where)
         accumulate_lambda(lam_sum, a, gs[0], blocks, eig32, settings.backend)
         for b in blocks:
             kept[b.name].append(rotated_grads(a[b.name], gs[-1][b.name], *eig32[b.name]).cpu())
