@@ -8,6 +8,9 @@ RSS is its own):
                  the model as loaded (eager attention)
     plain_sdpa   the same with fused SDPA attention (what mda-fast's passes use): the stricter T0
     one_head     mda-fast fit (default 10% subsample) + score, one head
+    one_head_l0  the same for head L0.H1: the backward reaches layer 0, as for all heads, so
+                 all_heads / one_head_l0 is the cost of the other heads alone (all_heads / one_head
+                 adds the input-gradient backward of layers 0-2)
     all_heads    mda-fast, every head of the model (qkvo) in one run
     whole        mda-fast fit on the whole window (fit_fraction 1: pass 2 shared with scoring)
     layer        mda-fast, every head of layer 3 (qkvo), whole window: the parameters kronfluence sees
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 UNIT, LAYER, PROBE = "L3.H1.qkvo", 3, "copy_target"
-RUNS = ("plain", "plain_sdpa", "one_head", "all_heads", "whole", "layer", "kronfluence", "pass")
+RUNS = ("plain", "plain_sdpa", "one_head", "one_head_l0", "all_heads", "whole", "layer", "kronfluence", "pass")
 
 
 def make_model(name: str):
@@ -145,6 +148,7 @@ def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
     fns = {"plain": lambda: plain_step(model, src, bs),
            "plain_sdpa": lambda: plain_step(model, src, bs, "sdpa"),
            "one_head": lambda: mda_run(model, src, bs, [UNIT]),
+           "one_head_l0": lambda: mda_run(model, src, bs, ["L0.H1.qkvo"]),
            "all_heads": lambda: mda_run(model, src, bs, heads(model)),
            "whole": lambda: mda_run(model, src, bs, [UNIT], fit_fraction=1.0),
            "layer": lambda: mda_run(model, src, bs, heads(model, [LAYER]), fit_fraction=1.0).sum(1),
