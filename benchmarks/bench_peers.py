@@ -117,8 +117,8 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
                 labels = batch[:, 1:].reshape(-1)
             return F.cross_entropy(flat, labels, reduction="sum")
 
-        def compute_measurement(self, batch, model):
-            return probe_forward(model, probe, batch[0]) / batch.shape[1]
+        def compute_measurement(self, batch, model):  # batch: probe rows [q, T]; kronfluence takes
+            return probe_forward(model, probe, batch)  # each row as one query (see the summed scores)
 
         def get_influence_tracked_modules(self):
             return mods
@@ -131,12 +131,15 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
         an = Analyzer("bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=out)
         fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None)
         an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
-        an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=[probe_tokens], train_dataset=rows,
-                                   per_device_query_batch_size=1, per_device_train_batch_size=bs,
+        queries = list(probe_tokens)  # one query per probe row: kronfluence splits per-sample gradients
+        # along the model's batch dimension, so a whole [32, 64] probe batch as one query would count
+        # only its first row; f is the probe summed over rows, so its influence is the summed scores
+        an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=queries, train_dataset=rows,
+                                   per_device_query_batch_size=len(queries), per_device_train_batch_size=bs,
                                    score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
         # kronfluence scores grad f^T H^-1 grad L (positive: up-weighting the row lowers f); mda-fast's
         # sign is the opposite (positive: the row strengthens f), so negate to compare
-        return -an.load_pairwise_scores("s")["all_modules"][0].double().numpy()
+        return -an.load_pairwise_scores("s")["all_modules"].double().sum(0).numpy()
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
