@@ -11,6 +11,7 @@ from mda_fast.models import make_tiny_model
 from mda_fast.models.loss import row_losses
 from mda_fast.ops import op_linear_cross_entropy as lce
 from mda_fast.units import Unit, get_adapter
+from op_cases import need
 
 B, T, D, V = 3, 11, 13, 37  # odd sizes: chunks straddle rows
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
@@ -166,8 +167,6 @@ def test_two_level_draw_equals_one_level(block):
 # mass, which moves a draw only when u * total lies that close to a CDF boundary. So a draw may differ
 # only where the float64 margin (distance of the target from the nearest boundary, relative to the
 # total) is below DRAW_MARGIN; at these sizes none does.
-from op_cases import need  # noqa: E402
-
 TRITON = [pytest.param("triton", "cpu", id="triton-cpu"), pytest.param("triton", "cuda", id="triton-cuda")]
 DRAW_MARGIN = 1e-5
 

@@ -19,18 +19,20 @@ on every backend; only the head has backends (:func:`head` is the torch one, ker
 linear_cross_entropy.py the Triton one). The drawn label's logit is :func:`_logit_of` on every
 backend (the label is known only once z holds p), so both give the same rounding of it.
 
-Routing (``backends.choose``, this op has "torch" and "triton"): CUDA tensors -> triton when
-available, CPU -> torch (the interpreter only by name, for tests). Head bytes per token row: torch
-~36 V (amax read; sub, exp, div each read + write; sum and block sums read) plus its [c, 1024]
-int64 index / float64 gathers and cumsum (~40 KiB); Triton 12 V (two reads, one write) + 4 KiB.
-Against the GEMMs' 4Vd FLOPs per row the head is the larger cost on a GPU for d up to ~2k (bf16
-at ~1 PFLOP/s vs ~3 TB/s: 4d/1e15 < 36/3e12 <=> d < ~3000), so the kernel pays off at every Pythia
-width; it changes no FLOP count and adds no pass (estimate: not yet timed on a GPU).
+Routing (``backends.choose`` with this op's backends, "torch" and "triton"): CUDA tensors -> triton
+when available, CPU tensors -> torch (the interpreter only by name, for tests). Cost of the head per
+token row, in bytes: torch ~36 V (amax reads; sub, exp and div each read and write; sum and block
+sums read) plus tens of KiB for the draw (a [c, 1024] int64 index, its gather, float64 cumsum); Triton
+12 V (two reads, one write) + 4 KiB. The GEMMs do 4 V d FLOPs per row. On an H100-class GPU (bf16
+~1e15 FLOP/s, ~3e12 B/s) the torch head costs as much as the GEMMs at 4d / 1e15 = 36 / 3e12, i.e.
+d ~ 3000, so at every Pythia width (d <= 2048) it is the larger part, and the kernel cuts it to a
+third (an estimate: not yet timed on a GPU). The kernel changes no FLOP count and adds no pass.
 
 Files of this op: this module (front door, head in torch, reference); kernels/linear_cross_entropy.py
 (Triton head); tests/test_op_linear_cross_entropy.py; benchmarks/bench_op_linear_cross_entropy.py
 (and benchmarks/bench_peers.py, end to end).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
