@@ -202,7 +202,7 @@ def lce_inputs(N_rows, T_, D_, V_, dtype, bias, device, seed):
 def test_triton_head_matches_torch_chunked(backend, device, V_, dtype, chunk):
     need(backend, device)
     h, W, b, ys, u = lce_inputs(3, 3, 13, V_, dtype, bias=V_ != 1031, device=device, seed=V_)  # 9 tokens
-    for K in (1, 2):
+    for K in (0, 1, 2):  # given label sets, plus the drawn one
         got = lce.chunked(h, W, b, ys[:K], u, chunk=chunk, backend="triton")
         want = lce.chunked(h, W, b, ys[:K], u, chunk=chunk, backend="torch")
         torch.testing.assert_close(got[0], want[0], **TOL[dtype])
@@ -254,10 +254,19 @@ def test_triton_head_draws_like_inverse_cdf(backend, device):
     assert len(torch.unique(got[2])) > 60
 
 
-def test_auto_head_backend_and_unimplemented_backends():
+def test_auto_head_backend_and_unimplemented_backends(monkeypatch):
     h, W, b, y = inputs(torch.float32)
     want = lce.chunked(h, W, b, [y], backend="torch")[0]
     assert torch.equal(lce.chunked(h, W, b, [y])[0], want)  # CPU auto: torch (never the interpreter)
     for name in ("cpp", "cuda"):
         with pytest.raises(ValueError, match="backend="):
             lce.chunked(h, W, b, [y], backend=name)
+    # CUDA tensors: auto takes triton when it is there, never the cuda extension (no op 5 in it)
+    from mda_fast.ops import backends
+
+    cuda, has = torch.device("cuda"), ("torch", "triton")
+    monkeypatch.setitem(backends._cache, "cuda", (True, "fake"))
+    monkeypatch.setitem(backends._cache, "triton", (False, "fake"))
+    assert backends.choose("auto", cuda, empty=False, prefer_cpp=False, has=has) == "torch"
+    monkeypatch.setitem(backends._cache, "triton", (True, "fake"))
+    assert backends.choose("auto", cuda, empty=False, prefer_cpp=False, has=has) == "triton"
