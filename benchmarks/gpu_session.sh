@@ -29,7 +29,7 @@ case "$stage" in
   bench)
     timeout 540 python3 -m pytest -q benchmarks/bench_op_project_per_sample_grad.py \
       benchmarks/bench_op_grad_dot_queries.py benchmarks/bench_op_ekfac_lambda_accumulate.py \
-      benchmarks/bench_op_kron_inverse_apply.py --benchmark-enable -p no:cacheprovider \
+      benchmarks/bench_op_kron_inverse_apply.py benchmarks/bench_op_linear_cross_entropy.py --benchmark-enable -p no:cacheprovider \
       --benchmark-json "$OUT/bench_gpu.json" > "$OUT/bench.log" 2>&1
     echo "benchmarks rc=$?"; tail -5 "$OUT/bench.log"
     python3 benchmarks/summarize.py "$OUT/bench_gpu.json" | tee "$OUT/bench_gpu.md"

@@ -35,7 +35,7 @@ def test_every_launch_compiles_for_both_targets(compiled):
     cases = {(r["case"], r["arch"]) for r in compiled}
     ops = {c.split("/")[0] for c, _ in cases}
     assert ops == {"project_per_sample_grad", "grad_dot_queries", "ekfac_lambda_accumulate",
-                   "kron_inverse_apply_grouped"}
+                   "kron_inverse_apply_grouped", "linear_cross_entropy"}
     assert {a for _, a in cases} == {80, 90}
 
 

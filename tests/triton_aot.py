@@ -97,6 +97,12 @@ def record_launches() -> list[Launch]:
             case[0] = f"kron_inverse_apply_grouped/{name}"
             blk = (torch.eye(I).to(dt), torch.eye(O).to(dt), torch.rand(O, I).to(dt), torch.randn(n, O, I).to(dt), 0.1)
             tb.kron_inverse_apply_grouped([blk, blk])
+        # op 5's head takes the fp32 logits whatever the model dtype; V = 2100: 3 draw blocks, ragged
+        z, ys = torch.randn(7, 2100, generator=gen), [torch.randint(0, 2100, (7,), generator=gen)] * 2
+        case[0] = "linear_cross_entropy/float32/draw"
+        tb.linear_cross_entropy_head(z.clone(), ys, torch.rand(7, generator=gen, dtype=torch.float64))
+        case[0] = "linear_cross_entropy/float32/labels"
+        tb.linear_cross_entropy_head(z.clone(), ys, None)
     finally:
         JITFunction.run = saved
     return launches
@@ -143,6 +149,7 @@ _KERNEL_FILES = {
     "_gdq_kernel": "grad_dot_queries",
     "_lambda_kernel": "ekfac_lambda_accumulate",
     "_grouped_gemm": "kron_inverse_apply",
+    "_lce_kernel": "linear_cross_entropy",
 }
 
 

@@ -2,9 +2,10 @@
 
 Arguments arrive validated and non-empty from the op's front door (mda_fast/ops/op_<op>.py). Each
 Triton kernel has one route (op 2: G_b tiles fused on chip; op 3: rotate a, g first), so the
-``route`` the front door passes is not used. Kernels are found by ``backends.kernel`` (installed
-package, or kernels/ of the source checkout) on first use: importing them runs @triton.jit, which
-fixes interpreter vs compiled mode from TRITON_INTERPRET at that moment.
+``route`` the front door passes is not used; op 5's kernel is its per-chunk head only (its GEMMs
+stay torch). Kernels are found by ``backends.kernel`` (installed package, or kernels/ of the source
+checkout) on first use: importing them runs @triton.jit, which fixes interpreter vs compiled mode
+from TRITON_INTERPRET at that moment.
 """
 
 from __future__ import annotations
@@ -43,3 +44,7 @@ def kron_inverse_apply(Q_A, Q_S, lam, V, damping):
 
 def kron_inverse_apply_grouped(blocks):
     return kernel("kron_inverse_apply").kron_inverse_apply_grouped(blocks)
+
+
+def linear_cross_entropy_head(z, labels, u):
+    return kernel("linear_cross_entropy").linear_cross_entropy_head(z, labels, u)

@@ -26,7 +26,8 @@ import torch
 BACKENDS = ("torch", "cpp", "cuda", "triton")
 _ADAPTERS = {"cpp": ".backend_cpp", "cuda": ".backend_cuda", "triton": ".backend_triton"}
 # kernels/<op>.py, one Triton file per op (kron_inverse_apply.py holds the grouped op too)
-KERNEL_FILES = ("project_per_sample_grad", "grad_dot_queries", "ekfac_lambda_accumulate", "kron_inverse_apply")
+KERNEL_FILES = ("project_per_sample_grad", "grad_dot_queries", "ekfac_lambda_accumulate", "kron_inverse_apply",
+                "linear_cross_entropy")
 _cache: dict[str, tuple[bool, str]] = {}  # backend -> (available, reason); tests may patch it
 _kernels: list = []  # [(package module or None, where it is or why not)] once looked for
 
@@ -216,19 +217,23 @@ def unusable(backend: str, device_type: str | None = None) -> str | None:
     return None
 
 
-def choose(backend: str, device: torch.device, *, empty: bool, prefer_cpp: bool) -> str:
+def choose(backend: str, device: torch.device, *, empty: bool, prefer_cpp: bool,
+           has: tuple[str, ...] = BACKENDS) -> str:
     """The backend that runs one call. A named one must be available and able to run on ``device``
     (else ValueError saying why); empty inputs then run the torch reference (nothing to compute).
-    ``prefer_cpp``: the op's measured CPU rule for this call (``prefers_cpp`` in its module)."""
+    ``prefer_cpp``: the op's measured CPU rule for this call (``prefers_cpp`` in its module);
+    ``has``: the backends the op implements (auto picks among them; naming another is a ValueError)."""
     if backend != "auto":
         why = unusable(backend, device.type)
+        if not why and backend not in has:
+            why = f"does not implement this op (it has {', '.join(map(repr, has))})"
         if why:
             raise ValueError(f"backend={backend!r} {why}")
         return "torch" if empty else backend
     if empty:
         return "torch"
     choices = ("triton", "cuda") if device.type == "cuda" else (("cpp",) if prefer_cpp else ())
-    return next((name for name in choices if status(name)[0]), "torch")
+    return next((name for name in choices if name in has and status(name)[0]), "torch")
 
 
 def implementation(name: str, op: str, reference: Callable) -> Callable:

@@ -13,8 +13,24 @@ Rounding follows the plain path (:func:`reference`, what ``model(...).logits`` +
 compute): logits in the model's dtype, upcast to fp32 for the softmax; the logit gradient cast back
 to the model's dtype before the GEMM into h. Chunking changes no formula, only GEMM blocking.
 
-Files of this op: this module (torch, the path used on CPU and, for now, on CUDA; there is no Triton
-kernel yet); tests/test_op_linear_cross_entropy.py; benchmarks/bench_peers.py (end to end).
+One chunk of c tokens: z = F.linear(h, W, b) [c, V] (GEMM, 2cVd FLOPs), then the "head" (softmax in
+place, lse, losses lse - z[y], the draw), then pW = p @ W (GEMM, 2cVd). The GEMMs are torch (cuBLAS)
+on every backend; only the head has backends (:func:`head` is the torch one, kernels/
+linear_cross_entropy.py the Triton one). The drawn label's logit is :func:`_logit_of` on every
+backend (the label is known only once z holds p), so both give the same rounding of it.
+
+Routing (``backends.choose`` with this op's backends, "torch" and "triton"): CUDA tensors -> triton
+when available, CPU tensors -> torch (the interpreter only by name, for tests). Cost of the head per
+token row, in bytes: torch ~36 V (amax reads; sub, exp and div each read and write; sum and block
+sums read) plus tens of KiB for the draw (a [c, 1024] int64 index, its gather, float64 cumsum); Triton
+12 V (two reads, one write) + 4 KiB. The GEMMs do 4 V d FLOPs per row. On an H100-class GPU (bf16
+~1e15 FLOP/s, ~3e12 B/s) the torch head costs as much as the GEMMs at 4d / 1e15 = 36 / 3e12, i.e.
+d ~ 3000, so at every Pythia width (d <= 2048) it is the larger part, and the kernel cuts it to a
+third (an estimate: not yet timed on a GPU). The kernel changes no FLOP count and adds no pass.
+
+Files of this op: this module (front door, head in torch, reference); kernels/linear_cross_entropy.py
+(Triton head); tests/test_op_linear_cross_entropy.py; benchmarks/bench_op_linear_cross_entropy.py
+(and benchmarks/bench_peers.py, end to end).
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import validate
+from . import backends, validate
 
 # Elements of one chunk's [C, V] logits (fp32: 64 MiB); C = CHUNK_ELEMS // V tokens.
 CHUNK_ELEMS = 1 << 24
@@ -105,36 +121,48 @@ def _check(hidden, weight, bias, label_sets, uniforms) -> tuple[int, int, int, i
     return B, T, d, V
 
 
+def head(z: torch.Tensor, labels: Sequence[torch.Tensor], u: Optional[torch.Tensor]):
+    """The torch backend of one chunk's head. z [c, V] fp32 logits (becomes softmax(z) in place),
+    labels: K LongTensors [c], u [c] float64 | None. Returns (lse [c], losses [K, c] = lse - z[y_k],
+    drawn [c] | None); kernels/linear_cross_entropy.py computes the same."""
+    picked = [z.gather(1, y[:, None]).squeeze(1) for y in labels]  # before z becomes the softmax
+    p, lse = softmax_lse(z)
+    losses = torch.stack([lse - x for x in picked]) if picked else lse.new_empty(0, lse.shape[0])
+    return lse, losses, (inverse_cdf(p, u) if u is not None else None)
+
+
 def chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             label_sets: Sequence[torch.Tensor] = (), uniforms: Optional[torch.Tensor] = None,
-            chunk: Optional[int] = None):
+            chunk: Optional[int] = None, *, backend: str = "auto"):
     """Row losses and hidden-state gradients of several label sets from one chunked LM-head pass.
 
     hidden [B, T, d] (detached), weight [V, d], bias [V] | None, label_sets: LongTensors [B, T];
     uniforms [B, T] float64: also draw one label set from the model (:func:`inverse_cdf`), appended last.
+    ``backend`` runs each chunk's head ("auto", "torch", "triton"; module docstring).
     Returns (losses [K, B] fp32, grads [K, B, T, d] in hidden's dtype, drawn labels [B, T] | None).
     """
     B, T, d, V = _check(hidden, weight, bias, label_sets, uniforms)
     N, C = B * T, chunk_tokens(V, chunk)
-    K = len(label_sets) + (uniforms is not None)
+    name = backends.choose(backend, hidden.device, empty=N == 0, prefer_cpp=False, has=("torch", "triton"))
+    run_head = backends.implementation(name, "linear_cross_entropy_head", head)
+    K, L = len(label_sets) + (uniforms is not None), len(label_sets)
     h = hidden.detach().reshape(N, d)
     ys = [y.reshape(N) for y in label_sets]
-    drawn = torch.empty(N, dtype=torch.long, device=h.device) if uniforms is not None else None
+    u = uniforms.reshape(N) if uniforms is not None else None
+    drawn = torch.empty(N, dtype=torch.long, device=h.device) if u is not None else None
     tok_loss = torch.empty(K, N, dtype=torch.float32, device=h.device)
     grads = torch.empty(K, N, d, dtype=h.dtype, device=h.device)
     for s in range(0, N, C):
         sl = slice(s, min(N, s + C))
         z = F.linear(h[sl], weight, bias).float()  # [c, V]: the plain path's logits, one chunk
         y_sl = [y[sl] for y in ys]
-        picked = [z.gather(1, y[:, None]).squeeze(1) for y in y_sl]  # before z becomes the softmax
-        p, lse = softmax_lse(z)  # [c, V], [c]
+        lse, tok_loss[:L, sl], drawn_sl = run_head(z, y_sl, u[sl] if u is not None else None)  # z is p now
         if drawn is not None:
-            drawn[sl] = inverse_cdf(p, uniforms.reshape(N)[sl])
-            y_sl.append(drawn[sl])
-            picked.append(_logit_of(h[sl], weight, bias, drawn[sl]))
-        pW = p.to(h.dtype) @ weight  # [c, d]; the one-hot part of (p - e_y) W is a row of W
+            drawn[sl] = drawn_sl
+            y_sl.append(drawn_sl)
+            tok_loss[L, sl] = lse - _logit_of(h[sl], weight, bias, drawn_sl)
+        pW = z.to(h.dtype) @ weight  # [c, d]; the one-hot part of (p - e_y) W is a row of W
         for k, y in enumerate(y_sl):
-            tok_loss[k, sl] = lse - picked[k]
             grads[k, sl] = pW - weight[y]
     return tok_loss.view(K, B, T).sum(2), grads.view(K, B, T, d), (drawn.view(B, T) if drawn is not None else None)
 
@@ -161,8 +189,8 @@ def attach(hidden: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> torc
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         labels: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
+                         labels: torch.Tensor, chunk: Optional[int] = None, *, backend: str = "auto") -> torch.Tensor:
     """Row losses [B] fp32 of ``labels`` [B, T] under the LM head (weight [V, d], bias [V] | None) on
     ``hidden`` [B, T, d]; differentiable w.r.t. ``hidden`` only; equal to :func:`reference`."""
-    loss, grad, _ = chunked(hidden, weight, bias, [labels], chunk=chunk)
+    loss, grad, _ = chunked(hidden, weight, bias, [labels], chunk=chunk, backend=backend)
     return attach(hidden, loss[0], grad[0])
