@@ -149,9 +149,11 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
         an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=[probe_tokens], train_dataset=rows,
                                    per_device_query_batch_size=1, per_device_train_batch_size=bs,
                                    score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
-        # kronfluence scores grad f^T H^-1 grad L (positive: up-weighting the row lowers f); mda-fast's
-        # sign is the opposite (positive: the row strengthens f), so negate to compare
-        return -an.load_pairwise_scores("s")["all_modules"][0].double().numpy()
+        # kronfluence takes the leading dim of the module activations as its per-sample dim, so the one
+        # query batch [1, 32, 64] comes back as 32 queries, one per probe row (each grad f_i / 32); their
+        # sum is the one query grad (mean f). kronfluence scores grad f^T H^-1 grad L (positive:
+        # up-weighting the row lowers f); mda-fast's sign is the opposite, so negate to compare
+        return -an.load_pairwise_scores("s")["all_modules"].double().sum(0).numpy()
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
