@@ -290,6 +290,7 @@ def test_bench_peers(benchmark, what):
     if what in PEERS:
         pytest.importorskip(what)
     res = benchmark.pedantic(lambda: run_one(what, *SMALL), rounds=1, iterations=1)
+    assert res["scores"] is None or np.isfinite(res["scores"]).all()
     benchmark.extra_info.update(model=SMALL[0], rows=SMALL[1], tokens_per_row=SMALL[2], batch_size=SMALL[3],
                                 peak_rss_gb=res["peak_rss_gb"])
 
