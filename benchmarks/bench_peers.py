@@ -36,6 +36,8 @@ shim, no stub.)
 Spearman correlations compare each peer's scores with ``whole`` (one head) and with ``layer``
 (sum of layer 3's head columns: the same parameters, minus biases, block-diagonal by head), and
 the two peers with each other.
+test_peer_matches_reference_ekfac checks both peers, with data labels (deterministic), against
+``reference_ekfac``, the same workload from scratch in float64.
 
 Run:  python benchmarks/bench_peers.py --model pythia-14m --rows 16 --len 2049 --batch 8
       python benchmarks/bench_peers.py --one one_head ...    # one run, prints its JSON
@@ -109,9 +111,9 @@ def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1) -> np.ndarray
         shutil.rmtree(out, ignore_errors=True)
 
 
-def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
+def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled") -> np.ndarray:
     """kronfluence EK-FAC on layer LAYER's attention modules, whole window, damping 0.1 x mean
-    eigenvalue (as mda-fast); scores [N] in mda-fast's sign."""
+    eigenvalue (as mda-fast); scores [N] in mda-fast's sign. labels "data": empirical Fisher."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -144,7 +146,8 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
     out = tempfile.mkdtemp(prefix="kf_peers_")
     try:
         an = Analyzer("bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=out)
-        fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None)
+        fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None,
+                                use_empirical_fisher=labels == "data")
         an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
         an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=[probe_tokens], train_dataset=rows,
                                    per_device_query_batch_size=1, per_device_train_batch_size=bs,
@@ -158,10 +161,10 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
+def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled") -> np.ndarray:
     """Bergson EK-FAC on layer LAYER's attention modules (query_key_value, dense, with biases, as
-    kronfluence tracks them), whole window, true Fisher (sampled labels), damping 0.1 x mean
-    eigenvalue; one query = the probe set; scores [N] in mda-fast's sign.
+    kronfluence tracks them), whole window, true Fisher (sampled labels; "data": empirical Fisher),
+    damping 0.1 x mean eigenvalue; one query = the probe set; scores [N] in mda-fast's sign.
 
     Driven through Bergson's Python API with the model object (no hub, no CLI): the body of
     ``bergson.hessians.hessian_approximations.hessian_worker`` (``fit_factored_hessians``: KFAC
@@ -192,9 +195,9 @@ def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
     tgt, valid = parse_probe(PROBE).targets(probe_tokens)
     n, T = probe_tokens.shape
     ids = torch.cat([probe_tokens, probe_tokens.new_zeros(n, 1)], 1)
-    labels = torch.full_like(ids, -100)
-    labels[:, 1:] = torch.where(valid, tgt, torch.full_like(tgt, -100))
-    query = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist(), "length": [T + 1] * n})
+    targets = torch.full_like(ids, -100)
+    targets[:, 1:] = torch.where(valid, tgt, torch.full_like(tgt, -100))
+    query = Dataset.from_dict({"input_ids": ids.tolist(), "labels": targets.tolist(), "length": [T + 1] * n})
 
     # what bergson's setup_model_and_peft does after loading: no weight .grad, hooks see every gradient
     model.requires_grad_(False)
@@ -215,7 +218,8 @@ def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
 
         hcfg = cfg("hessian")
         hess = str(hcfg.partial_run_path)
-        fit_factored_hessians(model, train, hcfg, HessianConfig(method="kfac", ev_correction=True),
+        fit_factored_hessians(model, train, hcfg,
+                              HessianConfig(method="kfac", ev_correction=True, use_dataset_labels=labels == "data"),
                               target_modules=mods, attention_cfgs={}, batches=batches, path=hess,
                               do_eigendecomposition=True)
         pre = PreprocessConfig(hessian_path=hess, ev_correction=True, aggregation="mean",
@@ -227,6 +231,44 @@ def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
         return scores[:, 0].double().numpy()
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def reference_ekfac(model, src, probe_tokens: torch.Tensor) -> np.ndarray:
+    """The peers' workload from scratch in float64 with data labels (empirical Fisher), the check of
+    both peers: per module [W | b] of layer LAYER's attention, Q_A, Q_G = eigenvectors of the sums of
+    a^T a and g^T g over the rows' positions, lambda = mean over rows of (Q_G^T grad_n Q_A)^2,
+    damping 0.1 x mean lambda, query = grad of the probe set's mean f; scores [N] in mda-fast's sign."""
+    from mda_fast.probes import parse_probe, probe_forward
+
+    att = model.gpt_neox.layers[LAYER].attention
+    mods = (att.query_key_value, att.dense)
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__((m, "a"), i[0].detach())) for m in mods]
+    hooks += [m.register_full_backward_hook(lambda m, gi, go: seen.__setitem__((m, "g"), go[0].detach())) for m in mods]
+    try:
+        per_row = {m: [] for m in mods}  # (a [T, I+1], g [T, O]) of each row's summed CE
+        for r in torch.as_tensor(src.read(np.arange(len(src)))):
+            logits = model(input_ids=r[None, :-1]).logits
+            F.cross_entropy(logits[0], r[1:], reduction="sum").backward()
+            for m in mods:
+                a = seen[m, "a"][0].double()
+                per_row[m].append((torch.cat([a, a.new_ones(len(a), 1)], 1), seen[m, "g"][0].double()))
+        f = probe_forward(model, parse_probe(PROBE), probe_tokens) / len(probe_tokens)
+        qs = torch.autograd.grad(f, [p for m in mods for p in (m.weight, m.bias)])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    scores = np.zeros(len(src))
+    for k, m in enumerate(mods):
+        q = torch.cat([qs[2 * k], qs[2 * k + 1][:, None]], 1).double()
+        qa = torch.linalg.eigh(sum(a.T @ a for a, _ in per_row[m]))[1]
+        qg = torch.linalg.eigh(sum(g.T @ g for _, g in per_row[m]))[1]
+        grads = [g.T @ a for a, g in per_row[m]]
+        lam = sum((qg.T @ x @ qa) ** 2 for x in grads) / len(grads)
+        hq = qg @ ((qg.T @ q @ qa) / (lam + 0.1 * lam.mean())) @ qa.T
+        scores -= np.array([float((hq * x).sum()) for x in grads])
+    return scores
 
 
 def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
@@ -293,6 +335,19 @@ def test_bench_peers(benchmark, what):
     assert res["scores"] is None or np.isfinite(res["scores"]).all()
     benchmark.extra_info.update(model=SMALL[0], rows=SMALL[1], tokens_per_row=SMALL[2], batch_size=SMALL[3],
                                 peak_rss_gb=res["peak_rss_gb"])
+
+
+@pytest.mark.parametrize("peer", list(PEERS))
+def test_peer_matches_reference_ekfac(peer):
+    """With data labels (deterministic) each peer's scores equal a from-scratch EK-FAC: the peers
+    compute the workload this file says they do (modules, biases, damping, query, sign)."""
+    pytest.importorskip(peer)
+    torch.manual_seed(0)
+    model, src = make_model(SMALL[0]), make_rows(*SMALL[1:3])
+    probe = probe_set(model)
+    ref = reference_ekfac(model, src, probe)
+    got = globals()[f"{peer}_run"](make_model(SMALL[0]), src, SMALL[3], probe, labels="data")
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max(), (got, ref)
 
 
 # -- the side-by-side table -------------------------------------------------------------------------
