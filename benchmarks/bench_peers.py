@@ -16,13 +16,31 @@ RSS is its own):
     layer        mda-fast, every head of layer 3 (qkvo), whole window: the parameters kronfluence sees
     kronfluence  EK-FAC (whole window, true Fisher) on layer 3's attention modules
                  (query_key_value, dense), 1 query = the probe set; only when kronfluence imports
-    bergson      not wired yet (reported as not run)
+    bergson      Bergson's EK-FAC (bergson.hessians: KFAC + eigenvalue correction, whole window,
+                 true Fisher, damping 0.1 x mean eigenvalue) on the same two modules with biases,
+                 1 query = the probe set's copy-target gradient; only when bergson imports
     pass         one captured pass (true-Fisher labels) of the first batch: the per-pass time and
                  memory; runs on older checkouts too (PYTHONPATH=<checkout>), for before/after
 
-Nothing is installed here: a peer that does not import is skipped (`pip install .[bench]` adds them).
-Spearman correlations compare kronfluence's scores with ``whole`` (one head) and with ``layer``
-(sum of layer 3's head columns: the same parameters, minus biases, block-diagonal by head).
+Nothing is installed here: a peer that does not import is skipped (`pip install .[bench]` adds
+kronfluence). Bergson is not in that group: its wheel requires torchvision, torchaudio and
+bitsandbytes, and pip would replace the CPU torch with a CUDA build to satisfy them; the workload
+imports none of the three, so install it beside the environment instead, e.g.
+
+    pip install --no-deps --target /tmp/bergson_site bergson==2.5.1 peft ml_dtypes jaxtyping
+    pip install --no-deps --target /tmp/bergson_site wadler_lindig natsort petname simple-parsing docstring_parser
+    PYTHONPATH=/tmp/bergson_site:$PWD python benchmarks/bench_peers.py ...
+
+(its other requirements - accelerate, datasets, transformers, huggingface-hub, jinja2, scipy,
+pyarrow - come from the environment; ml_dtypes is the one compiled wheel, built against numpy
+only. ``bergson.hessians.pipeline`` and the CLI also import torchopt, which this run avoids by
+driving the hessian, query and scoring steps through the Python API with the model object: no
+shim, no stub.)
+Spearman correlations compare each peer's scores with ``whole`` (one head) and with ``layer``
+(sum of layer 3's head columns: the same parameters, minus biases, block-diagonal by head), and
+the two peers with each other.
+test_peer_matches_reference_ekfac checks both peers, with data labels (deterministic), against
+``reference_ekfac``, the same workload from scratch in float64.
 
 Run:  python benchmarks/bench_peers.py --model pythia-14m --rows 16 --len 2049 --batch 8
       python benchmarks/bench_peers.py --one one_head ...    # one run, prints its JSON
@@ -47,7 +65,10 @@ import torch
 import torch.nn.functional as F
 
 UNIT, LAYER, PROBE = "L3.H1.qkvo", 3, "copy_target"
-RUNS = ("plain", "plain_sdpa", "one_head", "one_head_l0", "all_heads", "whole", "layer", "kronfluence", "pass")
+RUNS = ("plain", "plain_sdpa", "one_head", "one_head_l0", "all_heads", "whole", "layer", "kronfluence", "bergson",
+        "pass")
+PEERS = {"kronfluence": "pip install .[bench]",  # run -> how to get it when it does not import
+         "bergson": "install it beside the environment and set PYTHONPATH: see this file's docstring"}
 
 
 def make_model(name: str):
@@ -94,9 +115,9 @@ def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1) -> np.ndarray
         shutil.rmtree(out, ignore_errors=True)
 
 
-def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarray:
+def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled") -> np.ndarray:
     """kronfluence EK-FAC on layer LAYER's attention modules, whole window, damping 0.1 x mean
-    eigenvalue (as mda-fast); scores [N] in mda-fast's sign."""
+    eigenvalue (as mda-fast); scores [N] in mda-fast's sign. labels "data": empirical Fisher."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -129,7 +150,8 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
     out = tempfile.mkdtemp(prefix="kf_peers_")
     try:
         an = Analyzer("bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=out)
-        fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None)
+        fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None,
+                                use_empirical_fisher=labels == "data")
         an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
         queries = list(probe_tokens)  # one query per probe row: kronfluence splits per-sample gradients
         # along the model's batch dimension, so a whole [32, 64] probe batch as one query would count
@@ -144,6 +166,116 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor) -> np.ndarr
         shutil.rmtree(out, ignore_errors=True)
 
 
+def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled") -> np.ndarray:
+    """Bergson EK-FAC on layer LAYER's attention modules (query_key_value, dense, with biases, as
+    kronfluence tracks them), whole window, true Fisher (sampled labels; "data": empirical Fisher),
+    damping 0.1 x mean eigenvalue; one query = the probe set; scores [N] in mda-fast's sign.
+
+    Driven through Bergson's Python API with the model object (no hub, no CLI): the body of
+    ``bergson.hessians.hessian_approximations.hessian_worker`` (``fit_factored_hessians``: KFAC
+    covariances, eigendecomposition, eigenvalue-correction pass) minus its model/data loading and
+    process launch, then an ``InMemoryCollector`` for the query (its Builder applies the inverse
+    EK-FAC and means the probe rows) and one for the training rows with an on-the-fly ``Scorer``.
+    copy_target is f = sum of log p(induction target), i.e. minus a CE with those targets as labels,
+    so the query is Bergson's own CE query gradient on the probe rows labelled with the targets.
+    """
+    from datasets import Dataset
+
+    from bergson.collector.collector import CollectorComputer
+    from bergson.collector.in_memory_collector import InMemoryCollector
+    from bergson.config import HessianConfig, IndexConfig, InversionConfig, PreprocessConfig
+    from bergson.gradients import GradientProcessor
+    from bergson.hessians.hessian_approximations import fit_factored_hessians
+    from bergson.score.score_writer import InMemorySequenceScoreWriter
+    from bergson.score.scorer import Scorer
+
+    from mda_fast.probes import parse_probe
+
+    mods = {f"layers.{LAYER}.attention.query_key_value", f"layers.{LAYER}.attention.dense"}  # in model.base_model
+    rows = src.read(np.arange(len(src)))
+    train = Dataset.from_dict({"input_ids": rows.tolist(), "length": [rows.shape[1]] * len(rows)})
+    batches = [list(range(i, min(i + bs, len(rows)))) for i in range(0, len(rows), bs)]
+    # the query rows: input t's logit is scored against label t + 1 (-100: not scored); Bergson drops
+    # the last logit, so each probe row gets one pad token to keep its last position's target
+    tgt, valid = parse_probe(PROBE).targets(probe_tokens)
+    n, T = probe_tokens.shape
+    ids = torch.cat([probe_tokens, probe_tokens.new_zeros(n, 1)], 1)
+    targets = torch.full_like(ids, -100)
+    targets[:, 1:] = torch.where(valid, tgt, torch.full_like(tgt, -100))
+    query = Dataset.from_dict({"input_ids": ids.tolist(), "labels": targets.tolist(), "length": [T + 1] * n})
+
+    # what bergson's setup_model_and_peft does after loading: no weight .grad, hooks see every gradient
+    model.requires_grad_(False)
+    model.get_input_embeddings().requires_grad_(True)
+    out = tempfile.mkdtemp(prefix="bergson_peers_")
+    try:
+        def cfg(name: str) -> IndexConfig:  # summed CE per row, no projection, biases as kronfluence
+            c = IndexConfig(run_path=f"{out}/{name}", loss_fn="ce", loss_reduction="sum", projection_dim=0,
+                            include_bias=True)
+            c.partial_run_path.mkdir(parents=True)
+            return c
+
+        def collect(data, c, batches, desc, **kw):
+            col = InMemoryCollector(model=model.base_model, data=data, cfg=c, target_modules=mods,
+                                    processor=GradientProcessor(include_bias=True), **kw)
+            CollectorComputer(model, data, collector=col, batches=batches, cfg=c).run_with_collector_hooks(desc)
+            return col
+
+        hcfg = cfg("hessian")
+        hess = str(hcfg.partial_run_path)
+        fit_factored_hessians(model, train, hcfg,
+                              HessianConfig(method="kfac", ev_correction=True, use_dataset_labels=labels == "data"),
+                              target_modules=mods, attention_cfgs={}, batches=batches, path=hess,
+                              do_eigendecomposition=True)
+        pre = PreprocessConfig(hessian_path=hess, ev_correction=True, aggregation="mean",
+                               inversion_cfg=InversionConfig(inversion="damped_inverse", damping_factor=0.1))
+        q = collect(query, cfg("query"), [list(range(n))], "query", preprocess_cfg=pre).gradients  # {module: [1, dim]}
+        scorer = Scorer(q, sorted(q), InMemorySequenceScoreWriter(len(rows), 1), torch.device("cpu"), torch.float32)
+        scores = collect(train, cfg("scores"), batches, "scores", scorer=scorer).scores
+        # score = (H^-1 grad CE_probe) . grad CE_row = -grad f^T H^-1 grad L: mda-fast's sign already
+        return scores[:, 0].double().numpy()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def reference_ekfac(model, src, probe_tokens: torch.Tensor) -> np.ndarray:
+    """The peers' workload from scratch in float64 with data labels (empirical Fisher), the check of
+    both peers: per module [W | b] of layer LAYER's attention, Q_A, Q_G = eigenvectors of the sums of
+    a^T a and g^T g over the rows' positions, lambda = mean over rows of (Q_G^T grad_n Q_A)^2,
+    damping 0.1 x mean lambda, query = grad of the probe set's mean f; scores [N] in mda-fast's sign."""
+    from mda_fast.probes import parse_probe, probe_forward
+
+    att = model.gpt_neox.layers[LAYER].attention
+    mods = (att.query_key_value, att.dense)
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__((m, "a"), i[0].detach())) for m in mods]
+    hooks += [m.register_full_backward_hook(lambda m, gi, go: seen.__setitem__((m, "g"), go[0].detach())) for m in mods]
+    try:
+        per_row = {m: [] for m in mods}  # (a [T, I+1], g [T, O]) of each row's summed CE
+        for r in torch.as_tensor(src.read(np.arange(len(src)))):
+            logits = model(input_ids=r[None, :-1]).logits
+            F.cross_entropy(logits[0], r[1:], reduction="sum").backward()
+            for m in mods:
+                a = seen[m, "a"][0].double()
+                per_row[m].append((torch.cat([a, a.new_ones(len(a), 1)], 1), seen[m, "g"][0].double()))
+        f = probe_forward(model, parse_probe(PROBE), probe_tokens) / len(probe_tokens)
+        qs = torch.autograd.grad(f, [p for m in mods for p in (m.weight, m.bias)])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    scores = np.zeros(len(src))
+    for k, m in enumerate(mods):
+        q = torch.cat([qs[2 * k], qs[2 * k + 1][:, None]], 1).double()
+        qa = torch.linalg.eigh(sum(a.T @ a for a, _ in per_row[m]))[1]
+        qg = torch.linalg.eigh(sum(g.T @ g for _, g in per_row[m]))[1]
+        grads = [g.T @ a for a, g in per_row[m]]
+        lam = sum((qg.T @ x @ qa) ** 2 for x in grads) / len(grads)
+        hq = qg @ ((qg.T @ q @ qa) / (lam + 0.1 * lam.mean())) @ qa.T
+        scores -= np.array([float((hq * x).sum()) for x in grads])
+    return scores
+
+
 def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
     """Time one run in this process: {seconds, peak_rss_gb, scores (list) | None}."""
     torch.manual_seed(0)
@@ -156,6 +288,7 @@ def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
            "whole": lambda: mda_run(model, src, bs, [UNIT], fit_fraction=1.0),
            "layer": lambda: mda_run(model, src, bs, heads(model, [LAYER]), fit_fraction=1.0).sum(1),
            "kronfluence": lambda: kronfluence_run(model, src, bs, probe_set(model)),
+           "bergson": lambda: bergson_run(model, src, bs, probe_set(model)),
            "pass": lambda: one_pass(model, src, bs)}
     t0 = time.perf_counter()
     res = fns[what]()
@@ -202,11 +335,25 @@ SMALL = ("pythia-14m", 8, 129, 4)
 
 @pytest.mark.parametrize("what", [r for r in RUNS if r != "pass"])
 def test_bench_peers(benchmark, what):
-    if what == "kronfluence":
-        pytest.importorskip("kronfluence")
+    if what in PEERS:
+        pytest.importorskip(what)
     res = benchmark.pedantic(lambda: run_one(what, *SMALL), rounds=1, iterations=1)
+    assert res["scores"] is None or np.isfinite(res["scores"]).all()
     benchmark.extra_info.update(model=SMALL[0], rows=SMALL[1], tokens_per_row=SMALL[2], batch_size=SMALL[3],
                                 peak_rss_gb=res["peak_rss_gb"])
+
+
+@pytest.mark.parametrize("peer", list(PEERS))
+def test_peer_matches_reference_ekfac(peer):
+    """With data labels (deterministic) each peer's scores equal a from-scratch EK-FAC: the peers
+    compute the workload this file says they do (modules, biases, damping, query, sign)."""
+    pytest.importorskip(peer)
+    torch.manual_seed(0)
+    model, src = make_model(SMALL[0]), make_rows(*SMALL[1:3])
+    probe = probe_set(model)
+    ref = reference_ekfac(model, src, probe)
+    got = globals()[f"{peer}_run"](make_model(SMALL[0]), src, SMALL[3], probe, labels="data")
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max(), (got, ref)
 
 
 # -- the side-by-side table -------------------------------------------------------------------------
@@ -224,8 +371,8 @@ def table(a) -> None:
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     res = {}
     for what in a.runs:
-        if what == "kronfluence" and not peer_available("kronfluence"):
-            res[what] = {"run": what, "error": "kronfluence not importable (pip install .[bench])"}
+        if what in PEERS and not peer_available(what):
+            res[what] = {"run": what, "error": f"{what} not importable ({PEERS[what]})"}
         else:
             res[what] = _subprocess(what, a)
         print(json.dumps({k: v for k, v in res[what].items() if k != "scores"}), flush=True)
@@ -238,12 +385,14 @@ def table(a) -> None:
             continue
         ratio = lambda t: f"{r['seconds'] / t:.2f}" if t else "-"  # noqa: E731
         print(f"| {what} | {r['seconds']:.1f} | {ratio(t0)} | {ratio(ts)} | {r['peak_rss_gb']:.2f} |")
-    kf = res.get("kronfluence", {}).get("scores")
-    for other in ("whole", "layer"):
-        if kf and res.get(other, {}).get("scores"):
-            print(f"Spearman(kronfluence, {other}) = {spearman(kf, res[other]['scores']):.3f}")
-    if "whole" in res and "kronfluence" in res and "seconds" in res["kronfluence"] and "seconds" in res["whole"]:
-        print(f"kronfluence / whole-window mda-fast = {res['kronfluence']['seconds'] / res['whole']['seconds']:.2f}")
+    scores = lambda what: res.get(what, {}).get("scores")  # noqa: E731
+    for peer in PEERS:
+        for other in ("whole", "layer") + tuple(PEERS)[:tuple(PEERS).index(peer)]:  # then each earlier peer
+            if scores(peer) and scores(other):
+                print(f"Spearman({peer}, {other}) = {spearman(scores(peer), scores(other)):.3f}")
+    for peer in PEERS:
+        if "seconds" in res.get(peer, {}) and "seconds" in res.get("whole", {}):
+            print(f"{peer} / whole-window mda-fast = {res[peer]['seconds'] / res['whole']['seconds']:.2f}")
 
 
 def main(argv=None) -> None:
