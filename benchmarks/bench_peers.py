@@ -155,13 +155,13 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str
         an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
         queries = list(probe_tokens)  # one query per probe row: kronfluence splits per-sample gradients
         # along the model's batch dimension, so a whole [32, 64] probe batch as one query would count
-        # only its first row; f is the probe summed over rows, so its influence is the summed scores
+        # only its first row; the influence on the mean f over rows is the mean of the row scores
         an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=queries, train_dataset=rows,
                                    per_device_query_batch_size=len(queries), per_device_train_batch_size=bs,
                                    score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
         # kronfluence scores grad f^T H^-1 grad L (positive: up-weighting the row lowers f); mda-fast's
         # sign is the opposite (positive: the row strengthens f), so negate to compare
-        return -an.load_pairwise_scores("s")["all_modules"].double().sum(0).numpy()
+        return -an.load_pairwise_scores("s")["all_modules"].double().mean(0).numpy()  # f: the probe's mean
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
