@@ -270,3 +270,18 @@ def test_auto_head_backend_and_unimplemented_backends(monkeypatch):
     assert backends.choose("auto", cuda, empty=False, prefer_cpp=False, has=has) == "torch"
     monkeypatch.setitem(backends._cache, "triton", (True, "fake"))
     assert backends.choose("auto", cuda, empty=False, prefer_cpp=False, has=has) == "triton"
+
+
+def test_run_backend_setting_reaches_op5(monkeypatch):
+    """The run's backend names op 5's head when op 5 has it (torch, triton); any other means auto."""
+    from mda_fast.attribution import forward
+
+    seen = []
+    real = lce.chunked
+    monkeypatch.setattr(lce, "chunked", lambda *a, backend="auto", **k: seen.append(backend) or real(*a, **k))
+    h = torch.randn(2, 5, 8)
+    head = torch.nn.Linear(8, 11, bias=False)
+    monkeypatch.setattr(forward, "lm_head", lambda model: (head.weight.detach(), None))  # a bare LM head
+    for setting, expect in (("torch", "torch"), ("cpp", "auto"), ("auto", "auto")):
+        forward.head_losses(None, h, torch.randint(0, 11, (2, 5)), torch.arange(2), 0, ("data",), setting)
+        assert seen[-1] == expect

@@ -49,7 +49,8 @@ def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: 
     device = next(model.parameters()).device
     for batch in _batches(source, settings, desc):
         where = _where(batch)
-        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where, **kw)
+        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where,
+                               backend=settings.backend, **kw)
         check_finite_views(a, "input activation", where)
         check_finite_views(g, "output gradient", where)
         yield batch, a, g

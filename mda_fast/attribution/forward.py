@@ -54,19 +54,21 @@ def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.
 
 
 def head_losses(model, hidden: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, seed: int,
-                kinds: tuple[str, ...]) -> list[torch.Tensor]:
+                kinds: tuple[str, ...], backend: str = "auto") -> list[torch.Tensor]:
     """Row losses [B] (differentiable w.r.t. ``hidden`` [B, T, d]) for each of ``kinds``: "data"
-    (``targets``) or "sampled" (drawn from the model); one chunked LM-head pass serves all."""
+    (``targets``) or "sampled" (drawn from the model); one chunked LM-head pass serves all.
+    ``backend``: the run's setting; op 5 has only torch and triton, so any other name means auto."""
     weight, bias = lm_head(model)
     data = [targets] if "data" in kinds else []
     u = row_uniforms(row_ids, seed, hidden.shape[1]).to(hidden.device) if "sampled" in kinds else None
-    losses, grads, _ = lce.chunked(hidden, weight, bias, data, u)
+    losses, grads, _ = lce.chunked(hidden, weight, bias, data, u,
+                                   backend=backend if backend in ("torch", "triton") else "auto")
     order = ["data"] * len(data) + ["sampled"] * (u is not None)
     return [lce.attach(hidden, losses[order.index(k)], grads[order.index(k)]) for k in kinds]
 
 
 def captured_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.Tensor, *,
-                  labels: str = "data", seed: int = 0, where: str = "a batch"):
+                  labels: str = "data", seed: int = 0, where: str = "a batch", backend: str = "auto"):
     """Forward + backward of the summed row loss with capture hooks.
 
     labels: "data" (the row's next tokens; used for scoring and the empirical Fisher) or
@@ -74,12 +76,13 @@ def captured_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.T
     Returns (a {block: [B, T, I]}, g {block: [B, T, O]}, loss [B] detached fp32).
     Backward stops at the lowest target layer; no weight gradient is computed.
     """
-    a, gs, losses = captured_multi_pass(model, adapter, blocks, tokens, row_ids, (labels,), seed=seed, where=where)
+    a, gs, losses = captured_multi_pass(model, adapter, blocks, tokens, row_ids, (labels,), seed=seed, where=where,
+                                        backend=backend)
     return a, gs[0], losses[0]
 
 
 def captured_multi_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.Tensor,
-                        kinds: tuple[str, ...], *, seed: int = 0, where: str = "a batch"):
+                        kinds: tuple[str, ...], *, seed: int = 0, where: str = "a batch", backend: str = "auto"):
     """One forward, then one truncated backward per label kind in ``kinds`` (see captured_pass).
 
     Returns (a {block: [B, T, I]}, [g {block: [B, T, O]} per kind], [loss [B] per kind]).
@@ -88,7 +91,7 @@ def captured_multi_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: t
     gs, out = [], []
     with fused_attention(model), Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
         hidden = final_hidden(model, inputs)  # [B, T, d]
-        losses = head_losses(model, hidden, targets, row_ids, seed, kinds)
+        losses = head_losses(model, hidden, targets, row_ids, seed, kinds, backend)
         for i, loss in enumerate(losses):
             loss.sum().backward(retain_graph=i + 1 < len(losses))
             gs.append(cap.g)  # the hooks replace the dict's entries, never these tensors

@@ -124,7 +124,8 @@ class IndexBuild:
         ids = batch.row_ids
         where = f"the batch of rows {int(ids[0])}..{int(ids[-1])}"
         tokens = batch.tokens.to(next(self.model.parameters()).device)
-        a, g, loss = captured_pass(self.model, self.adapter, self.blocks, tokens, ids, where=where)
+        a, g, loss = captured_pass(self.model, self.adapter, self.blocks, tokens, ids, where=where,
+                                   backend=self.settings.backend)
         check_finite_views(g, "output gradient", where)
         return ids.numpy(), {n: basis.coords(a[n], g[n]) for n, basis in self.bases.items()}, loss.cpu().numpy()
 

@@ -47,7 +47,7 @@ def score_rows(model, adapter, blocks, queries, batch, block_cols, n_cols: int, 
     device = next(model.parameters()).device
     ids = batch.row_ids
     where = f"the batch of rows {int(ids[0])}..{int(ids[-1])}"
-    a, g, loss = captured_pass(model, adapter, blocks, batch.tokens.to(device), ids, where=where)
+    a, g, loss = captured_pass(model, adapter, blocks, batch.tokens.to(device), ids, where=where, backend=backend)
     check_finite_views(g, "output gradient", where)
     sc = score_batch(a, g, queries, block_cols, n_cols, n_probes, backend)
     check_finite(sc, "score", ",".join(queries), where)

@@ -66,7 +66,7 @@ def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
     for batch in _batches(source, settings, "EK-FAC pass 2/2 + scores"):
         where = _where(batch)
         a, gs, ls = captured_multi_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, kinds,
-                                        seed=settings.fit_seed, where=where)
+                                        seed=settings.fit_seed, where=where, backend=settings.backend)
         check_finite_views(a, "input activation", where)
         for g in gs:
             check_finite_views(g, "output gradient", where)
