@@ -166,6 +166,22 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _bergson_query_rows(probe_tokens: torch.Tensor):
+    """copy_target's probe rows [n, T] as a Bergson query dataset: input t's logit is scored against
+    label t + 1 (-100: not scored); Bergson drops the last logit, so each row gets one pad token to
+    keep its last position's target."""
+    from datasets import Dataset
+
+    from mda_fast.probes import parse_probe
+
+    tgt, valid = parse_probe(PROBE).targets(probe_tokens)
+    n, T = probe_tokens.shape
+    ids = torch.cat([probe_tokens, probe_tokens.new_zeros(n, 1)], 1)
+    targets = torch.full_like(ids, -100)
+    targets[:, 1:] = torch.where(valid, tgt, torch.full_like(tgt, -100))
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": targets.tolist(), "length": [T + 1] * n})
+
+
 def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled") -> np.ndarray:
     """Bergson EK-FAC on layer LAYER's attention modules (query_key_value, dense, with biases, as
     kronfluence tracks them), whole window, true Fisher (sampled labels; "data": empirical Fisher),
@@ -189,20 +205,11 @@ def bergson_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "
     from bergson.score.score_writer import InMemorySequenceScoreWriter
     from bergson.score.scorer import Scorer
 
-    from mda_fast.probes import parse_probe
-
     mods = {f"layers.{LAYER}.attention.query_key_value", f"layers.{LAYER}.attention.dense"}  # in model.base_model
     rows = src.read(np.arange(len(src)))
     train = Dataset.from_dict({"input_ids": rows.tolist(), "length": [rows.shape[1]] * len(rows)})
     batches = [list(range(i, min(i + bs, len(rows)))) for i in range(0, len(rows), bs)]
-    # the query rows: input t's logit is scored against label t + 1 (-100: not scored); Bergson drops
-    # the last logit, so each probe row gets one pad token to keep its last position's target
-    tgt, valid = parse_probe(PROBE).targets(probe_tokens)
-    n, T = probe_tokens.shape
-    ids = torch.cat([probe_tokens, probe_tokens.new_zeros(n, 1)], 1)
-    targets = torch.full_like(ids, -100)
-    targets[:, 1:] = torch.where(valid, tgt, torch.full_like(tgt, -100))
-    query = Dataset.from_dict({"input_ids": ids.tolist(), "labels": targets.tolist(), "length": [T + 1] * n})
+    query, n = _bergson_query_rows(probe_tokens), probe_tokens.shape[0]
 
     # what bergson's setup_model_and_peft does after loading: no weight .grad, hooks see every gradient
     model.requires_grad_(False)
