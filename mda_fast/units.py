@@ -246,10 +246,12 @@ class Capture:
     """Record each block's input ``a [B, T, I]`` and output gradient ``g [B, T, O]``.
 
     Use as a context manager around one forward and one backward pass. With
-    ``grad_only_from_layer`` every parameter is frozen for the duration and the hidden state
-    entering the lowest target layer becomes the only leaf that requires grad, so backward
-    stops there and computes no weight gradient at all (the per-sample gradient is formed
-    from ``a`` and ``g`` instead).
+    ``grad_only_from_layer`` every parameter is frozen for the duration, the hidden state entering
+    the lowest target layer is detached, and each captured module output that then needs no grad
+    (the lowest layer's qkv, or its o when only o is captured) starts the graph (:class:`_GraphStart`):
+    backward stops at the captured outputs and computes no weight gradient at all (the per-sample
+    gradient is formed from ``a`` and ``g`` instead), nor the lowest layer's input gradient (its
+    LayerNorm, the qkv input GEMM and, with a parallel residual, the whole MLP branch).
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[BlockSpec], grad_only_from_layer: bool = True,
@@ -317,7 +319,7 @@ class Capture:
                 p.requires_grad_(False)
             lowest = min(b.layer for b in self.blocks)
             layer = self.model.get_submodule(self.adapter.layer_path(lowest))
-            self._handles.append(layer.register_forward_pre_hook(_make_leaf, with_kwargs=True))
+            self._handles.append(layer.register_forward_pre_hook(_detach_input, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -332,15 +334,32 @@ class Capture:
         def hook(module, args, output):
             self._inputs[path] = args[0].detach()
             self._outputs[path] = torch.empty_like(output, device="meta")
+            if self.grad_only_from_layer and not output.requires_grad:
+                output = _GraphStart.apply(output, torch.zeros((), requires_grad=True))  # nothing below needs one
             if output.requires_grad:
                 output.register_hook(lambda grad: self._grads.__setitem__(path, grad.detach()))
+            return output
         return hook
 
 
-def _make_leaf(module, args, kwargs):
-    """Forward pre-hook: detach the layer's hidden-state input and make it require grad."""
+class _GraphStart(torch.autograd.Function):
+    """y = x, where backward starts: y requires grad (through ``anchor``, a scalar leaf) but its
+    gradient flows on to nothing. Not a leaf tensor itself, so no .grad accumulates across the
+    backward passes of one forward (a leaf would add the second pass's gradient into the first's)."""
+
+    @staticmethod
+    def forward(ctx, x, anchor):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+def _detach_input(module, args, kwargs):
+    """Forward pre-hook: the layer's hidden-state input, detached (no gradient flows below it)."""
     if args:
-        return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        return (args[0].detach(), *args[1:]), kwargs
     kwargs = dict(kwargs)
-    kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
+    kwargs["hidden_states"] = kwargs["hidden_states"].detach()
     return args, kwargs

@@ -132,3 +132,58 @@ def test_block_not_reached_by_the_loss_has_zero_gradient():
     g = cap.g
     assert g["L1.H0.o"].shape == (2, 9, 32) and not g["L1.H0.o"].any()
     assert g["L1.H0.qk"].abs().sum() > 0
+
+
+LOWEST_LAYER = {  # arch -> (input LayerNorm, MLP) of layer 1, the lowest layer of the units below
+    "gpt_neox": lambda m: (m.gpt_neox.layers[1].input_layernorm, m.gpt_neox.layers[1].mlp),
+    "gpt2": lambda m: (m.transformer.h[1].ln_1, m.transformer.h[1].mlp),
+    "llama": lambda m: (m.model.layers[1].input_layernorm, m.model.layers[1].mlp),
+}
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_backward_stops_at_the_captured_outputs(arch):
+    """No gradient below the captured modules: the lowest layer's input LayerNorm gets no backward,
+    nor (parallel residual: Pythia) its MLP branch; the captured gradients stay those of autograd."""
+    model = make_model(arch)
+    blocks = blocks_of([Unit(1, 2, "qkvo"), Unit(2, 1, "qk")], get_adapter(model))
+    tokens = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(2))
+    ln, mlp = LOWEST_LAYER[arch](model)
+    seen = []
+    hooks = [m.register_full_backward_hook(lambda mod, gi, go, n=n: seen.append(n)) for n, m in (("ln", ln), ("mlp", mlp))]
+    with Capture(model, blocks, grad_only_from_layer=True) as cap:
+        summed_ce(model, tokens).backward()
+        g = cap.g
+    for h in hooks:
+        h.remove()
+    assert "ln" not in seen
+    if arch == "gpt_neox" and model.config.use_parallel_residual:
+        assert "mlp" not in seen
+    with Capture(model, blocks, grad_only_from_layer=False) as cap:  # the full backward, as autograd
+        summed_ce(model, tokens).backward()
+        for name, x in cap.g.items():
+            torch.testing.assert_close(g[name], x, rtol=1e-12, atol=1e-14)
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_backward_passes_of_one_forward_keep_their_gradients_apart(arch):
+    """Two losses of one forward (data and sampled labels in the shared pass): each backward's
+    captured gradients equal a capture of that loss alone (nothing accumulates between them)."""
+    model = make_model(arch)
+    blocks = blocks_of([Unit(1, 2, "qkvo"), Unit(2, 1, "o")], get_adapter(model))
+    tokens = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(3))
+    losses = (lambda m: summed_ce(m, tokens), lambda m: m(tokens).logits[..., 5].sum())
+    with Capture(model, blocks, grad_only_from_layer=True) as cap:
+        out = model(tokens).logits
+        both = [F.cross_entropy(out[:, :-1].reshape(-1, 61), tokens[:, 1:].reshape(-1), reduction="sum"),
+                out[..., 5].sum()]
+        together = []
+        for i, loss in enumerate(both):
+            loss.backward(retain_graph=i == 0)
+            together.append(cap.g)
+    for loss_fn, got in zip(losses, together):
+        with Capture(model, blocks, grad_only_from_layer=True) as cap:
+            loss_fn(model).backward()
+            for name, x in cap.g.items():
+                torch.testing.assert_close(got[name], x, rtol=1e-12, atol=1e-14)
