@@ -264,7 +264,7 @@ def test_auto_head_backend_and_unimplemented_backends(monkeypatch):
     # CUDA tensors: auto takes triton when it is there, never the cuda extension (no op 5 in it)
     from mda_fast.ops import backends
 
-    cuda, has = torch.device("cuda"), ("torch", "triton")
+    cuda, has = torch.device("cuda"), lce.HAS
     monkeypatch.setitem(backends._cache, "cuda", (True, "fake"))
     monkeypatch.setitem(backends._cache, "triton", (False, "fake"))
     assert backends.choose("auto", cuda, empty=False, prefer_cpp=False, has=has) == "torch"

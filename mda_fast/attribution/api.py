@@ -21,7 +21,7 @@ from mda_fast.attribution.factors import FactorSet, check_finite
 from mda_fast.attribution.identity import check_factors, fingerprint
 from mda_fast.attribution.inputs import model_dtype, prepare_model, resolve_probes, resolve_units
 from mda_fast.attribution.queries import build_queries
-from mda_fast.attribution.scoring import column_map, run_score_pass
+from mda_fast.attribution.scoring import column_map, fill_store, run_score_pass
 from mda_fast.attribution.shared_pass import rotated_queries, scores_of, shared_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
@@ -188,11 +188,9 @@ class MDA:
             cols = column_map(self.units, self.blocks, self.unit_blocks, n_probes)
             sc = scores_of(kept, queries, cols, len(self.units) * n_probes, n_probes)
             check_finite(sc, "score", ",".join(queries), "the shared pass")
-            start = store.resume_cursor()  # rows of a killed run already stored are kept
-            for i in range(start, len(ids), s.batch_size):
-                j = min(len(ids), i + s.batch_size)
-                store.add(ids[i:j], sc[i:j].numpy(), losses[i:j])
-            store.flush()
+            start, bs = store.resume_cursor(), s.batch_size  # rows of a killed run already stored are kept
+            fill_store(store, range(start, len(ids), bs),
+                       lambda i: (ids[i : i + bs], sc[i : i + bs].numpy(), losses[i : i + bs]))
             dist.barrier()
             if dist.rank() == 0:
                 store.merge(source.row_ids())

@@ -13,7 +13,7 @@ import torch
 
 from mda_fast import ops
 from mda_fast.attribution import dist
-from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, check_finite_views, covariance, damping_of, eigh_factor
+from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, covariance, damping_of, eigh_factor
 from mda_fast.attribution.forward import captured_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.errors import DataError
@@ -39,20 +39,12 @@ def _batches(source, settings: Settings, desc: str):
     return it
 
 
-def _where(batch) -> str:
-    ids = batch.row_ids
-    return f"the batch of rows {int(ids[0])}..{int(ids[-1])}" if len(ids) else "an empty batch"
-
-
 def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: str, **kw):
-    """(batch, a, g) per batch of ``source`` with every block's captures checked finite."""
+    """(batch, a, g) per batch of ``source`` (captures checked finite by captured_pass)."""
     device = next(model.parameters()).device
     for batch in _batches(source, settings, desc):
-        where = _where(batch)
-        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, where=where,
+        a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids,
                                backend=settings.backend, **kw)
-        check_finite_views(a, "input activation", where)
-        check_finite_views(g, "output gradient", where)
         yield batch, a, g
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from mda_fast.attribution.factors import check_finite_views
 from mda_fast.errors import DataError
 from mda_fast.models.attention import fused_attention
 from mda_fast.models.loss import final_hidden, lm_head
@@ -46,6 +47,11 @@ def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int, chunk:
     return out
 
 
+def rows_where(row_ids) -> str:
+    """How errors name a batch: "the batch of rows 1000..1003"."""
+    return f"the batch of rows {int(row_ids[0])}..{int(row_ids[-1])}" if len(row_ids) else "an empty batch"
+
+
 def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs [B, T], labels [B, T]) from rows [B, L]; rows need at least 2 tokens."""
     if tokens.dim() != 2 or tokens.shape[1] < 2:
@@ -62,19 +68,20 @@ def head_losses(model, hidden: torch.Tensor, targets: torch.Tensor, row_ids: tor
     data = [targets] if "data" in kinds else []
     u = row_uniforms(row_ids, seed, hidden.shape[1]).to(hidden.device) if "sampled" in kinds else None
     losses, grads, _ = lce.chunked(hidden, weight, bias, data, u,
-                                   backend=backend if backend in ("torch", "triton") else "auto")
+                                   backend=backend if backend in lce.HAS else "auto")
     order = ["data"] * len(data) + ["sampled"] * (u is not None)
     return [lce.attach(hidden, losses[order.index(k)], grads[order.index(k)]) for k in kinds]
 
 
 def captured_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.Tensor, *,
-                  labels: str = "data", seed: int = 0, where: str = "a batch", backend: str = "auto"):
+                  labels: str = "data", seed: int = 0, where: str | None = None, backend: str = "auto"):
     """Forward + backward of the summed row loss with capture hooks.
 
     labels: "data" (the row's next tokens; used for scoring and the empirical Fisher) or
     "sampled" (drawn from the model's own softmax; the true Fisher).
-    Returns (a {block: [B, T, I]}, g {block: [B, T, O]}, loss [B] detached fp32).
-    Backward stops at the lowest target layer; no weight gradient is computed.
+    Returns (a {block: [B, T, I]}, g {block: [B, T, O]}, loss [B] detached fp32), checked finite
+    (NumericalError naming the block and ``where``, default :func:`rows_where`). Backward stops at the captured outputs; no
+    weight gradient is computed.
     """
     a, gs, losses = captured_multi_pass(model, adapter, blocks, tokens, row_ids, (labels,), seed=seed, where=where,
                                         backend=backend)
@@ -82,11 +89,12 @@ def captured_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.T
 
 
 def captured_multi_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: torch.Tensor,
-                        kinds: tuple[str, ...], *, seed: int = 0, where: str = "a batch", backend: str = "auto"):
+                        kinds: tuple[str, ...], *, seed: int = 0, where: str | None = None, backend: str = "auto"):
     """One forward, then one truncated backward per label kind in ``kinds`` (see captured_pass).
 
     Returns (a {block: [B, T, I]}, [g {block: [B, T, O]} per kind], [loss [B] per kind]).
     """
+    where = where or rows_where(row_ids)
     inputs, targets = split_tokens(tokens, where)
     gs, out = [], []
     with fused_attention(model), Capture(model, blocks, grad_only_from_layer=True, adapter=adapter) as cap:
@@ -97,4 +105,7 @@ def captured_multi_pass(model, adapter, blocks, tokens: torch.Tensor, row_ids: t
             gs.append(cap.g)  # the hooks replace the dict's entries, never these tensors
             out.append(loss.detach())
         a = cap.a
+    check_finite_views(a, "input activation", where)
+    for g in gs:
+        check_finite_views(g, "output gradient", where)
     return a, gs, out

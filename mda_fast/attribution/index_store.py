@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mda_fast.attribution.forward import rows_where
 from mda_fast.attribution.store import ScoreStore
 from mda_fast.errors import DataError, NumericalError
 from mda_fast.io import atomic_dir, atomic_path, read_json, write_json
@@ -77,7 +78,7 @@ class IndexStore(ScoreStore):
 
     def add(self, row_ids: np.ndarray, coords: dict[str, torch.Tensor], loss: np.ndarray) -> None:
         """Buffer one batch (row_ids int64[B], {block: [B, dim] fp32}, loss float32[B]); flush when full."""
-        where = f"the batch of rows {int(row_ids[0])}..{int(row_ids[-1])}"
+        where = rows_where(row_ids)
         arrays = {name: stored(c, self.dtype, name, where) for name, c in coords.items()}
         self._push(row_ids, arrays, loss)
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from mda_fast.attribution import dist
-from mda_fast.attribution.ekfac import _batches, _where, accumulate_lambda, lambda_sums
-from mda_fast.attribution.factors import FactorSet, check_finite_views
+from mda_fast.attribution.ekfac import _batches, accumulate_lambda, lambda_sums
+from mda_fast.attribution.factors import FactorSet
 from mda_fast.attribution.forward import captured_multi_pass
 from mda_fast.attribution.settings import Settings
 from mda_fast.ops.tensors import f32, sample_chunks
@@ -64,12 +64,8 @@ def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
     lam_sum, n_rows = lambda_sums(blocks, device), torch.zeros(1, dtype=torch.float64, device=device)
     ids, losses, kept = [], [], {b.name: [] for b in blocks}
     for batch in _batches(source, settings, "EK-FAC pass 2/2 + scores"):
-        where = _where(batch)
         a, gs, ls = captured_multi_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, kinds,
-                                        seed=settings.fit_seed, where=where, backend=settings.backend)
-        check_finite_views(a, "input activation", where)
-        for g in gs:
-            check_finite_views(g, "output gradient", where)
+                                        seed=settings.fit_seed, backend=settings.backend)
         accumulate_lambda(lam_sum, a, gs[0], blocks, eig32, settings.backend)
         for b in blocks:
             kept[b.name].append(rotated_grads(a[b.name], gs[-1][b.name], *eig32[b.name]).cpu())

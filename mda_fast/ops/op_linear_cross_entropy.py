@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from . import backends, validate
 
+HAS = ("torch", "triton")  # the head's backends; the GEMMs are torch on every one
 # Elements of one chunk's [C, V] logits (fp32: 64 MiB); C = CHUNK_ELEMS // V tokens.
 CHUNK_ELEMS = 1 << 24
 
@@ -143,7 +144,7 @@ def chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     """
     B, T, d, V = _check(hidden, weight, bias, label_sets, uniforms)
     N, C = B * T, chunk_tokens(V, chunk)
-    name = backends.choose(backend, hidden.device, empty=N == 0, prefer_cpp=False, has=("torch", "triton"))
+    name = backends.choose(backend, hidden.device, empty=N == 0, prefer_cpp=False, has=HAS)
     run_head = backends.implementation(name, "linear_cross_entropy_head", head)
     K, L = len(label_sets) + (uniforms is not None), len(label_sets)
     h = hidden.detach().reshape(N, d)
