@@ -36,6 +36,9 @@ class DemoConfig:
     repeat_rows: float = 0.3                 # share of rows overwritten by a random span tiled along the row
     repeat_span: tuple = (6, 30)             # span length, inclusive
     repeat_gap: tuple = (0, 0)               # original-text tokens left between copies, inclusive
+    # driving strata (corpus.check_strata): when given, they replace repeat_rows/span/gap; each a
+    # {name, share, span, corrupt, cover} of tiled rows with a planted teaching strength
+    strata: list = field(default_factory=list)
     # training: at most `steps`; once the induction head has formed, `after_formed` more steps
     steps: int = 6000
     after_formed: int = 300                  # 0: always train all `steps`
@@ -62,6 +65,9 @@ class DemoConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         self.repeat_span, self.repeat_gap = tuple(self.repeat_span), tuple(self.repeat_gap)
+        from mda_fast.demo.corpus import check_strata
+
+        self.strata = [dict(st, span=list(st["span"])) for st in check_strata(self.strata)]
         if self.init not in ("neox", "hf"):
             raise ConfigError(f"demo init {self.init!r} is not one of 'neox', 'hf'.")
         if self.after_formed < 0:
@@ -77,6 +83,11 @@ class DemoConfig:
                               f"inside the byte vocabulary [0, {EOD_ID}).")
         if self.steps <= 0 or self.rows_per_step <= 0 or self.save_every <= 0:
             raise ConfigError("demo steps, rows_per_step and save_every must be positive.")
+
+    @property
+    def driving_share(self) -> float:
+        """Share of the rows that are driving (tiled) rows."""
+        return sum(st["share"] for st in self.strata) if self.strata else self.repeat_rows
 
     @property
     def n_rows(self) -> int:

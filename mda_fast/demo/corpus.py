@@ -185,6 +185,67 @@ def overwrite_repeated_spans(rows: np.ndarray, kinds: np.ndarray, share: float, 
     return chosen
 
 
+STRATUM_KEYS = {"name": str, "share": float, "span": tuple, "corrupt": float, "cover": float}
+
+
+def check_strata(strata) -> list[dict]:
+    """Normalized driving strata: each ``{"name", "share", "span": (lo, hi), "corrupt", "cover"}``.
+
+    A stratum is a set of rows of the one surface kind the demo drives its head with (a random
+    printable span tiled along the row) whose *teaching strength* is planted: ``span`` the span
+    length range; ``corrupt`` the probability that a token of the second and later copies is
+    replaced by a random printable byte (copying is then only sometimes right); ``cover`` the share
+    of the row, from its first token, that is tiled (the rest keeps its text).
+    """
+    out, names = [], set()
+    for i, st in enumerate(strata or ()):
+        if not isinstance(st, dict) or set(st) - set(STRATUM_KEYS) or "share" not in st:
+            raise ConfigError(f"demo stratum {i} must be a mapping with 'share' and optional keys "
+                              f"{sorted(STRATUM_KEYS)}, got {st!r}.")
+        d = {"name": str(st.get("name", f"s{i}")), "share": float(st["share"]),
+             "span": tuple(int(x) for x in st.get("span", (6, 30))), "corrupt": float(st.get("corrupt", 0.0)),
+             "cover": float(st.get("cover", 1.0))}
+        lo, hi = d["span"]
+        if not (0 < d["share"] <= 1 and 1 <= lo <= hi and 0 <= d["corrupt"] <= 1 and 0 < d["cover"] <= 1):
+            raise ConfigError(f"demo stratum {d['name']!r}: need 0 < share <= 1, 1 <= span lo <= hi, "
+                              f"0 <= corrupt <= 1, 0 < cover <= 1; got {d}.")
+        if d["name"] in names:
+            raise ConfigError(f"demo stratum name {d['name']!r} appears twice.")
+        names.add(d["name"])
+        out.append(d)
+    if sum(d["share"] for d in out) > 1 + 1e-9:
+        raise ConfigError(f"demo strata shares sum to {sum(d['share'] for d in out):.3f} > 1.")
+    return out
+
+
+def overwrite_strata(rows: np.ndarray, kinds: np.ndarray, strata: list[dict], seed: int) -> np.ndarray:
+    """Overwrite disjoint row sets, one per stratum (:func:`check_strata`), in place; returns the
+    stratum index of every row, int64[N] (-1: not a driving row)."""
+    rng = np.random.default_rng([seed, 0x57A7])
+    n, length = rows.shape
+    counts = [int(round(st["share"] * n)) for st in strata]
+    perm = rng.permutation(n)
+    stratum = np.full(n, -1, dtype=np.int64)
+    printable = np.frombuffer(_PRINTABLE_BYTES, dtype=np.uint8).astype(np.uint16)
+    repeated = KINDS.index("repeated")
+    start = 0
+    for s, (st, c) in enumerate(zip(strata, counts)):
+        chosen = np.sort(perm[start:start + c])
+        start += c
+        stratum[chosen] = s
+        for r in chosen:
+            span = int(rng.integers(st["span"][0], st["span"][1] + 1))
+            piece = rng.choice(printable, size=span)
+            end = max(span, int(round(st["cover"] * length)))
+            tiled = np.resize(piece, end)[:length]
+            noisy = rng.random(tiled.size) < st["corrupt"]
+            noisy[:span] = False                       # the first copy is the pattern itself
+            tiled[noisy] = rng.choice(printable, size=int(noisy.sum()))
+            rows[r, :tiled.size] = tiled
+            kinds[r, :tiled.size] = repeated
+    return stratum
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     import io
     buf = io.BytesIO()
@@ -194,8 +255,12 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int = 0,
                  mix: dict | None = None, max_doc_bytes: int = 8192, repeat_rows: float = 0.0,
-                 repeat_span: tuple[int, int] = (6, 30), repeat_gap: tuple[int, int] = (0, 0)) -> CorpusInfo:
-    """Build and write the demo corpus at ``prefix`` (see module doc); returns its :class:`CorpusInfo`."""
+                 repeat_span: tuple[int, int] = (6, 30), repeat_gap: tuple[int, int] = (0, 0),
+                 strata=()) -> CorpusInfo:
+    """Build and write the demo corpus at ``prefix`` (see module doc); returns its :class:`CorpusInfo`.
+
+    With ``strata`` (:func:`check_strata`) the driving rows are those strata, recorded per row in the
+    sidecar's ``row_stratum``, and ``repeat_rows`` / ``repeat_span`` / ``repeat_gap`` are unused."""
     if n_rows <= 0 or seq_len < 2:
         raise ConfigError(f"demo corpus needs n_rows > 0 and seq_len >= 2, got {n_rows}, {seq_len}.")
     prefix = Path(prefix)
@@ -203,7 +268,14 @@ def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int 
     # every kind meets its budget (its last document overshoots), so the total covers the rows
     docs = make_documents(n_rows * seq_len + len(KINDS), seed, mix, max_doc_bytes)
     rows, kinds = pack_rows(docs, n_rows, seq_len)
-    overwrite_repeated_spans(rows, kinds, repeat_rows, seed, tuple(repeat_span), tuple(repeat_gap))
+    strata = check_strata(strata)
+    if strata:
+        row_stratum = overwrite_strata(rows, kinds, strata, seed)
+    else:
+        row_stratum = np.full(n_rows, -1, dtype=np.int64)
+        row_stratum[overwrite_repeated_spans(rows, kinds, repeat_rows, seed, tuple(repeat_span),
+                                             tuple(repeat_gap))] = 0
+        strata = [{"name": "tiled", "share": repeat_rows, "span": tuple(repeat_span), "corrupt": 0.0, "cover": 1.0}]
     frac = np.stack([(kinds == k).mean(axis=1) for k in range(len(KINDS))], axis=1).astype(np.float32)
     row_kind = frac.argmax(axis=1)
     tokens_by_kind = {kind: int((kinds == k).sum()) for k, kind in enumerate(KINDS)}
@@ -212,9 +284,22 @@ def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int 
     meta = {"kinds": list(KINDS), "row_kind": row_kind.tolist(), "seed": seed, "seq_len": seq_len,
             "n_rows": n_rows, "eod_id": EOD_ID, "repeat_rows": repeat_rows,
             "repeat_span": list(repeat_span), "repeat_gap": list(repeat_gap), "mix": _check_mix(mix or DEFAULT_MIX),
-            "tokens_by_kind": tokens_by_kind, "python": sys.version.split()[0]}
+            "tokens_by_kind": tokens_by_kind, "python": sys.version.split()[0],
+            "strata": [dict(st, span=list(st["span"])) for st in strata], "row_stratum": row_stratum.tolist()}
     write_json(Path(str(prefix) + ".kinds.json"), meta)
     return CorpusInfo(prefix, n_rows, seq_len, KINDS, row_kind, tokens_by_kind)
+
+
+def load_row_strata(prefix: str | Path) -> tuple[list[dict], np.ndarray]:
+    """(driving strata, stratum index of every row int64[N], -1 = not driving) of a demo corpus."""
+    p = Path(str(prefix) + ".kinds.json")
+    try:
+        meta = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p} does not exist; build the corpus with mda_fast.demo.corpus.build_corpus.")
+    if "row_stratum" not in meta:
+        raise DataError(f"{p} records no driving strata (written by an older mda-fast); rebuild the corpus.")
+    return meta["strata"], np.asarray(meta["row_stratum"], dtype=np.int64)
 
 
 def load_row_kinds(prefix: str | Path) -> tuple[list[str], np.ndarray]:

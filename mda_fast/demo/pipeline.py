@@ -105,7 +105,7 @@ def ensure_trained(out: Path, cfg: DemoConfig, progress: bool, log) -> dict:
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     if info is None or info.get("config") != cfg.to_dict():
         log(f"[1/4] corpus + training a {cfg.layers}-layer GPT-NeoX for up to {cfg.steps} steps "
-            f"({cfg.rows_per_step} rows of {cfg.seq_len} tokens per step; {cfg.repeat_rows:.0%} of the rows a "
+            f"({cfg.rows_per_step} rows of {cfg.seq_len} tokens per step; {cfg.driving_share:.0%} of the rows a "
             "random span tiled along the row)")
         info = run_demo_training(out, cfg, progress=progress)
     return info

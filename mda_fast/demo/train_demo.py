@@ -37,12 +37,14 @@ def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
         if (meta.get("seed"), meta.get("n_rows"), meta.get("seq_len")) == \
                 (cfg.corpus_seed, cfg.n_rows, cfg.seq_len) and meta.get("mix_requested") == cfg.mix \
                 and meta.get("repeat_rows") == cfg.repeat_rows \
-                and meta.get("repeat_span") == list(cfg.repeat_span) and meta.get("repeat_gap") == list(cfg.repeat_gap):
+                and meta.get("repeat_span") == list(cfg.repeat_span) and meta.get("repeat_gap") == list(cfg.repeat_gap) \
+                and meta.get("strata_requested") == cfg.strata:
             return prefix
     info = build_corpus(prefix, cfg.n_rows, cfg.seq_len, cfg.corpus_seed, cfg.mix,
-                        repeat_rows=cfg.repeat_rows, repeat_span=cfg.repeat_span, repeat_gap=cfg.repeat_gap)
+                        repeat_rows=cfg.repeat_rows, repeat_span=cfg.repeat_span, repeat_gap=cfg.repeat_gap,
+                        strata=cfg.strata)
     meta = read_json(meta_path)
-    meta["mix_requested"] = cfg.mix
+    meta["mix_requested"], meta["strata_requested"] = cfg.mix, cfg.strata
     write_json(meta_path, meta)
     return info.prefix
 
