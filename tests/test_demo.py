@@ -162,6 +162,6 @@ def test_repeated_span_rows_overwrite_the_requested_share():
 def test_bad_lds_fraction_is_refused_before_training(tmp_path, capsys):
     from mda_fast.cli import main
 
-    assert main(["demo", "--out", str(tmp_path / "d"), "--experiment", "--lds-fraction", "1.5"]) == 2
-    assert "--lds-fraction must be in (0, 1), got 1.5" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--experiment", "--lds-fractions", "0.5,1.5"]) == 2
+    assert "--lds-fractions must be in (0, 1), got 0.5,1.5" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

@@ -8,12 +8,13 @@ import yaml
 
 from mda_fast.cli import main
 from mda_fast.demo.config import DemoConfig
-from mda_fast.demo.experiment import DOSES, MAIN_CONDITIONS
+from mda_fast.demo.experiment import CONTRASTS, MAIN_CONDITIONS
 from mda_fast.demo.train_demo import run_demo_training
 from test_intervene_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 TINY = dict(layers=2, d_model=32, heads=2, intermediate=64, steps=12, rows_per_step=4, save_every=2, seq_len=33,
-            probe_n=4, probe_len=8, after_formed=0)
+            probe_n=4, probe_len=8, after_formed=0,
+            strata=[{"name": "clean", "share": 0.25, "span": [8, 12]}, {"name": "noisy", "share": 0.25, "corrupt": 0.5}])
 
 
 def _trained(exp):
@@ -39,29 +40,39 @@ def test_demo_experiment_runs_end_to_end_with_every_field(tmp_path, capsys):
     run_demo_training(out, DemoConfig(**TINY), progress=False)
     _pin_window(out)
     argv = ["demo", "--out", str(out), "--config", str(conf), "--experiment", "--seeds", "2", "--jobs", "2",
-            "--lds-subsets", "3", "--no-progress", "--top-k", "2"]
+            "--lds-subsets", "3", "--lds-fractions", "0.5,0.75", "--no-progress", "--top-k", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     exp = out / "experiment"
     assert f"{exp}/summary.json" in printed and "LDS over 3 random 50% subsets" in printed
-    for f in ("config.json", "summary.json", "curves.json", "curves.png", "dose.png", "report.html",
-              "synthetic.bin", "lds/lds.json", "heads.json"):
+    assert "LDS over 3 random 75% subsets" in printed and "Paired contrasts" in printed
+    for f in ("config.json", "summary.json", "curves.json", "curves.png", "effects.png", "report.html",
+              "synthetic.bin", "lds/lds.json", "lds-keep0.75/lds.json", "heads.json"):
         assert (exp / f).is_file(), f
     s = json.loads((exp / "summary.json").read_text())
     assert set(s["units"]) == {"induction", "previous-token"}
     conds = s["units"]["induction"]["conditions"]
-    want = set(MAIN_CONDITIONS) | {f"{p}-{k}%" for p in ("delete-top", "random-delete") for k in DOSES} | \
-        {"delete-top-10%-prev", "delete-negative-10%-prev", "duplicate-top-10%-prev"}
+    want = set(MAIN_CONDITIONS) | {"delete-top-10%-prev", "kind-random-delete-10%-prev",
+                                   "delete-stratum-clean", "delete-stratum-noisy"}
     assert set(conds) == want
     for name, row in conds.items():
         assert {"cross", "cross_mean", "cross_std", "censored", "seeds"} <= set(row), name
         if name != "baseline":
-            assert set(row["shift_pct"]) == {"mean", "std", "ci95", "p", "n"} and row["shift_pct"]["n"] == 2
-    assert [r["k"] for r in s["dose"]["induction"]] == [float(k) for k in DOSES]
+            assert {"mean", "std", "ci95", "p", "n"} <= set(row["shift_pct"]) and row["shift_pct"]["n"] == 2
+    plans = s["plans"]
+    assert plans["kind-random-delete-10%"]["count"] == plans["delete-top-10%"]["count"]
+    assert sum(plans["kind-random-delete-10%"]["composition"].values()) == plans["delete-top-10%"]["count"]
+    assert plans["delete-stratum-clean"]["count"] == plans["delete-stratum-noisy"]["count"] > 0
+    assert set(s["contrasts"]["induction"]) == {f"{a} - {b}" for a, b in CONTRASTS if a in want and b in want}
+    assert set(s["ranking"]) == {"EK-FAC (MDA)", "gradient dot product", "feature copy_share"}
+    assert set(s["ranking"]["EK-FAC (MDA)"]["stratum"]) == {"clean", "noisy"}
     assert s["icl"] is not None and set(s["icl"]["conditions"]) == want
-    lds = s["lds"]["targets"]
+    assert [x["fraction_kept"] for x in s["lds_by_fraction"]] == [0.5, 0.75]
+    lds = s["lds_by_fraction"][0]["targets"]
     assert len(lds) == 2 and set(lds[0]["attributors"]) == {"EK-FAC (MDA)", "gradient dot product"}
     assert {"rho", "ci95", "n"} <= set(lds[0]["attributors"]["EK-FAC (MDA)"]["lds_probe"])
+    assert lds[0]["noise_ceiling"]["probe"]["seeds"] == 2 and s["lds_by_fraction"][0]["runs"] == 2 * 4
+    assert s["machine"]["cores"] >= 1
     demo = json.loads((out / "demo.json").read_text())
     assert [u["unit"] for u in demo["units"]] == ["L1.H0.qk", "L0.H1.qk"] and demo["overlap"]["pairs"]
     runs = _trained(exp)

@@ -30,6 +30,8 @@ with intervals and p-values, the dose table, the ICL change), ``curves.png``, ``
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -37,27 +39,44 @@ import numpy as np
 from mda_fast.errors import ConfigError
 
 DOSES = ("2.5", "5", "10", "20")
+LDS_FRACTIONS = (0.5, 0.9, 0.98)          # kept shares: 50%, 10% and 2% of the window removed
+FEATURE = "copy_share"                    # the feature baseline (mda_fast.intervene.rowlabels)
 
 
-def demo_plans(ind_col: str, prev_col: str | None, synthetic: str) -> list[str]:
-    """The experiment's conditions as plan specs (see the module doc)."""
+def demo_plans(ind_col: str, prev_col: str | None, synthetic: str, strata=(), stratum_count: int | None = None,
+               long: bool = False) -> list[str]:
+    """The experiment's conditions as plan specs (see the module doc); ``long`` adds the dose response
+    and the previous-token head's negative and duplicate conditions."""
     plans = ["baseline"]
-    for k in DOSES:
+    for k in (DOSES if long else ("10",)):
         plans += [f"delete:top={k}%,column={ind_col},name=delete-top-{k}%",
-                  f"random-delete:top={k}%,column={ind_col},name=random-delete-{k}%"]
+                  f"random-delete:top={k}%,column={ind_col},name=random-delete-{k}%",
+                  f"kind-random-delete:top={k}%,column={ind_col},name=kind-random-delete-{k}%",
+                  f"delete:top={k}%,column=feature:{FEATURE},name=feature-delete-{k}%"]
     plans += [f"delete:top=10%,tail=negative,column={ind_col},name=delete-negative-10%",
               f"duplicate:top=10%,replace=random,column={ind_col},name=duplicate-top-10%",
-              f"random-duplicate:top=10%,replace=random,column={ind_col},name=random-duplicate-10%",
+              f"kind-random-duplicate:top=10%,replace=random,column={ind_col},name=kind-random-duplicate-10%",
               f"insert-synthetic:path={synthetic},column={ind_col},name=insert-synthetic"]
+    if long:
+        plans.append(f"random-duplicate:top=10%,replace=random,column={ind_col},name=random-duplicate-10%")
     if prev_col:
         plans += [f"delete:top=10%,column={prev_col},name=delete-top-10%-prev",
-                  f"delete:top=10%,tail=negative,column={prev_col},name=delete-negative-10%-prev",
-                  f"duplicate:top=10%,replace=random,column={prev_col},name=duplicate-top-10%-prev"]
+                  f"kind-random-delete:top=10%,column={prev_col},name=kind-random-delete-10%-prev"]
+        if long:
+            plans += [f"delete:top=10%,tail=negative,column={prev_col},name=delete-negative-10%-prev",
+                      f"duplicate:top=10%,replace=random,column={prev_col},name=duplicate-top-10%-prev"]
+    if len(strata) > 1 and stratum_count:
+        plans += [f"random-delete:top={stratum_count},among=stratum:{st},column={ind_col},name=delete-stratum-{st}"
+                  for st in strata]
     return plans
 
 
-MAIN_CONDITIONS = ("baseline", "delete-top-10%", "random-delete-10%", "delete-negative-10%", "duplicate-top-10%",
-                   "random-duplicate-10%", "insert-synthetic")
+MAIN_CONDITIONS = ("baseline", "delete-top-10%", "random-delete-10%", "kind-random-delete-10%", "feature-delete-10%",
+                   "delete-negative-10%", "duplicate-top-10%", "kind-random-duplicate-10%", "insert-synthetic")
+CONTRASTS = (("delete-top-10%", "kind-random-delete-10%"), ("delete-top-10%", "feature-delete-10%"),
+             ("feature-delete-10%", "kind-random-delete-10%"), ("duplicate-top-10%", "kind-random-duplicate-10%"),
+             ("delete-top-10%-prev", "kind-random-delete-10%-prev"),
+             ("delete-top-10%", "random-delete-10%"), ("delete-negative-10%", "kind-random-delete-10%"))
 
 
 def dose_table(summary: dict) -> dict:
@@ -68,7 +87,9 @@ def dose_table(summary: dict) -> dict:
         for k in DOSES:
             c = u["conditions"]
             rows.append({"k": float(k), "delete_top": c.get(f"delete-top-{k}%", {}).get("shift_pct"),
-                         "random_delete": c.get(f"random-delete-{k}%", {}).get("shift_pct")})
+                         "random_delete": c.get(f"random-delete-{k}%", {}).get("shift_pct"),
+                         "kind_random_delete": c.get(f"kind-random-delete-{k}%", {}).get("shift_pct"),
+                         "feature_delete": c.get(f"feature-delete-{k}%", {}).get("shift_pct")})
         out[name] = rows
     return out
 
@@ -79,11 +100,13 @@ def plot_dose(dose: dict, path) -> Path:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(dose), figsize=(4.4 * len(dose), 3.4), squeeze=False)
     for ax, (name, rows) in zip(axes[0], dose.items()):
-        for key, col, label in (("delete_top", "#d9480f", "delete top k"), ("random_delete", "#f59f00", "random delete k")):
-            ks = [r["k"] for r in rows if r[key] and r[key]["mean"] is not None]
-            m = [r[key]["mean"] for r in rows if r[key] and r[key]["mean"] is not None]
-            lo = [r[key]["mean"] - r[key]["ci95"][0] for r in rows if r[key] and r[key]["ci95"][0] is not None]
-            hi = [r[key]["ci95"][1] - r[key]["mean"] for r in rows if r[key] and r[key]["ci95"][1] is not None]
+        for key, col, label in (("delete_top", "#d9480f", "delete top k"), ("random_delete", "#f59f00", "random delete k"),
+                                ("kind_random_delete", "#845ef7", "random rows of the top kinds"),
+                                ("feature_delete", "#0ca678", f"top k by {FEATURE}")):
+            ks = [r["k"] for r in rows if r.get(key) and r[key]["mean"] is not None]
+            m = [r[key]["mean"] for r in rows if r.get(key) and r[key]["mean"] is not None]
+            lo = [r[key]["mean"] - r[key]["ci95"][0] for r in rows if r.get(key) and r[key]["ci95"][0] is not None]
+            hi = [r[key]["ci95"][1] - r[key]["mean"] for r in rows if r.get(key) and r[key]["ci95"][1] is not None]
             if ks:
                 ax.errorbar(ks, m, yerr=[lo, hi] if len(lo) == len(ks) else None, color=col, marker="o",
                             capsize=3, label=label)
@@ -138,7 +161,19 @@ def demo_units_tracked(info: dict) -> tuple[list, list[str]]:
     return units, [column(u) for u in info["units"]]
 
 
-def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, doses: bool):
+def stratum_count(prefix: Path, window, rows_per_step: int) -> tuple[list[str], int]:
+    """(driving strata names, rows deleted per stratum condition): 10% of the window or the smallest
+    stratum's rows in it, so every stratum loses the same number of rows."""
+    from mda_fast.demo.corpus import load_row_strata
+    from mda_fast.intervene.plans import resolve_count, window_rows
+
+    strata, row_stratum = load_row_strata(prefix)
+    per = np.bincount(row_stratum[window_rows(window, rows_per_step)] + 1, minlength=len(strata) + 1)[1:]
+    n_win = (window[1] - window[0]) * rows_per_step
+    return [st["name"] for st in strata], int(min([resolve_count("10%", n_win)] + per.tolist()))
+
+
+def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool):
     """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved."""
     from mda_fast.data import MMIdxSource
     from mda_fast.demo.config import DemoConfig
@@ -161,9 +196,8 @@ def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, doses: bool
     if not Path(str(synthetic) + ".idx").is_file():
         write_synthetic(synthetic, resolve_count("10%", (b - a) * cfg.rows_per_step), cfg.seq_len, seed=0,
                         kinds=("tiled",))
-    plans = demo_plans(cols[0], cols[1] if len(cols) > 1 else None, str(synthetic))
-    if not doses:
-        plans = [p for p in plans if not any(f"-{k}%" in p for k in DOSES if k != "10")]
+    strata, per_stratum = stratum_count(corpus_prefix(demo_dir), (a, b), cfg.rows_per_step)
+    plans = demo_plans(cols[0], cols[1] if len(cols) > 1 else None, str(synthetic), strata, per_stratum, long)
     kinds, row_kind = load_row_kinds(corpus_prefix(demo_dir))
     held = heldout_sets(source, row_kind, kinds, cfg.rows_per_step * end, 64)
     exp = prepare_experiment(demo_dir / "experiment", demo_dir / "checkpoints", source, demo_dir / "mda" / "scores",
@@ -173,16 +207,17 @@ def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, doses: bool
     return exp, cfg, info
 
 
-def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log, fraction: float = 0.5) -> dict:
+def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log, fraction: float = 0.5,
+              seeds=(0, 1), gd=None) -> dict:
     """LDS of the EK-FAC scores and of gradient dot products for each demo unit and its probe, on the
-    same retrained random subsets of the window, each keeping ``fraction`` of its rows (into
-    ``experiment/lds`` for half subsets, ``experiment/lds-keep<fraction>`` otherwise); returns the
-    summary entry."""
+    same retrained random subsets of the window, each keeping ``fraction`` of its rows and retrained
+    under every row-order seed of ``seeds`` (into ``experiment/lds`` for half subsets,
+    ``experiment/lds-keep<fraction>`` otherwise); returns the summary entry."""
     from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
     from mda_fast.probes import make_data, parse_probe
 
     units, cols = demo_units_tracked(info)
-    gd = graddot_scores(demo_dir, cfg, info, exp.window, cols)
+    gd = gd or graddot_scores(demo_dir, cfg, info, exp.window, cols)
     st = exp.table.manifest["settings_score"]          # the probe data the scores were computed with
     tokens = make_data(st["probe_n"], st["probe_seq_len"], st["probe_vocab_low"], st["probe_vocab_high"],
                        st["probe_seed"])
@@ -194,24 +229,59 @@ def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log
     log(f"[experiment] LDS: {subsets} random subsets keeping {fraction:g} of the window, retrained to step "
         f"{exp.window[1]}")
     lds = run_lds(where, exp.shared, exp.window, cfg.rows_per_step, targets, n_subsets=subsets, fraction=fraction,
-                  jobs=jobs, log=log)
+                  jobs=jobs, log=log, seeds=seeds)
     log(format_lds(lds))
-    return {"path": str(where / "lds.json"),
-            "targets": [{k: t[k] for k in ("unit", "probe")} |
-                        {"attributors": {n: {"lds_probe": r["lds_probe"], "lds_head": r["lds_head"]}
+    return {"path": str(where / "lds.json"), "fraction_kept": fraction, "fraction_removed": 1.0 - fraction,
+            "n_subsets": subsets, "seeds": list(seeds), "runs": lds["runs"], "run_seconds": lds["run_seconds"],
+            "targets": [{k: t[k] for k in ("unit", "probe", "noise_ceiling")} |
+                        {"attributors": {n: {"lds_probe": r["lds_probe"], "lds_head": r["lds_head"],
+                                             "per_seed": r["per_seed"]}
                                          for n, r in t["attributors"].items()}} for t in lds["targets"]]}
 
 
+def ranking_report(exp, labels, attributors: dict, share: float = 0.1) -> dict:
+    """What each ranking puts in its top ``share``: per label of every labeling (kind, stratum), the
+    share of the top set against the share of the window, and the label's mean percentile rank
+    (1 = the top row). ``attributors``: {name: (row ids [N], values [N])}."""
+    from mda_fast.intervene.stats import rankdata
+
+    out = {}
+    for name, (rid, vals) in attributors.items():
+        pos = labels.positions(rid)
+        pct = rankdata(vals) / len(vals)                              # 1 = largest value
+        top = pct > 1 - share
+        rep = {}
+        for lname, lab in labels.labelings.items():
+            idx = lab.index[pos]
+            rep[lname] = {lab.names[k]: {"window": float(np.mean(idx == k)), "top": float(np.mean(idx[top] == k)),
+                                         "mean_percentile": float(pct[idx == k].mean())}
+                          for k in np.unique(idx) if k >= 0}
+        out[name] = rep
+    return out
+
+
+def format_ranking(rep: dict, labeling: str = "stratum") -> str:
+    lines = [f"Top 10% of each ranking by {labeling} (share of the top 10% / of the window; mean percentile rank):"]
+    for name, r in rep.items():
+        cells = [f"{k} {v['top']:.0%}/{v['window']:.0%} ({v['mean_percentile']:.2f})" for k, v in r.get(labeling, {}).items()]
+        lines.append(f"  {name:<26s} " + ", ".join(cells))
+    return "\n".join(lines)
+
+
 def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
-                        lds_subsets: int = 24, doses: bool = True, log=print, lds_fraction: float = 0.5) -> dict:
-    """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary."""
+                        lds_subsets: int = 24, long: bool = False, log=print, lds_fractions=LDS_FRACTIONS,
+                        lds_seeds: int = 2) -> dict:
+    """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary.
+    ``long`` adds the dose response and more conditions; ``lds_fractions``: the kept share of each
+    LDS check; ``lds_seeds``: row-order seeds per LDS subset (>= 2 gives the noise ceiling)."""
     from mda_fast.intervene.experiment import run_conditions, summarize, write_outputs
     from mda_fast.intervene.report import write_report
-    from mda_fast.intervene.summary import format_summary, plot_curves, plot_effects
+    from mda_fast.intervene.rowlabels import window_labels
+    from mda_fast.intervene.summary import contrasts, format_contrasts, format_summary, plot_curves, plot_effects
     from mda_fast.io import write_json
 
     demo_dir = Path(demo_dir)
-    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, doses)
+    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, long)
     out = exp.out
     log(f"[experiment] {len(exp.specs)} conditions x {seeds} seeds on "
         f"{', '.join(u.name + ' ' + u.head_name for u in exp.units)}, window {exp.window[0]}-{exp.window[1]}, "
@@ -219,13 +289,38 @@ def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float =
     curves = run_conditions(exp, jobs=jobs, log=log)
     summary = summarize(exp, curves)
     summary["dose"] = dose_table(summary)
+    summary["contrasts"] = contrasts(summary, CONTRASTS)
     write_outputs(exp, curves, summary, report=False)
     plot_curves(curves, exp.window, out / "curves.png", exp.units, summary["threshold"], conditions=list(MAIN_CONDITIONS))
-    plot_dose(summary["dose"], out / "dose.png")
+    if long:
+        plot_dose(summary["dose"], out / "dose.png")
     plot_effects(summary, out / "effects.png")
     log(format_summary(summary))
+    log(format_contrasts(summary["contrasts"]))
+    units, cols = demo_units_tracked(info)
+    gd = graddot_scores(demo_dir, cfg, info, exp.window, cols)
+    labels = window_labels(exp.source, exp.window, cfg.rows_per_step, cfg.vocab_size)
+    summary["ranking"] = ranking_report(exp, labels, {
+        "EK-FAC (MDA)": (exp.table.row_ids, exp.table.column(cols[0])),
+        "gradient dot product": (gd.row_ids, gd.column(cols[0])),
+        f"feature {FEATURE}": (labels.row_ids, labels.feature(FEATURE))})
+    log(format_ranking(summary["ranking"], "stratum" if "stratum" in labels.labelings else "kind"))
     if lds_subsets:
-        summary["lds"] = lds_check(demo_dir, exp, cfg, info, lds_subsets, jobs, log, lds_fraction)
+        summary["lds_by_fraction"] = [lds_check(demo_dir, exp, cfg, info, lds_subsets, jobs, log, f,
+                                                seeds=tuple(range(lds_seeds)), gd=gd) for f in lds_fractions]
+    summary["machine"] = machine()
     write_json(out / "summary.json", summary)
     write_report(out, scores=exp.table, source=exp.source)
     return summary
+
+
+def machine() -> dict:
+    """The machine a result was measured on (the demo's trajectory depends on the CPU and threads)."""
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
+             if ln.startswith("model name")] if info.is_file() else []
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}

@@ -34,7 +34,8 @@ from mda_fast.digest import array_digest
 from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
 from mda_fast.io import write_json
 from mda_fast.lock import claim
-from mda_fast.intervene.plans import PlanSpec, build_plan, parse_plan_spec
+from mda_fast.intervene.plans import PlanSpec, build_plan, needs_labels, parse_plan_spec
+from mda_fast.intervene.rowlabels import window_labels
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
 from mda_fast.intervene.summary import TrackedUnit, plot_curves
@@ -42,7 +43,8 @@ from mda_fast.intervene.summary import summarize as summarize_curves
 from mda_fast.intervene.track import StopRule, all_head_scores, default_token_range, repeated_random_tokens
 from mda_fast.intervene.validate import check_scores_match, check_window, manifest_units
 
-DEFAULT_PLANS = ("baseline", "delete", "random-delete", "duplicate", "random-duplicate")
+DEFAULT_PLANS = ("baseline", "delete", "random-delete", "kind-random-delete", "duplicate", "random-duplicate",
+                 "kind-random-duplicate")
 
 
 @dataclass
@@ -100,10 +102,12 @@ def _units(units, table, metric: str) -> list[TrackedUnit]:
     return [TrackedUnit.of(metric, found[0].layer, found[0].head, metric)]
 
 
-def _resolve_plans(specs, seeds, window, rps, table, unit, source) -> dict:
-    """(label, seed) -> (Plan, synthetic rows or None), synthetic files read once."""
+def _resolve_plans(specs, seeds, window, rps, table, unit, source, vocab_size=None) -> dict:
+    """(label, seed) -> (Plan, synthetic rows or None), synthetic files read once; the window's row
+    labels are computed once, only when a plan needs them."""
     from mda_fast.intervene.augment import load_synthetic
 
+    labels = window_labels(source, window, rps, vocab_size) if any(needs_labels(s) for s in specs) else None
     synth, resolved = {}, {}
     for spec in specs:
         syn = None
@@ -113,7 +117,7 @@ def _resolve_plans(specs, seeds, window, rps, table, unit, source) -> dict:
             syn = synth[spec.synthetic]
         for s in seeds:
             plan = build_plan(spec, window, rps, table.row_ids, table.scores, table.columns, unit=unit,
-                              seed=s, n_synthetic=None if syn is None else len(syn))
+                              seed=s, n_synthetic=None if syn is None else len(syn), labels=labels)
             resolved[(spec.label(), s)] = (plan, syn)
     return resolved
 
@@ -195,7 +199,8 @@ def prepare_experiment(out_dir, checkpoints, source, scores, window, plans=DEFAU
     ckpts, source, table, rps, units, cfg = _check_inputs(checkpoints, source, scores, (a, b), end, rows_per_step,
                                                           units, metric, device)
     optim_cfg = optim_from_checkpoint(ckpts[a], optim)
-    resolved = _resolve_plans(specs, seeds, (a, b), rps, table, (units[0].layer, units[0].head), source)
+    resolved = _resolve_plans(specs, seeds, (a, b), rps, table, (units[0].layer, units[0].head), source,
+                              cfg.vocab_size)
     low, high = probe_range or default_token_range(cfg.vocab_size)
     held, held_where = _heldout_rows(heldout, source, rps, end, a)
     shared = RunShared(checkpoint=str(ckpts[a]), source=source, end_step=end, optim=optim_cfg, cadence=cadence,

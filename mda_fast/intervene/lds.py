@@ -14,6 +14,15 @@ removed row that strengthens f lowers it). LDS = Spearman(measured, predicted) o
 (TRAK, Park et al. 2023; dattri), with a bootstrap interval over subsets. Comparing attributors on
 the same retrained subsets isolates what each adds, e.g. EK-FAC against a plain gradient dot
 product (``Settings(preconditioner="identity")``).
+
+Retraining noise. Each subset (and the full reference) is retrained under every row-order seed of
+``seeds`` (seed 0 = the original order, k > 0 = rows permuted within blocks of steps, as in the
+experiment); a change is measured against the full run of the same seed, and LDS is taken against
+the seed-averaged change. The **noise ceiling** is the Spearman correlation between two seeds'
+measured changes over the same subsets (mean over seed pairs), r: how far retraining reproduces
+itself. By the Spearman-Brown formula the mean of k seeds has reliability R = k r / (1 + (k - 1) r),
+and no attributor's correlation with it can be expected above sqrt(R) (classical test theory,
+exact for Pearson correlations of linear-Gaussian noise, approximate for Spearman).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from mda_fast.io import write_json
 from mda_fast.lock import claim
 from mda_fast.intervene.plans import Plan, window_rows
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
-from mda_fast.intervene.stats import spearman_ci
+from mda_fast.intervene.stats import spearman, spearman_ci
 from mda_fast.intervene.summary import TrackedUnit
 
 
@@ -62,13 +71,18 @@ def subsets(window: tuple[int, int], rows_per_step: int, n: int, fraction: float
     return out
 
 
-def lds_tasks(out: Path, window, rows_per_step: int, removed: list[np.ndarray], settings: tuple) -> list[RunTask]:
+def lds_tasks(out: Path, window, rows_per_step: int, removed: list[np.ndarray], settings: tuple,
+              seeds=(0,)) -> list[RunTask]:
+    """One task per (subset or the full reference, seed); seed 0 runs in ``runs/<name>``, seed k in
+    ``runs/<name>.seed<k>``."""
     tasks = []
     for m, rem in enumerate([np.zeros(0, np.int64)] + removed):
         name = "full" if m == 0 else f"subset{m - 1:03d}"
         plan = Plan(name=name, kind="delete", window=tuple(window), rows_per_step=rows_per_step, delete=rem,
                     info={"lds_subset": m - 1})
-        tasks.append(RunTask(name, 0, plan, None, out / "runs" / name, run_fingerprint(plan, None, *settings)))
+        for s in seeds:
+            run = out / "runs" / (name if s == 0 else f"{name}.seed{s}")
+            tasks.append(RunTask(name, int(s), plan, None, run, run_fingerprint(plan, None, *settings)))
     return tasks
 
 
@@ -83,27 +97,64 @@ class LdsTarget:
     attributors: list[Attributor]
 
 
-def lds_table(curves: dict, removed: list[np.ndarray], target: LdsTarget) -> dict:
-    """Spearman of each attributor's predicted changes against the measured probe and head changes."""
+def _changes(curves: dict, n_subsets: int, target: LdsTarget) -> tuple[np.ndarray, np.ndarray]:
+    """(probe change [M], head change [M]) of each subset against the full run, one seed's curves."""
     name, unit = target.probe.name, target.unit
     full = curves["full"]
-    ref_probe, ref_head = full["end_probes"][name], unit.series(full)[-1]
-    runs = [f"subset{m:03d}" for m in range(len(removed))]
-    d_probe = np.asarray([curves[n]["end_probes"][name] - ref_probe for n in runs])
-    d_head = np.asarray([unit.series(curves[n])[-1] - ref_head for n in runs])
-    out = {"unit": unit.to_dict(), "probe": name, "reference": {"probe": ref_probe, "head": ref_head},
-           "measured": {"probe_change": d_probe.tolist(), "head_change": d_head.tolist()}, "attributors": {}}
+    runs = [curves[f"subset{m:03d}"] for m in range(n_subsets)]
+    d_probe = np.asarray([c["end_probes"][name] - full["end_probes"][name] for c in runs])
+    d_head = np.asarray([unit.series(c)[-1] - unit.series(full)[-1] for c in runs])
+    return d_probe, d_head
+
+
+def noise_ceiling(per_seed: list[np.ndarray]) -> dict:
+    """How far retraining reproduces itself: the mean Spearman r between two seeds' changes over the
+    same subsets, the reliability R of their mean (Spearman-Brown) and sqrt(R), the LDS a perfect
+    attributor could expect against the seed mean. None entries with fewer than 2 seeds."""
+    k = len(per_seed)
+    pairs = [spearman(per_seed[i], per_seed[j]) for i in range(k) for j in range(i + 1, k)]
+    pairs = [r for r in pairs if r is not None]
+    if not pairs:
+        return {"seeds": k, "r_between_seeds": None, "reliability_of_mean": None, "max_expected_lds": None}
+    r = float(np.mean(pairs))
+    rel = k * r / (1 + (k - 1) * r) if r > 0 else 0.0
+    return {"seeds": k, "r_between_seeds": r, "r_pairs": pairs, "reliability_of_mean": rel,
+            "max_expected_lds": float(np.sqrt(rel))}
+
+
+def lds_table(curves: dict, removed: list[np.ndarray], target: LdsTarget) -> dict:
+    """Spearman of each attributor's predicted changes against the measured probe and head changes
+    (averaged over seeds), per-seed LDS, and the noise ceiling. ``curves``: {seed: {name: curve}}
+    (a flat {name: curve} is one seed)."""
+    by_seed = {0: curves} if "full" in curves else curves
+    seeds = sorted(by_seed)
+    changes = [_changes(by_seed[s], len(removed), target) for s in seeds]
+    d_probe = np.mean([c[0] for c in changes], axis=0)
+    d_head = np.mean([c[1] for c in changes], axis=0)
+    full = by_seed[seeds[0]]["full"]
+    out = {"unit": target.unit.to_dict(), "probe": target.probe.name, "seeds": seeds,
+           "reference": {"probe": full["end_probes"][target.probe.name], "head": target.unit.series(full)[-1]},
+           "measured": {"probe_change": d_probe.tolist(), "head_change": d_head.tolist(),
+                        "per_seed": {str(s): {"probe_change": c[0].tolist(), "head_change": c[1].tolist()}
+                                     for s, c in zip(seeds, changes)}},
+           "noise_ceiling": {"probe": noise_ceiling([c[0] for c in changes]),
+                             "head": noise_ceiling([c[1] for c in changes])},
+           "attributors": {}}
     for att in target.attributors:
         pred = np.asarray([-att.removed_sum(r) for r in removed])
-        out["attributors"][att.name] = {"predicted": pred.tolist(), "lds_probe": spearman_ci(pred, d_probe),
-                                        "lds_head": spearman_ci(pred, d_head)}
+        out["attributors"][att.name] = {
+            "predicted": pred.tolist(), "lds_probe": spearman_ci(pred, d_probe), "lds_head": spearman_ci(pred, d_head),
+            "per_seed": {str(s): {"lds_probe": spearman(pred, c[0]), "lds_head": spearman(pred, c[1])}
+                         for s, c in zip(seeds, changes)}}
     return out
 
 
 def run_lds(out_dir, shared: RunShared, window: tuple[int, int], rows_per_step: int, targets: list[LdsTarget],
-            n_subsets: int = 24, fraction: float = 0.5, seed: int = 0, jobs: int = 1, log=print) -> dict:
-    """Retrain every subset once (reusing finished runs; ``out_dir`` claimed meanwhile), score every
-    target; writes ``lds.json``.
+            n_subsets: int = 24, fraction: float = 0.5, seed: int = 0, jobs: int = 1, log=print,
+            seeds=(0,)) -> dict:
+    """Retrain every subset under every row-order seed of ``seeds`` (reusing finished runs;
+    ``out_dir`` claimed meanwhile), score every target; writes ``lds.json``. ``seed`` draws the
+    subsets.
 
     ``shared`` is the experiment's run settings (checkpoint at the window start, source, optimizer,
     tracking data); its end step and stop rule are replaced here: every run ends at the window's end.
@@ -120,21 +171,31 @@ def run_lds(out_dir, shared: RunShared, window: tuple[int, int], rows_per_step: 
     settings = ("lds-v1", b, shared.cadence, shared.optim.to_dict(), fraction, seed,
                 {n: np.asarray(tok).tolist() for n, (_, tok) in sorted(probes.items())},
                 inputs_fingerprint(shared.checkpoint, shared.source, a, b, rows_per_step))
+    seeds = [int(s) for s in seeds]
     with claim(out):
-        done = run_tasks(lds_tasks(out, (a, b), rows_per_step, removed, settings), shared, jobs=jobs, log=log)
-    curves = {name: c for (name, _), c in done.items()}
-    result = {"window": [a, b], "fraction": fraction, "seed": seed, "n_subsets": n_subsets,
-              "targets": [lds_table(curves, removed, t) for t in targets],
-              "run_seconds": sum(c.get("sec", 0.0) for c in curves.values())}
+        done = run_tasks(lds_tasks(out, (a, b), rows_per_step, removed, settings, seeds), shared, jobs=jobs, log=log)
+    curves: dict = {}
+    for (name, s), c in done.items():
+        curves.setdefault(s, {})[name] = c
+    result = {"window": [a, b], "fraction": fraction, "removed_fraction": 1.0 - fraction, "seed": seed,
+              "seeds": seeds, "n_subsets": n_subsets, "targets": [lds_table(curves, removed, t) for t in targets],
+              "run_seconds": sum(c.get("sec", 0.0) for c in done.values()), "runs": len(done)}
     write_json(out / "lds.json", result)
     return result
 
 
 def format_lds(result: dict) -> str:
     """One line per target and attributor: LDS on the probe and on the head score, with intervals."""
+    seeds = result.get("seeds", [0])
     lines = [f"LDS over {result['n_subsets']} random {result['fraction']:.0%} subsets of the window "
-             f"{result['window'][0]}-{result['window'][1]} (Spearman, 95% bootstrap CI):"]
+             f"{result['window'][0]}-{result['window'][1]} (Spearman, 95% bootstrap CI), each retrained under "
+             f"{len(seeds)} row-order seed(s), against the seed-mean change:"]
     for t in result["targets"]:
+        nc = t.get("noise_ceiling")
+        if nc and nc["probe"]["r_between_seeds"] is not None:
+            lines.append(f"  {t['unit']['name']:<16s} noise ceiling: seed-vs-seed r {nc['probe']['r_between_seeds']:+.2f} "
+                         f"(probe), {nc['head']['r_between_seeds']:+.2f} (head); max expected LDS "
+                         f"{nc['probe']['max_expected_lds']:.2f} / {nc['head']['max_expected_lds']:.2f}")
         for name, r in t["attributors"].items():
             cells = []
             for key, what in (("lds_probe", t["probe"]), ("lds_head", f"{t['unit']['head']} {t['unit']['metric']}")):

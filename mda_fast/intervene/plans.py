@@ -10,8 +10,14 @@ checked. Vocabulary:
 
 Plan kinds: ``baseline``; ``delete`` / ``duplicate`` of the top rows of a scores column
 (``top="10%"`` of the window's rows or ``top="1000"`` rows; ``tail`` positive = strongest
-strengtheners, negative = most negative); ``random-delete`` / ``random-duplicate`` with the same
-count drawn uniformly over the window (seeded); ``insert-synthetic`` (augmentation rows).
+strengtheners, negative = most negative; ``column=feature:<name>`` ranks by a row feature of
+:mod:`.rowlabels` instead, the baseline a user could write without MDA); ``random-delete`` /
+``random-duplicate`` with the same count drawn uniformly over the window (seeded), or only among
+the rows labelled ``among="<labeling>:<label>"`` (e.g. ``stratum:strong``); ``kind-random-delete``
+/ ``kind-random-duplicate``: as many rows as the top set, drawn at random from the same kinds in
+the same proportions (``match`` names the labeling, default ``kind``), the control that separates
+the ranking from the row kind; ``insert-synthetic`` (augmentation rows). Plans that use labels or
+features need ``labels`` (:class:`~mda_fast.intervene.rowlabels.RowLabels`).
 Duplicated/inserted rows take the slots of victim rows: the lowest-|score| rows (``replace=
 "lowest"``) or random rows (``"random"``), never a selected row; with ``at=S`` the victims are
 taken from steps S, S+1, ... (at most ``per_step`` per step), i.e. the rows are inserted at S.
@@ -25,7 +31,9 @@ import numpy as np
 
 from mda_fast.errors import ConfigError
 
-PLAN_KINDS = ("baseline", "delete", "duplicate", "random-delete", "random-duplicate", "insert-synthetic")
+PLAN_KINDS = ("baseline", "delete", "duplicate", "random-delete", "random-duplicate", "insert-synthetic",
+              "kind-random-delete", "kind-random-duplicate")
+FEATURE_PREFIX = "feature:"
 SYNTH_BASE = 1 << 48
 
 
@@ -43,6 +51,8 @@ class PlanSpec:
     synthetic: str | None = None
     n: int | None = None          # insert-synthetic: rows to insert (default: all in the file)
     copies: int = 1
+    among: str | None = None      # random-*: draw only among rows labelled "<labeling>:<label>"
+    match: str = "kind"           # kind-random-*: the labeling whose composition is matched
     name: str | None = None
 
     def label(self) -> str:
@@ -50,7 +60,7 @@ class PlanSpec:
 
 
 _SPEC_KEYS = {"top": str, "tail": str, "column": str, "replace": str, "at": int, "per_step": int,
-              "synthetic": str, "path": str, "n": int, "copies": int, "name": str}
+              "synthetic": str, "path": str, "n": int, "copies": int, "among": str, "match": str, "name": str}
 
 
 def parse_plan_spec(text: str) -> PlanSpec:
@@ -83,6 +93,15 @@ def check_spec(spec: PlanSpec) -> None:
         raise ConfigError(f"plan {spec.label()}: copies must be >= 1, got {spec.copies}")
     if spec.kind == "insert-synthetic" and not spec.synthetic:
         raise ConfigError(f"plan {spec.label()}: insert-synthetic needs path=<.bin/.idx prefix>")
+    if spec.among is not None and (not spec.kind.startswith("random-") or ":" not in spec.among):
+        raise ConfigError(f"plan {spec.label()}: among=<labeling>:<label> applies to random-delete / "
+                          f"random-duplicate, got among={spec.among!r} on {spec.kind}")
+
+
+def needs_labels(spec: PlanSpec) -> bool:
+    """Whether resolving ``spec`` needs the window's :class:`RowLabels`."""
+    return (spec.kind.startswith("kind-random-") or spec.among is not None
+            or str(spec.column or "").startswith(FEATURE_PREFIX))
 
 
 @dataclass
@@ -190,9 +209,12 @@ def _victims(pool: np.ndarray, key: np.ndarray, n: int, rows_per_step: int, at: 
     return np.asarray(out, dtype=np.int64)
 
 
-def _window_scores(spec: PlanSpec, win: np.ndarray, row_ids, scores, columns, unit, plan: Plan):
+def _window_scores(spec: PlanSpec, win: np.ndarray, row_ids, scores, columns, unit, plan: Plan, labels=None):
     """(scored row ids [n], their values [n], |score| of every window row [win] with inf for unscored
-    rows) of the plan's column, or (None, None, None) without scores."""
+    rows) of the plan's column (a scores column, or ``feature:<name>`` of ``labels``), or
+    (None, None, None) without scores."""
+    if str(spec.column or "").startswith(FEATURE_PREFIX):
+        row_ids, scores, columns = labels.row_ids, labels.feature(spec.column[len(FEATURE_PREFIX):]), [spec.column]
     if scores is None:
         return None, None, None
     row_ids = np.asarray(row_ids, dtype=np.int64)
@@ -206,13 +228,45 @@ def _window_scores(spec: PlanSpec, win: np.ndarray, row_ids, scores, columns, un
     return rid, vals, absval
 
 
-def _selected(spec: PlanSpec, win: np.ndarray, rid, vals, rng, plan: Plan) -> np.ndarray:
-    """Sorted row ids a delete / duplicate plan acts on: the top of the column, or random ones."""
+def _random_among(spec: PlanSpec, win: np.ndarray, count: int, rng, labels, plan: Plan) -> np.ndarray:
+    """``count`` random window rows, among those labelled ``spec.among`` when given."""
+    if spec.among is None:
+        return np.sort(rng.choice(win, size=count, replace=False))
+    if labels is None:
+        raise ConfigError(f"plan {spec.label()}: among={spec.among} needs the window's row labels")
+    labeling, _, name = spec.among.partition(":")
+    pool = labels.row_ids[labels.labeling(labeling).mask(name)]
+    plan.info["among_rows"] = int(pool.size)
+    if count > pool.size:
+        raise ConfigError(f"plan {spec.label()}: {count} rows asked among {spec.among}, which has only {pool.size}")
+    return np.sort(rng.choice(pool, size=count, replace=False))
+
+
+def _kind_matched(spec: PlanSpec, top: np.ndarray, rng, labels, plan: Plan) -> np.ndarray:
+    """As many random window rows as ``top`` holds of each label of ``labels``'s ``spec.match``
+    labeling, drawn from all window rows with that label (the top rows included)."""
+    if labels is None:
+        raise ConfigError(f"plan {spec.label()}: a kind-matched control needs the window's row labels")
+    lab = labels.labeling(spec.match)
+    top_lab = lab.index[labels.positions(top)]
+    picked, composition = [], {}
+    for k in np.unique(top_lab):
+        pool = labels.row_ids[lab.index == k]
+        n = int((top_lab == k).sum())
+        composition[lab.names[k] if k >= 0 else "unlabelled"] = n
+        picked.append(rng.choice(pool, size=n, replace=False))
+    plan.info.update(matched=spec.match, composition=composition, kinds_from=labels.kinds_from)
+    return np.sort(np.concatenate(picked))
+
+
+def _selected(spec: PlanSpec, win: np.ndarray, rid, vals, rng, plan: Plan, labels=None) -> np.ndarray:
+    """Sorted row ids a delete / duplicate plan acts on: the top of the column, or random ones
+    (uniform, among a label, or matching the top set's kinds)."""
     label = spec.label()
     count = resolve_count(spec.top, win.size, f"plan {label}")
     plan.info["count"] = count
     if spec.kind.startswith("random-"):
-        return np.sort(rng.choice(win, size=count, replace=False))
+        return _random_among(spec, win, count, rng, labels, plan)
     if rid is None:
         raise ConfigError(f"plan {label} needs a scores file")
     if count > rid.size:
@@ -221,7 +275,7 @@ def _selected(spec: PlanSpec, win: np.ndarray, rid, vals, rng, plan: Plan) -> np
     sel = np.sort(select_top(rid, vals, count, spec.tail))
     tot = np.abs(vals).sum()
     plan.info["abs_score_share"] = float(np.abs(vals[np.isin(rid, sel)]).sum() / tot) if tot > 0 else 0.0
-    return sel
+    return _kind_matched(spec, sel, rng, labels, plan) if spec.kind.startswith("kind-random-") else sel
 
 
 def _synthetic_sources(spec: PlanSpec, win: np.ndarray, n_synthetic: int | None) -> np.ndarray:
@@ -235,11 +289,13 @@ def _synthetic_sources(spec: PlanSpec, win: np.ndarray, n_synthetic: int | None)
 
 
 def build_plan(spec: PlanSpec, window: tuple[int, int], rows_per_step: int, row_ids=None, scores=None,
-               columns=None, unit=None, seed: int = 0, n_synthetic: int | None = None) -> Plan:
+               columns=None, unit=None, seed: int = 0, n_synthetic: int | None = None, labels=None) -> Plan:
     """Resolve ``spec`` over ``window`` with scores ``scores[N, C]`` of ``row_ids[N]``.
 
     ``seed`` draws the random controls (and random victims). ``n_synthetic``: rows in the
-    insert-synthetic file. Raises ConfigError for a plan that does not fit the window.
+    insert-synthetic file. ``labels``: the window's :class:`~mda_fast.intervene.rowlabels.RowLabels`
+    (kind-matched controls, ``among=``, feature columns). Raises ConfigError for a plan that does
+    not fit the window.
     """
     check_spec(spec)
     a, b = window
@@ -250,12 +306,14 @@ def build_plan(spec: PlanSpec, window: tuple[int, int], rows_per_step: int, row_
     if spec.kind == "baseline":
         return plan
     rng = np.random.default_rng([seed, PLAN_KINDS.index(spec.kind)])
-    rid, vals, absval = _window_scores(spec, win, row_ids, scores, columns, unit, plan)
+    if needs_labels(spec) and labels is None:
+        raise ConfigError(f"plan {label} needs the window's row labels (kinds / features)")
+    rid, vals, absval = _window_scores(spec, win, row_ids, scores, columns, unit, plan, labels)
     if spec.kind == "insert-synthetic":
         sel = np.zeros(0, np.int64)
         plan.sources, plan.synthetic = _synthetic_sources(spec, win, n_synthetic), spec.synthetic
     else:
-        sel = _selected(spec, win, rid, vals, rng, plan)
+        sel = _selected(spec, win, rid, vals, rng, plan, labels)
         if spec.kind.endswith("delete"):
             plan.delete = sel
             return plan

@@ -168,6 +168,32 @@ def summarize(curves: dict, window: tuple[int, int], units: list[TrackedUnit], t
     return out
 
 
+def contrasts(summary: dict, pairs) -> dict:
+    """{unit: {"A - B": paired effect}}: per seed, condition A's shift minus condition B's (in % of
+    the window), e.g. ("delete-top-10%", "kind-random-delete-10%"): does the ranking beat a random
+    draw of the same kinds? Pairs with a missing condition are left out."""
+    out = {}
+    for name, u in summary["units"].items():
+        conds, rows = u["conditions"], {}
+        for a, b in pairs:
+            sa, sb = (conds.get(c, {}).get("shift_pct_per_seed") for c in (a, b))
+            if sa is None or sb is None:
+                continue
+            seeds = sorted(set(sa) & set(sb))
+            diff = [sa[k] - sb[k] for k in seeds]
+            rows[f"{a} - {b}"] = paired_effect(diff) | {"per_seed": dict(zip(seeds, diff))}
+        out[name] = rows
+    return out
+
+
+def format_contrasts(con: dict) -> str:
+    lines = ["Paired contrasts (per seed, shift A minus shift B, % of the window):"]
+    for name, rows in con.items():
+        for label, e in rows.items():
+            lines.append(f"  {name:<16s} {label:<52s} {_fmt_effect(e)}")
+    return "\n".join(lines)
+
+
 def plot_curves(curves: dict, window: tuple[int, int], path, units: list[TrackedUnit], threshold: float | None = None,
                 conditions: list[str] | None = None) -> Path:
     """One panel per tracked unit (+ probe and ICL): thin line per seed, thick mean per condition."""
