@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--lds-fractions", default="0.5,0.9,0.98",
                    help="share of the window's rows each LDS subset keeps, one check per value")
     p.add_argument("--lds-seeds", type=int, default=2, help="row-order seeds each LDS subset is retrained under")
+    p.add_argument("--trajectories", default=None, metavar="SEEDS",
+                   help="comma-separated model/corpus seeds: one demo (and experiment) per trajectory in "
+                        "OUT/seed<s>, pooled in OUT/trajectories.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -52,13 +55,25 @@ def cmd_demo(args) -> int:
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     over = {"steps": args.max_steps} if args.max_steps else {}
     cfg = load_demo_config(args.config, **over)
+    options = dict(seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets, lds_fractions=fractions,
+                   lds_seeds=args.lds_seeds, long=args.long)
+    if args.trajectories:
+        from mda_fast.demo.trajectories import run_trajectories
+
+        try:
+            seeds = [int(x) for x in args.trajectories.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--trajectories must be comma-separated integers, got {args.trajectories!r}") from None
+        run_trajectories(args.out, cfg, seeds, experiment=args.experiment, top_k=args.top_k,
+                         progress=not args.no_progress, **options)
+        print(f"trajectories: {args.out}/trajectories.json; each in {args.out}/seed<s>/")
+        return 0
     summary = run_demo(args.out, cfg, top_k=args.top_k, progress=not args.no_progress)
     print(f"summary: {args.out}/demo.json; heads heat-map {summary['outputs']['heads']}/heads.png; "
           f"figures in {summary['outputs']['top']}")
     if args.experiment:
         from mda_fast.demo.experiment import run_demo_experiment
 
-        run_demo_experiment(args.out, seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets,
-                            lds_fractions=fractions, lds_seeds=args.lds_seeds, long=args.long)
+        run_demo_experiment(args.out, **options)
         print(f"experiment: {args.out}/experiment/summary.json, curves.png, effects.png, report.html, lds*/lds.json")
     return 0
