@@ -41,7 +41,7 @@ def test_run_experiment_tiny(setup):
     assert set(unit["conditions"]) == {"baseline", "delete", "random-delete", "insert-synthetic"}
     assert s["plans"]["delete"]["count"] == 4 and unit["conditions"]["delete"]["seeds"] == ["0", "1"]
     shift = unit["conditions"]["delete"]["shift_pct"]
-    assert set(shift) == {"mean", "std", "ci95", "p", "n"} and shift["n"] == 2
+    assert {"mean", "std", "ci95", "p", "n"} <= set(shift) and shift["n"] == 2
     curves = json.loads((out / "curves.json").read_text())
     assert curves["baseline"]["0"]["steps"] == [2, 4, 6, 7]
     # deletion changed training, the baseline with the same seed is reproducible run to run

@@ -42,8 +42,12 @@ def _add_intervene(subparsers) -> None:
     p.add_argument("--end-step", type=int, default=None, help="train until this step (default: END)")
     p.add_argument("--plan", action="append", default=None, metavar="SPEC",
                    help="repeatable: baseline | delete | duplicate | random-delete | random-duplicate | "
-                        "insert-synthetic:path=PREFIX; options after ':' e.g. delete:top=5%%,tail=negative "
-                        "(default: baseline, delete, random-delete, duplicate, random-duplicate)")
+                        "kind-random-delete | kind-random-duplicate (random rows of the top rows' kinds, same "
+                        "composition; kinds from the corpus's .kinds.json, else detected) | "
+                        "insert-synthetic:path=PREFIX; options after ':' e.g. delete:top=5%%,tail=negative, "
+                        "delete:column=feature:copy_share (rank by a row feature), "
+                        "random-delete:among=kind:repeated (default: baseline, delete, random-delete, "
+                        "kind-random-delete, duplicate, random-duplicate, kind-random-duplicate)")
     flags.top_k(p, type=str, help="rows each plan without top= selects: a %% of the window (10%%) or a count")
     p.add_argument("--column", default=None, help="scores column (default: the one naming the unit)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; 0 = original data order")
