@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                    help="share of the window's rows each LDS subset keeps, one check per value "
                         "(default 0.9; with --long 0.5,0.9,0.98)")
     p.add_argument("--lds-seeds", type=int, default=2, help="row-order seeds each LDS subset is retrained under")
+    p.add_argument("--conditions", default=None, metavar="NAMES",
+                   help="comma-separated: run only these experiment conditions (the baseline always)")
     p.add_argument("--trajectories", default=None, metavar="SEEDS",
                    help="comma-separated model/corpus seeds: one demo (and experiment) per trajectory in "
                         "OUT/seed<s>, pooled in OUT/trajectories.json")
@@ -60,7 +62,8 @@ def cmd_demo(args) -> int:
     over = {"steps": args.max_steps} if args.max_steps else {}
     cfg = load_demo_config(args.config, **over)
     options = dict(seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets, lds_fractions=fractions,
-                   lds_seeds=args.lds_seeds, long=args.long)
+                   lds_seeds=args.lds_seeds, long=args.long,
+                   conditions=[c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None)
     if args.trajectories:
         from mda_fast.demo.trajectories import run_trajectories
 

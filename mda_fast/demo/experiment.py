@@ -175,8 +175,9 @@ def stratum_count(prefix: Path, window, rows_per_step: int) -> tuple[list[str], 
     return [st["name"] for st in strata], int(min([resolve_count("10%", n_win)] + per.tolist()))
 
 
-def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool):
-    """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved."""
+def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool, conditions=None):
+    """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved;
+    ``conditions``: only the conditions of these names (the baseline always)."""
     from mda_fast.data import MMIdxSource
     from mda_fast.demo.config import DemoConfig
     from mda_fast.demo.corpus import load_row_kinds
@@ -200,6 +201,12 @@ def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool)
                         kinds=("tiled",))
     strata, per_stratum = stratum_count(corpus_prefix(demo_dir), (a, b), cfg.rows_per_step)
     plans = demo_plans(cols[0], cols[1] if len(cols) > 1 else None, str(synthetic), strata, per_stratum, long)
+    if conditions:
+        names = {p: p.rpartition("name=")[2] for p in plans}
+        unknown = sorted(set(conditions) - set(names.values()))
+        if unknown:
+            raise ConfigError(f"unknown experiment conditions {unknown}; this demo has {sorted(names.values())}")
+        plans = [p for p in plans if p == "baseline" or names[p] in conditions]
     kinds, row_kind = load_row_kinds(corpus_prefix(demo_dir))
     held = heldout_sets(source, row_kind, kinds, cfg.rows_per_step * end, 64)
     exp = prepare_experiment(demo_dir / "experiment", demo_dir / "checkpoints", source, demo_dir / "mda" / "scores",
@@ -272,10 +279,11 @@ def format_ranking(rep: dict, labeling: str = "stratum") -> str:
 
 def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
                         lds_subsets: int = 16, long: bool = False, log=print, lds_fractions=LDS_FRACTIONS,
-                        lds_seeds: int = 2) -> dict:
+                        lds_seeds: int = 2, conditions=None) -> dict:
     """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary.
     ``long`` adds the dose response and more conditions; ``lds_fractions``: the kept share of each
-    LDS check; ``lds_seeds``: row-order seeds per LDS subset (>= 2 gives the noise ceiling)."""
+    LDS check; ``lds_seeds``: row-order seeds per LDS subset (>= 2 gives the noise ceiling);
+    ``conditions``: run only these conditions (names as in summary.json; the baseline always)."""
     from mda_fast.intervene.experiment import run_conditions, summarize, write_outputs
     from mda_fast.intervene.report import write_report
     from mda_fast.intervene.rowlabels import window_labels
@@ -283,7 +291,7 @@ def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float =
     from mda_fast.io import write_json
 
     demo_dir = Path(demo_dir)
-    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, long)
+    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, long, conditions)
     out = exp.out
     log(f"[experiment] {len(exp.specs)} conditions x {seeds} seeds on "
         f"{', '.join(u.name + ' ' + u.head_name for u in exp.units)}, window {exp.window[0]}-{exp.window[1]}, "
