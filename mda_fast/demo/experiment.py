@@ -5,26 +5,30 @@
 
 On the demo's induction head and its previous-token head, over the induction head's formation
 window [a, b), retrained from the checkpoint at a to b + ``margin`` (b - a) (each run stops once
-both heads have emerged), for every seed:
+both heads have emerged), for every row-order seed (0 = the original order):
 
 - ``baseline``;
-- the dose response ``delete-top-K%`` against ``random-delete-K%`` for K in :data:`DOSES`, ranked by
-  the induction head's copy-target scores;
-- ``delete-negative-10%`` (the most negative rows), ``duplicate-top-10%`` and
-  ``random-duplicate-10%`` (copies in place of random other rows of the window: with the
-  lowest-|score| rows as victims, which are ordinary text, even random copies raise the share of
-  driving rows and speed the head up, -8.5% [-11.3, -5.6] measured, so that control is not null),
-  ``insert-synthetic`` (as many generated rows as the top 10%, each a fresh random span tiled along
-  the row, the structure the top rows share: ``mda augment --kinds tiled``, inserted mid-window);
-- ``delete-top-10%-prev``, ``delete-negative-10%-prev``, ``duplicate-top-10%-prev``: the same ranked
-  by the previous-token head's own probe.
+- ``delete-top-10%`` (the induction head's copy-target scores) against three controls of the same
+  count: ``random-delete-10%`` (uniform), ``kind-random-delete-10%`` (random rows of the top rows'
+  kinds, same proportions: does the ranking beat the kind?) and ``feature-delete-10%`` (the top 10%
+  by :data:`FEATURE`, a ranking a user could write without MDA);
+- ``delete-negative-10%`` (the most negative rows); ``duplicate-top-10%`` against
+  ``kind-random-duplicate-10%`` (copies in place of random other rows of the window);
+- ``delete-top-10%-prev`` against ``kind-random-delete-10%-prev``: the previous-token head's own probe;
+- ``delete-stratum-<name>``: as many rows of one driving stratum (the corpus's planted strength),
+  the same count for each stratum: the ground truth a ranking should recover;
+- ``long``: the dose response (K in :data:`DOSES`, each with its three controls), uniform
+  ``random-duplicate-10%``, ``insert-synthetic`` (fresh tiled rows inserted mid-window), and the
+  previous-token head's negative and duplicate conditions.
 
-Both heads are tracked in every run, so every condition is reported for both units. Then the
-LDS check (:mod:`mda_fast.intervene.lds`): random half subsets of the window retrained to b, the
-measured change of each probe and head score against the change predicted by the EK-FAC scores and
-by plain gradient dot products. Output in ``<demo>/experiment/``: ``summary.json`` (emergence, shifts
-with intervals and p-values, the dose table, the ICL change), ``curves.png``, ``dose.png``,
-``report.html``, ``lds/lds.json``.
+Both heads are tracked in every run, so every condition is reported for both units; ``contrasts``
+pairs conditions seed by seed (:data:`CONTRASTS`); ``ranking`` says what each ranking (EK-FAC,
+gradient dot product, the feature) puts in its top 10%, by kind and stratum. Then the LDS check
+(:mod:`mda_fast.intervene.lds`): random subsets of the window, each retrained to b under every
+row-order seed of ``lds_seeds`` (the noise ceiling), the measured change of each probe and head
+score against the change predicted by the EK-FAC scores and by plain gradient dot products. Output
+in ``<demo>/experiment/``: ``summary.json``, ``curves.png``, ``effects.png``, ``dose.png``
+(``long``), ``report.html``, ``lds-keep<fraction>/lds.json``.
 """
 
 from __future__ import annotations
@@ -248,7 +252,7 @@ def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log
                                          for n, r in t["attributors"].items()}} for t in lds["targets"]]}
 
 
-def ranking_report(exp, labels, attributors: dict, share: float = 0.1) -> dict:
+def ranking_report(labels, attributors: dict, share: float = 0.1) -> dict:
     """What each ranking puts in its top ``share``: per label of every labeling (kind, stratum), the
     share of the top set against the share of the window, and the label's mean percentile rank
     (1 = the top row). ``attributors``: {name: (row ids [N], values [N])}."""
@@ -298,7 +302,8 @@ def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float =
         f"retrained up to step {exp.end_step} ({jobs} worker processes)")
     curves = run_conditions(exp, jobs=jobs, log=log)
     summary = summarize(exp, curves)
-    summary["dose"] = dose_table(summary)
+    if long:
+        summary["dose"] = dose_table(summary)
     summary["contrasts"] = contrasts(summary, CONTRASTS)
     write_outputs(exp, curves, summary, report=False)
     plot_curves(curves, exp.window, out / "curves.png", exp.units, summary["threshold"], conditions=list(MAIN_CONDITIONS))
@@ -310,7 +315,7 @@ def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float =
     units, cols = demo_units_tracked(info)
     gd = graddot_scores(demo_dir, cfg, info, exp.window, cols)
     labels = window_labels(exp.source, exp.window, cfg.rows_per_step, cfg.vocab_size)
-    summary["ranking"] = ranking_report(exp, labels, {
+    summary["ranking"] = ranking_report(labels, {
         "EK-FAC (MDA)": (exp.table.row_ids, exp.table.column(cols[0])),
         "gradient dot product": (gd.row_ids, gd.column(cols[0])),
         f"feature {FEATURE}": (labels.row_ids, labels.feature(FEATURE))})
