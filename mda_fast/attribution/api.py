@@ -56,19 +56,14 @@ class MDA:
         self.table: ScoreTable | None = None
         self.source = None
 
-    # the run context's parts, read-only views
-    model = property(lambda self: self.ctx.model)
-    adapter = property(lambda self: self.ctx.adapter)
-    units = property(lambda self: self.ctx.units)
-    unit_blocks = property(lambda self: self.ctx.unit_blocks)
-    blocks = property(lambda self: self.ctx.blocks)
-    probes = property(lambda self: self.ctx.probes)
-    probe_data = property(lambda self: self.ctx.probe_data)
-    settings = property(lambda self: self.ctx.settings)
-    tokenizer = property(lambda self: self.ctx.tokenizer)
-    model_name = property(lambda self: self.ctx.model_name)
-    revision = property(lambda self: self.ctx.revision)
-    columns = property(lambda self: self.ctx.columns)
+    # the run context's parts, read as attributes of the MDA (a thin view on its RunContext)
+    _CONTEXT = frozenset(("model", "adapter", "units", "unit_blocks", "blocks", "probes", "probe_data", "settings",
+                          "tokenizer", "model_name", "revision", "columns"))
+
+    def __getattr__(self, name: str):
+        if name in MDA._CONTEXT and "ctx" in self.__dict__:
+            return getattr(self.__dict__["ctx"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def vocab_size(self) -> int:
