@@ -14,7 +14,7 @@ import torch
 from mda_fast.attribution.factors import check_finite_views
 from mda_fast.errors import DataError
 from mda_fast.models.attention import fused_attention
-from mda_fast.models.loss import final_hidden, lm_head
+from mda_fast.models.loss import final_hidden, lm_head, split_rows
 from mda_fast.ops import op_linear_cross_entropy as lce
 from mda_fast.units import Capture
 
@@ -44,7 +44,7 @@ def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.
     """(inputs [B, T], labels [B, T]) from rows [B, L]; rows need at least 2 tokens."""
     if tokens.dim() != 2 or tokens.shape[1] < 2:
         raise DataError(f"{where}: rows must be [B, L] with L >= 2 tokens, got shape {tuple(tokens.shape)}")
-    return tokens[:, :-1], tokens[:, 1:]
+    return split_rows(tokens)
 
 
 def head_losses(model, hidden: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, seed: int,
