@@ -226,7 +226,9 @@ class Index:
         s = self.settings
         grads = build_queries(ctx.model, ctx.adapter, ctx.blocks, ctx.probes, ctx.probe_data, self.factors,
                               s.probe_batch, s.backend, precondition=False)
-        return {b.name: self.basis(b.name).of_gradients(grads[b.name].cpu()).unsqueeze(1) for b in ctx.blocks}
+        # [dim, n] contiguous in memory (W^T): op 2's factored route multiplies the stored rows by it in one GEMM
+        return {b.name: self.basis(b.name).of_gradients(grads[b.name].cpu()).T.contiguous().T.unsqueeze(1)
+                for b in ctx.blocks}
 
     def query(self, probes, units=None, out_dir: str | None = None, window=None, probe_data: dict | None = None,
               ) -> ScoreTable:
