@@ -165,3 +165,55 @@ def test_bad_lds_fraction_is_refused_before_training(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--experiment", "--lds-fractions", "0.5,1.5"]) == 2
     assert "--lds-fractions must be in (0, 1), got 0.5,1.5" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_strata_overwrite_disjoint_rows_with_their_planted_corruption():
+    from mda_fast.demo.corpus import check_strata, overwrite_strata
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (400, 65)).astype(np.uint16)              # [N, L]
+    kinds = np.zeros(rows.shape, np.int8)
+    before = rows.copy()
+    strata = check_strata([{"name": "clean", "share": 0.2, "span": [10, 12]},
+                           {"name": "noisy", "share": 0.1, "span": [10, 12], "corrupt": 0.5},
+                           {"name": "half", "share": 0.1, "span": [10, 12], "cover": 0.5}])
+    st = overwrite_strata(rows, kinds, strata, seed=3)
+    assert np.bincount(st + 1).tolist() == [240, 80, 40, 40]
+    assert (rows[st < 0] == before[st < 0]).all()                         # other rows untouched
+
+    def copy_errors(r):
+        """Share of tokens of the 2nd+ copies that differ from the first copy's (the row's period p)."""
+        row, cov = rows[r], int(round(strata[st[r]]["cover"] * 65))
+        return min(float(np.mean(row[p:cov] != np.resize(row[:p], cov)[p:])) for p in range(10, 13))
+
+    err = {s: np.mean([copy_errors(r) for r in np.flatnonzero(st == s)]) for s in range(3)}
+    assert err[0] == 0.0 and err[2] == 0.0 and 0.35 < err[1] < 0.6      # ~0.5 x (1 - 1/95) replaced
+    half = np.flatnonzero(st == 2)
+    cov = int(round(0.5 * 65))                                            # tiled prefix, the rest is text
+    assert (kinds[half][:, :cov] == KINDS.index("repeated")).all() and (rows[half][:, cov:] == before[half][:, cov:]).all()
+    with pytest.raises(ConfigError, match="sum to"):
+        check_strata([{"share": 0.7}, {"share": 0.5}])
+    with pytest.raises(ConfigError, match="corrupt"):
+        check_strata([{"share": 0.1, "corrupt": 2}])
+    with pytest.raises(ConfigError, match="appears twice"):
+        check_strata([{"name": "a", "share": 0.1}, {"name": "a", "share": 0.1}])
+
+
+def test_trajectories_run_one_demo_per_seed(tmp_path, capsys):
+    """`mda demo --trajectories 0,1` on a tiny config: a demo per seed (its own corpus draw), the pooled
+    file; no experiment without a formed head."""
+    from mda_fast.cli import main
+
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(yaml.safe_dump(dict(layers=1, d_model=32, heads=2, intermediate=64, steps=6, rows_per_step=4,
+                                        save_every=3, seq_len=33, probe_n=4, probe_len=8, after_formed=0)))
+    out = tmp_path / "traj"
+    assert main(["demo", "--out", str(out), "--config", str(conf), "--trajectories", "0,1", "--no-progress",
+                 "--top-k", "1"]) == 0
+    res = json.loads((out / "trajectories.json").read_text())
+    assert res["seeds"] == [0, 1] and set(res["demos"]) == {"0", "1"} and "pooled" not in res
+    a, b = (np.fromfile(out / f"seed{s}" / "corpus" / "demo.bin", dtype=np.uint16) for s in (0, 1))
+    assert a.size == b.size and not np.array_equal(a, b)
+    assert json.loads((out / "seed1" / "induction.json").read_text())["config"]["model_seed"] == 1
+    assert main(["demo", "--out", str(out), "--trajectories", "0,x"]) == 2
+    assert "--trajectories must be comma-separated integers" in capsys.readouterr().err

@@ -79,3 +79,8 @@ def test_demo_experiment_runs_end_to_end_with_every_field(tmp_path, capsys):
     assert len(runs) == 2 * len(want)
     assert main(argv) == 0                        # re-running reuses every finished run
     assert _trained(exp) == runs
+    assert main(argv + ["--conditions", "delete-top-10%", "--lds-subsets", "0"]) == 0     # a subset, reused
+    assert set(json.loads((exp / "summary.json").read_text())["units"]["induction"]["conditions"]) == \
+        {"baseline", "delete-top-10%"} and _trained(exp) == runs
+    assert main(argv + ["--conditions", "delete-top-10%,nope"]) == 2
+    assert "unknown experiment conditions ['nope']" in capsys.readouterr().err

@@ -31,6 +31,13 @@ def test_subsets_remove_the_complement_of_a_seeded_half():
         subsets((2, 6), 4, n=2, fraction=0.5, seed=0)
 
 
+@pytest.mark.parametrize("fraction, removed", [(0.9, 10), (0.98, 2), (0.25, 75)])
+def test_subsets_keep_fraction_of_the_window_and_remove_the_rest(fraction, removed):
+    rem = subsets((5, 30), 4, n=6, fraction=fraction, seed=1)      # window rows 20..119: N = 100
+    assert all(r.size == removed == round((1 - fraction) * 100) for r in rem)
+    assert all(set(r) <= set(range(20, 120)) and np.all(np.diff(r) > 0) for r in rem)   # sorted, unique, in window
+
+
 def _curve(probe, head):
     return {"steps": [0, 1], "induction": [[[0.0], [0.0]], [[0.0], [head]]], "end_probes": {"copy_target": probe}}
 

@@ -116,5 +116,6 @@ def format_report(report: dict) -> str:
         lines.append(f"top {key}:")
         for r in report[key]:
             text = f"  {r['text']}" if "text" in r else ""
-            lines.append(f"  row {r['row_id']:>10d}  score {r['score']:+.4e}  loss {r['loss']:8.3f}{text}")
+            kind = f"  [{r['kind']}]" if "kind" in r else ""
+            lines.append(f"  row {r['row_id']:>10d}  score {r['score']:+.4e}  loss {r['loss']:8.3f}{kind}{text}")
     return "\n".join(lines)

@@ -24,12 +24,15 @@ def register(subparsers) -> None:
                    help="also run the causal retraining experiment and the LDS check (under 30 minutes on 2 cores)")
     p.add_argument("--long", action="store_true",
                    help="the long experiment: dose response (2.5-20%%) and more conditions")
-    p.add_argument("--seeds", type=int, default=8, help="seeds of the experiment")
+    p.add_argument("--seeds", type=int, default=6, help="row-order seeds of the experiment")
     p.add_argument("--jobs", type=int, default=2, help="retraining worker processes (one core each)")
-    p.add_argument("--lds-subsets", type=int, default=24, help="random subsets of each LDS check (0: skip it)")
-    p.add_argument("--lds-fractions", default="0.5,0.9,0.98",
-                   help="share of the window's rows each LDS subset keeps, one check per value")
+    p.add_argument("--lds-subsets", type=int, default=16, help="random subsets of each LDS check (0: skip it)")
+    p.add_argument("--lds-fractions", default=None,
+                   help="share of the window's rows each LDS subset keeps, one check per value "
+                        "(default 0.9; with --long 0.5,0.9,0.98)")
     p.add_argument("--lds-seeds", type=int, default=2, help="row-order seeds each LDS subset is retrained under")
+    p.add_argument("--conditions", default=None, metavar="NAMES",
+                   help="comma-separated: run only these experiment conditions (the baseline always)")
     p.add_argument("--trajectories", default=None, metavar="SEEDS",
                    help="comma-separated model/corpus seeds: one demo (and experiment) per trajectory in "
                         "OUT/seed<s>, pooled in OUT/trajectories.json")
@@ -44,19 +47,23 @@ def cmd_demo(args) -> int:
     from mda_fast.demo.pipeline import run_demo
     from mda_fast.errors import ConfigError
 
+    from mda_fast.demo.experiment import LDS_FRACTIONS, LDS_FRACTIONS_LONG
+
+    given = args.lds_fractions or ",".join(map(str, LDS_FRACTIONS_LONG if args.long else LDS_FRACTIONS))
     try:                                   # checked before hours of training, not after
-        fractions = tuple(float(x) for x in args.lds_fractions.split(",") if x.strip())
+        fractions = tuple(float(x) for x in given.split(",") if x.strip())
     except ValueError:
-        raise ConfigError(f"--lds-fractions must be comma-separated numbers, got {args.lds_fractions!r}") from None
+        raise ConfigError(f"--lds-fractions must be comma-separated numbers, got {given!r}") from None
     if not fractions or not all(0.0 < f < 1.0 for f in fractions):
-        raise ConfigError(f"--lds-fractions must be in (0, 1), got {args.lds_fractions}")
+        raise ConfigError(f"--lds-fractions must be in (0, 1), got {given}")
     if args.lds_seeds < 1:
         raise ConfigError(f"--lds-seeds must be >= 1, got {args.lds_seeds}")
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     over = {"steps": args.max_steps} if args.max_steps else {}
     cfg = load_demo_config(args.config, **over)
     options = dict(seeds=args.seeds, jobs=args.jobs, lds_subsets=args.lds_subsets, lds_fractions=fractions,
-                   lds_seeds=args.lds_seeds, long=args.long)
+                   lds_seeds=args.lds_seeds, long=args.long,
+                   conditions=[c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None)
     if args.trajectories:
         from mda_fast.demo.trajectories import run_trajectories
 

@@ -33,12 +33,15 @@ class DemoConfig:
     corpus_seed: int = 0
     mix: dict = field(default_factory=lambda: {"code": 0.80, "prose": 0.10, "markup": 0.05,
                                                "latex": 0.025, "records": 0.025, "repeated": 0.0})
-    repeat_rows: float = 0.3                 # share of rows overwritten by a random span tiled along the row
+    repeat_rows: float = 0.3                 # (without strata) share of rows overwritten by a span tiled along the row
     repeat_span: tuple = (6, 30)             # span length, inclusive
     repeat_gap: tuple = (0, 0)               # original-text tokens left between copies, inclusive
     # driving strata (corpus.check_strata): when given, they replace repeat_rows/span/gap; each a
     # {name, share, span, corrupt, cover} of tiled rows with a planted teaching strength
-    strata: list = field(default_factory=list)
+    strata: list = field(default_factory=lambda: [
+        {"name": "strong", "share": 0.22, "span": [6, 30]},
+        {"name": "medium", "share": 0.11, "span": [6, 30], "corrupt": 0.3},
+        {"name": "weak", "share": 0.12, "span": [6, 30], "corrupt": 0.6}])
     # training: at most `steps`; once the induction head has formed, `after_formed` more steps
     steps: int = 6000
     after_formed: int = 300                  # 0: always train all `steps`

@@ -5,26 +5,30 @@
 
 On the demo's induction head and its previous-token head, over the induction head's formation
 window [a, b), retrained from the checkpoint at a to b + ``margin`` (b - a) (each run stops once
-both heads have emerged), for every seed:
+both heads have emerged), for every row-order seed (0 = the original order):
 
 - ``baseline``;
-- the dose response ``delete-top-K%`` against ``random-delete-K%`` for K in :data:`DOSES`, ranked by
-  the induction head's copy-target scores;
-- ``delete-negative-10%`` (the most negative rows), ``duplicate-top-10%`` and
-  ``random-duplicate-10%`` (copies in place of random other rows of the window: with the
-  lowest-|score| rows as victims, which are ordinary text, even random copies raise the share of
-  driving rows and speed the head up, -8.5% [-11.3, -5.6] measured, so that control is not null),
-  ``insert-synthetic`` (as many generated rows as the top 10%, each a fresh random span tiled along
-  the row, the structure the top rows share: ``mda augment --kinds tiled``, inserted mid-window);
-- ``delete-top-10%-prev``, ``delete-negative-10%-prev``, ``duplicate-top-10%-prev``: the same ranked
-  by the previous-token head's own probe.
+- ``delete-top-10%`` (the induction head's copy-target scores) against three controls of the same
+  count: ``random-delete-10%`` (uniform), ``kind-random-delete-10%`` (random rows of the top rows'
+  kinds, same proportions: does the ranking beat the kind?) and ``feature-delete-10%`` (the top 10%
+  by :data:`FEATURE`, a ranking a user could write without MDA);
+- ``delete-negative-10%`` (the most negative rows); ``duplicate-top-10%`` against
+  ``kind-random-duplicate-10%`` (copies in place of random other rows of the window);
+- ``delete-top-10%-prev`` against ``kind-random-delete-10%-prev``: the previous-token head's own probe;
+- ``delete-stratum-<name>``: as many rows of one driving stratum (the corpus's planted strength),
+  the same count for each stratum: the ground truth a ranking should recover;
+- ``long``: the dose response (K in :data:`DOSES`, each with its three controls), uniform
+  ``random-duplicate-10%``, ``insert-synthetic`` (fresh tiled rows inserted mid-window), and the
+  previous-token head's negative and duplicate conditions.
 
-Both heads are tracked in every run, so every condition is reported for both units. Then the
-LDS check (:mod:`mda_fast.intervene.lds`): random half subsets of the window retrained to b, the
-measured change of each probe and head score against the change predicted by the EK-FAC scores and
-by plain gradient dot products. Output in ``<demo>/experiment/``: ``summary.json`` (emergence, shifts
-with intervals and p-values, the dose table, the ICL change), ``curves.png``, ``dose.png``,
-``report.html``, ``lds/lds.json``.
+Both heads are tracked in every run, so every condition is reported for both units; ``contrasts``
+pairs conditions seed by seed (:data:`CONTRASTS`); ``ranking`` says what each ranking (EK-FAC,
+gradient dot product, the feature) puts in its top 10%, by kind and stratum. Then the LDS check
+(:mod:`mda_fast.intervene.lds`): random subsets of the window, each retrained to b under every
+row-order seed of ``lds_seeds`` (the noise ceiling), the measured change of each probe and head
+score against the change predicted by the EK-FAC scores and by plain gradient dot products. Output
+in ``<demo>/experiment/``: ``summary.json``, ``curves.png``, ``effects.png``, ``dose.png``
+(``long``), ``report.html``, ``lds-keep<fraction>/lds.json``.
 """
 
 from __future__ import annotations
@@ -39,14 +43,16 @@ import numpy as np
 from mda_fast.errors import ConfigError
 
 DOSES = ("2.5", "5", "10", "20")
-LDS_FRACTIONS = (0.5, 0.9, 0.98)          # kept shares: 50%, 10% and 2% of the window removed
+LDS_FRACTIONS = (0.9,)                    # kept share: 10% of the window removed (--long: 50%, 10%, 2%)
+LDS_FRACTIONS_LONG = (0.5, 0.9, 0.98)
 FEATURE = "copy_share"                    # the feature baseline (mda_fast.intervene.rowlabels)
 
 
 def demo_plans(ind_col: str, prev_col: str | None, synthetic: str, strata=(), stratum_count: int | None = None,
                long: bool = False) -> list[str]:
-    """The experiment's conditions as plan specs (see the module doc); ``long`` adds the dose response
-    and the previous-token head's negative and duplicate conditions."""
+    """The experiment's conditions as plan specs (see the module doc). By default the 10% conditions
+    that separate the ranking from the row kind; ``long`` adds the dose response, the uniform random
+    duplicate, the synthetic insertion and the previous-token head's negative and duplicate conditions."""
     plans = ["baseline"]
     for k in (DOSES if long else ("10",)):
         plans += [f"delete:top={k}%,column={ind_col},name=delete-top-{k}%",
@@ -55,10 +61,10 @@ def demo_plans(ind_col: str, prev_col: str | None, synthetic: str, strata=(), st
                   f"delete:top={k}%,column=feature:{FEATURE},name=feature-delete-{k}%"]
     plans += [f"delete:top=10%,tail=negative,column={ind_col},name=delete-negative-10%",
               f"duplicate:top=10%,replace=random,column={ind_col},name=duplicate-top-10%",
-              f"kind-random-duplicate:top=10%,replace=random,column={ind_col},name=kind-random-duplicate-10%",
-              f"insert-synthetic:path={synthetic},column={ind_col},name=insert-synthetic"]
+              f"kind-random-duplicate:top=10%,replace=random,column={ind_col},name=kind-random-duplicate-10%"]
     if long:
-        plans.append(f"random-duplicate:top=10%,replace=random,column={ind_col},name=random-duplicate-10%")
+        plans += [f"random-duplicate:top=10%,replace=random,column={ind_col},name=random-duplicate-10%",
+                  f"insert-synthetic:path={synthetic},column={ind_col},name=insert-synthetic"]
     if prev_col:
         plans += [f"delete:top=10%,column={prev_col},name=delete-top-10%-prev",
                   f"kind-random-delete:top=10%,column={prev_col},name=kind-random-delete-10%-prev"]
@@ -72,7 +78,7 @@ def demo_plans(ind_col: str, prev_col: str | None, synthetic: str, strata=(), st
 
 
 MAIN_CONDITIONS = ("baseline", "delete-top-10%", "random-delete-10%", "kind-random-delete-10%", "feature-delete-10%",
-                   "delete-negative-10%", "duplicate-top-10%", "kind-random-duplicate-10%", "insert-synthetic")
+                   "delete-negative-10%", "duplicate-top-10%", "kind-random-duplicate-10%")
 CONTRASTS = (("delete-top-10%", "kind-random-delete-10%"), ("delete-top-10%", "feature-delete-10%"),
              ("feature-delete-10%", "kind-random-delete-10%"), ("duplicate-top-10%", "kind-random-duplicate-10%"),
              ("delete-top-10%-prev", "kind-random-delete-10%-prev"),
@@ -173,8 +179,9 @@ def stratum_count(prefix: Path, window, rows_per_step: int) -> tuple[list[str], 
     return [st["name"] for st in strata], int(min([resolve_count("10%", n_win)] + per.tolist()))
 
 
-def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool):
-    """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved."""
+def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool, conditions=None):
+    """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved;
+    ``conditions``: only the conditions of these names (the baseline always)."""
     from mda_fast.data import MMIdxSource
     from mda_fast.demo.config import DemoConfig
     from mda_fast.demo.corpus import load_row_kinds
@@ -198,6 +205,12 @@ def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool)
                         kinds=("tiled",))
     strata, per_stratum = stratum_count(corpus_prefix(demo_dir), (a, b), cfg.rows_per_step)
     plans = demo_plans(cols[0], cols[1] if len(cols) > 1 else None, str(synthetic), strata, per_stratum, long)
+    if conditions:
+        names = {p: p.rpartition("name=")[2] for p in plans}
+        unknown = sorted(set(conditions) - set(names.values()))
+        if unknown:
+            raise ConfigError(f"unknown experiment conditions {unknown}; this demo has {sorted(names.values())}")
+        plans = [p for p in plans if p == "baseline" or names[p] in conditions]
     kinds, row_kind = load_row_kinds(corpus_prefix(demo_dir))
     held = heldout_sets(source, row_kind, kinds, cfg.rows_per_step * end, 64)
     exp = prepare_experiment(demo_dir / "experiment", demo_dir / "checkpoints", source, demo_dir / "mda" / "scores",
@@ -239,7 +252,7 @@ def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log
                                          for n, r in t["attributors"].items()}} for t in lds["targets"]]}
 
 
-def ranking_report(exp, labels, attributors: dict, share: float = 0.1) -> dict:
+def ranking_report(labels, attributors: dict, share: float = 0.1) -> dict:
     """What each ranking puts in its top ``share``: per label of every labeling (kind, stratum), the
     share of the top set against the share of the window, and the label's mean percentile rank
     (1 = the top row). ``attributors``: {name: (row ids [N], values [N])}."""
@@ -268,12 +281,13 @@ def format_ranking(rep: dict, labeling: str = "stratum") -> str:
     return "\n".join(lines)
 
 
-def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
-                        lds_subsets: int = 24, long: bool = False, log=print, lds_fractions=LDS_FRACTIONS,
-                        lds_seeds: int = 2) -> dict:
+def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float = 1.0, cadence: int = 5,
+                        lds_subsets: int = 16, long: bool = False, log=print, lds_fractions=LDS_FRACTIONS,
+                        lds_seeds: int = 2, conditions=None) -> dict:
     """Run (or resume) the experiment on a finished demo in ``demo_dir``; returns the summary.
     ``long`` adds the dose response and more conditions; ``lds_fractions``: the kept share of each
-    LDS check; ``lds_seeds``: row-order seeds per LDS subset (>= 2 gives the noise ceiling)."""
+    LDS check; ``lds_seeds``: row-order seeds per LDS subset (>= 2 gives the noise ceiling);
+    ``conditions``: run only these conditions (names as in summary.json; the baseline always)."""
     from mda_fast.intervene.experiment import run_conditions, summarize, write_outputs
     from mda_fast.intervene.report import write_report
     from mda_fast.intervene.rowlabels import window_labels
@@ -281,14 +295,15 @@ def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float =
     from mda_fast.io import write_json
 
     demo_dir = Path(demo_dir)
-    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, long)
+    exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, long, conditions)
     out = exp.out
     log(f"[experiment] {len(exp.specs)} conditions x {seeds} seeds on "
         f"{', '.join(u.name + ' ' + u.head_name for u in exp.units)}, window {exp.window[0]}-{exp.window[1]}, "
         f"retrained up to step {exp.end_step} ({jobs} worker processes)")
     curves = run_conditions(exp, jobs=jobs, log=log)
     summary = summarize(exp, curves)
-    summary["dose"] = dose_table(summary)
+    if long:
+        summary["dose"] = dose_table(summary)
     summary["contrasts"] = contrasts(summary, CONTRASTS)
     write_outputs(exp, curves, summary, report=False)
     plot_curves(curves, exp.window, out / "curves.png", exp.units, summary["threshold"], conditions=list(MAIN_CONDITIONS))
@@ -300,7 +315,7 @@ def run_demo_experiment(demo_dir, seeds: int = 8, jobs: int = 2, margin: float =
     units, cols = demo_units_tracked(info)
     gd = graddot_scores(demo_dir, cfg, info, exp.window, cols)
     labels = window_labels(exp.source, exp.window, cfg.rows_per_step, cfg.vocab_size)
-    summary["ranking"] = ranking_report(exp, labels, {
+    summary["ranking"] = ranking_report(labels, {
         "EK-FAC (MDA)": (exp.table.row_ids, exp.table.column(cols[0])),
         "gradient dot product": (gd.row_ids, gd.column(cols[0])),
         f"feature {FEATURE}": (labels.row_ids, labels.feature(FEATURE))})

@@ -147,18 +147,28 @@ def demo_pipeline(out: Path, cfg: DemoConfig, info: dict, window, progress: bool
                     tokenizer=byte_tokenizer(), settings=st, heads=heads, model_name=str(ck), log=log)
 
 
-def unit_reports(p, info: dict, kinds: list[str], row_kind: np.ndarray) -> list[dict]:
+def unit_reports(p, info: dict, kinds: list[str], row_kind: np.ndarray, strata: list[str] | None = None,
+                 row_stratum: np.ndarray | None = None) -> list[dict]:
     """Per demo unit: its top rows (labelled with the corpus's kinds), the influence share of the
-    top 10% and the kind enrichment among the top 10%."""
+    top 10%, the kind enrichment among the top 10% and, with ``strata``, the driving strata's shares
+    among the top 10% (label ``-`` = not a driving row)."""
     out = []
     for unit, report in zip(info.get("units", [info]), p.reports):
         for side in ("positive", "negative"):
             for row in report[side]:
-                row["kind"] = kinds[int(row_kind[int(row["row_id"])])]
+                rid = int(row["row_id"])
+                row["kind"] = kinds[int(row_kind[rid])]
+                if strata and row_stratum[rid] >= 0:              # e.g. "repeated/strong"
+                    row["kind"] += "/" + strata[int(row_stratum[rid])]
         enrich = kind_enrichment(p.table.column(report["column"]), p.table.row_ids, row_kind, kinds)
-        out.append({"unit": f"L{unit['layer']}.H{unit['head']}.qk", "metric": unit["metric"], "probe": unit["probe"],
-                    "column": report["column"], "top10_share_of_positive_influence": report["top10_share"],
-                    "kind_enrichment": enrich, "top": report})
+        entry = {"unit": f"L{unit['layer']}.H{unit['head']}.qk", "metric": unit["metric"], "probe": unit["probe"],
+                 "column": report["column"], "top10_share_of_positive_influence": report["top10_share"],
+                 "kind_enrichment": enrich, "top": report}
+        if strata:
+            names = list(strata) + ["-"]                      # index -1 -> "-"
+            entry["stratum_enrichment"] = kind_enrichment(p.table.column(report["column"]), p.table.row_ids,
+                                                          row_stratum, names)
+        out.append(entry)
     return out
 
 
@@ -166,7 +176,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
              log=print) -> dict:
     """Run every stage of the demo into ``out``; returns (and writes ``out/demo.json``) a summary."""
     from mda_fast.attribution import format_report
-    from mda_fast.demo.corpus import load_row_kinds
+    from mda_fast.demo.corpus import load_row_kinds, load_row_strata
     from mda_fast.demo.train_demo import corpus_prefix
 
     cfg = cfg or DemoConfig()
@@ -183,12 +193,17 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
     p.run(top_k, columns=[column(u) for u in info.get("units", [info])])
     log("[4/4] top rows")
     kinds, row_kind = load_row_kinds(corpus_prefix(out))
-    per_unit = unit_reports(p, info, kinds, row_kind)
+    strata, row_stratum = load_row_strata(corpus_prefix(out))
+    names = [st["name"] for st in strata] if len(strata) > 1 else None
+    per_unit = unit_reports(p, info, kinds, row_kind, names, row_stratum)
     log(format_report(per_unit[0]["top"]))
     for u in per_unit:
         log(f"      {u['column']}: top 10% of rows carry {u['top10_share_of_positive_influence']:.0%} of the positive "
             "influence; kind shares, top 10% vs window: " +
             ", ".join(f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in u["kind_enrichment"].items() if v["window"] > 0))
+        if "stratum_enrichment" in u:
+            log("        driving strata, top 10% vs window: " + ", ".join(
+                f"{k} {v['top']:.0%} vs {v['window']:.0%}" for k, v in u["stratum_enrichment"].items()))
     driving = float(np.mean(row_kind[p.table.row_ids] == kinds.index("repeated")))
     overlap = overlap_report(p.table, heads, info, driving)
     for pair in overlap.get("pairs", []):

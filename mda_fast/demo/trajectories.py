@@ -56,15 +56,16 @@ def format_pooled(pooled: dict, keys=None) -> str:
     return "\n".join(lines)
 
 
-def run_trajectories(out, cfg, seeds, experiment: bool = False, top_k: int = 8, progress: bool = True, log=print,
+def run_trajectories(out, cfg, trajectory_seeds, experiment: bool = False, top_k: int = 8, progress: bool = True, log=print,
                      **experiment_options) -> dict:
-    """The demo (and the experiment) for each trajectory seed, then the pooled table."""
+    """The demo (and the experiment, ``experiment_options`` as :func:`run_demo_experiment` takes them)
+    for each of ``trajectory_seeds``, then the pooled table."""
     from mda_fast.demo.experiment import machine, run_demo_experiment
     from mda_fast.demo.pipeline import run_demo
 
     out = Path(out)
     demos, summaries = {}, {}
-    for s in seeds:
+    for s in trajectory_seeds:
         where = out / f"seed{s}"
         log(f"=== trajectory {s}: model and corpus seed {s} -> {where}")
         demo = run_demo(where, replace(cfg, model_seed=s, corpus_seed=s), top_k=top_k, progress=progress, log=log)
@@ -72,7 +73,7 @@ def run_trajectories(out, cfg, seeds, experiment: bool = False, top_k: int = 8, 
                                                   "top10_share_of_positive_influence")}
         if experiment and demo.get("formed"):
             summaries[str(s)] = run_demo_experiment(where, log=log, **experiment_options)
-    result = {"seeds": [int(s) for s in seeds], "demos": demos, "machine": machine()}
+    result = {"seeds": [int(s) for s in trajectory_seeds], "demos": demos, "machine": machine()}
     if summaries:
         result["pooled"] = pool(summaries)
         log(format_pooled(result["pooled"]))

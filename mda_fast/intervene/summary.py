@@ -4,7 +4,7 @@ curves: ``{condition: {seed(str): curve}}`` with curves as :meth:`Tracker.curve`
 Every tracked unit (:class:`TrackedUnit`: a head and the metric that says it formed) is summarized
 under every condition: the step its curve first crosses the threshold in each seed, and the paired
 shift against the baseline under the same seed (same data order), in % of the window length,
-with a bootstrap 95% interval and a sign-flip p-value (:mod:`.stats`). A run whose curve never
+with a Student-t 95% interval over seeds and a sign-flip p-value (:mod:`.stats`). A run whose curve never
 reaches the threshold is *censored*: its emergence is taken as its last tracked step (a lower
 bound, so a reported delay is then an underestimate) and counted in ``censored``.
 
@@ -272,7 +272,7 @@ def format_summary(summary: dict) -> str:
     for name, u in summary["units"].items():
         lines.append(f"{name} {u['head']} ({u['metric']} >= {u['threshold']:.2f}), window "
                      f"{summary['window'][0]}-{summary['window'][1]}: emergence step, shift in % of the window "
-                     "(mean [95% bootstrap CI], sign-flip p)")
+                     "(mean [95% Student-t CI over seeds], sign-flip p)")
         for cond, r in u["conditions"].items():
             cens = f"  ({r['censored']}/{len(r['seeds'])} never crossed)" if r["censored"] else ""
             em = f"{r['cross_mean']:.1f} ± {r['cross_std'] or 0:.1f}" if r["cross_mean"] is not None else "-"
