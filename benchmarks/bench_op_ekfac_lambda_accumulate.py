@@ -8,6 +8,7 @@ import torch
 import mda_fast.ops as ops
 from mda_fast.ops import op_ekfac_lambda_accumulate as op
 from conftest import BT
+from oracles import naive_ekfac_lambda_accumulate
 
 
 def test_ekfac_lambda_accumulate(run, device, shape, impl):
@@ -18,7 +19,7 @@ def test_ekfac_lambda_accumulate(run, device, shape, impl):
     QS = torch.linalg.qr(torch.randn(O, O, device=device))[0]
     out = torch.zeros(O, I, device=device)
     if impl == "naive":
-        fn = lambda: op.naive_reference(a, g, QA, QS, out)
+        fn = lambda: naive_ekfac_lambda_accumulate(a, g, QA, QS, out)
     else:
         fn = lambda: ops.ekfac_lambda_accumulate(a, g, QA, QS, out, backend=impl)
     run(fn, min(op.flops(B, T, O, I)), B=B, T=T, O=O, I=I)

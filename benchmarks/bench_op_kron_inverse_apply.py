@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import mda_fast.ops as ops
-from mda_fast.ops import op_kron_inverse_apply as op
 from conftest import CUDA, LARGE, PYTHIA
+from oracles import naive_kron_inverse_apply, naive_kron_inverse_apply_grouped
 
 N = 4
 
@@ -25,7 +25,7 @@ def test_kron_inverse_apply(run, device, shape, impl):
     if not LARGE and O * I * (O + I) > 1536 * 512 * 2048:
         pytest.skip("above the 70m layer: minutes on a 2-core CPU (set MDA_BENCH_LARGE=1)")
     blk = _block(O, I, N, device)
-    fn = (lambda: op.naive_reference(*blk)) if impl == "naive" else \
+    fn = (lambda: naive_kron_inverse_apply(*blk)) if impl == "naive" else \
         (lambda: ops.kron_inverse_apply(*blk, backend=impl))
     run(fn, 4 * N * O * I * (O + I), O=O, I=I, n=N)
 
@@ -35,6 +35,6 @@ def test_kron_inverse_apply_grouped_64_heads(run, device, model, impl):
     d, dh = PYTHIA[model]
     O, I = 2 * dh, d
     blocks = [_block(O, I, N, device) for _ in range(64)]
-    fn = (lambda: op.naive_reference_grouped(blocks)) if impl == "naive" else \
+    fn = (lambda: naive_kron_inverse_apply_grouped(blocks)) if impl == "naive" else \
         (lambda: ops.kron_inverse_apply_grouped(blocks, backend=impl))
     run(fn, 64 * 4 * N * O * I * (O + I), blocks=64, O=O, I=I, n=N)

@@ -8,8 +8,8 @@ import torch
 
 import mda_fast.ops as ops
 from mda_fast.ops import SeededProjection
-from mda_fast.ops import op_project_per_sample_grad as op
 from conftest import BT
+from oracles import naive_project_per_sample_grad
 
 K = 64
 
@@ -20,7 +20,7 @@ def test_project_per_sample_grad(run, device, shape, impl):
     a, g = torch.randn(B, T, I, device=device), torch.randn(B, T, O, device=device)
     P_in, P_out = SeededProjection(I, K, 1).materialize(device=device), SeededProjection(O, K, 2).materialize(device=device)
     if impl == "naive":
-        fn = lambda: op.naive_reference(a, g, P_in, P_out)
+        fn = lambda: naive_project_per_sample_grad(a, g, P_in, P_out)
     else:
         fn = lambda: ops.project_per_sample_grad(a, g, P_in, P_out, backend=impl)
     flops = 2 * B * T * (I * K + O * K) + 2 * B * T * K * K

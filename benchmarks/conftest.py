@@ -9,10 +9,15 @@ import os
 import platform
 import time
 
+import sys
+
 import pytest
 import torch
 
 import mda_fast.ops as ops
+
+# The benchmarks' naive baselines are the tests' oracles (tests/oracles.py), outside the product.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 # Block (O, I) per Pythia model: "head" = one head's QK block [2*d_head, d_model];
 # "layer" = the whole attention input projection query_key_value [3*d_model, d_model].

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.probes import DEFAULT_SEED, default_vocab_high, make_data
+from mda_fast.probes import DEFAULT_N, DEFAULT_SEED, DEFAULT_SEQ_LEN, DEFAULT_VOCAB_LOW, default_vocab_high, make_data
 
 SCORE_NAMES = ("previous_token", "duplicate_token", "induction", "prefix_matching")
 
@@ -227,7 +227,8 @@ def _atomic_write(path, data: bytes) -> Path:
 
 
 # ---------------------------------------------------------------- front doors
-def head_scores(model, *, n: int = 32, seq_len: int = 64, seed: int = DEFAULT_SEED, vocab_low: int = 2,
+def head_scores(model, *, n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, seed: int = DEFAULT_SEED,
+                vocab_low: int = DEFAULT_VOCAB_LOW,
                 vocab_high: int | None = None, batch_size: int = 8, tokens: torch.Tensor | None = None,
                 tokenizer=None, name: str = "", revision: str | None = None) -> HeadScores:
     """All four scores for every head on `tokens` [n, T] (default: make_data(n, seq_len, ...)).

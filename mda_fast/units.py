@@ -20,7 +20,7 @@ Llama has separate projections and grouped-query attention).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -95,15 +95,6 @@ class Unit:
         except (ValueError, IndexError):
             raise ConfigError(f"cannot parse unit {text!r}; write it as L<layer>.H<head>.<mode>, e.g. L1.H3.qk") from None
         return cls(layer, head, mode)
-
-
-def blocks_of(units: Iterable[Unit], adapter: "Adapter") -> list[BlockSpec]:
-    """All blocks of ``units``, each named once (two units may share a block)."""
-    seen: dict[str, BlockSpec] = {}
-    for unit in units:
-        for block in unit.blocks(adapter):
-            seen.setdefault(block.name, block)
-    return list(seen.values())
 
 
 class Adapter:
@@ -295,12 +286,6 @@ class Capture:
                 parts.append(grad if piece.out_rows is None else grad[..., piece.out_rows])
             out[b.name] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return out
-
-    def per_sample_grads(self) -> dict[str, torch.Tensor]:
-        """Block name -> ``G [B, O, I]`` materialized (for tests and small blocks only)."""
-        a, g = self.a, self.g
-        up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731  fp32 accumulation
-        return {n: torch.einsum("bto,bti->boi", up(g[n]), up(a[n])) for n in a}
 
     @staticmethod
     def _need(store, key, phase):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mda_fast.attribution import MDA, Settings
-from mda_fast.attribution.forward import sample_labels
+from oracles import sample_labels
 from mda_fast.data import ArraySource
 from mda_fast.models import make_tiny_model
 from mda_fast.probes import CallableProbe, CopyTargetProbe, make_data

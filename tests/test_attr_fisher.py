@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from mda_fast.attribution import MDA, Settings
-from mda_fast.attribution.forward import sample_labels
+from oracles import sample_labels
 from mda_fast.probes import CopyTargetProbe
 
 from test_attr_bruteforce import HEAD, LAYER, hand_slices, one_thread, tiny, window  # noqa: F401

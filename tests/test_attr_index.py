@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from mda_fast.attribution import MDA, Settings, load_scores
-from mda_fast.attribution import index as index_mod
 from mda_fast.attribution.index import Index, build_index
 from mda_fast.attribution.index_basis import BlockBasis, IndexSpec
 from mda_fast.attribution.index_store import IndexFiles
@@ -27,6 +26,7 @@ from mda_fast.errors import ConfigError, DataError
 from mda_fast.probes import CallableProbe
 from mda_fast.units import Capture, get_adapter
 
+from oracles import RecordingWindow
 from test_attr_bruteforce import target_probe, tiny, window
 from test_attr_bruteforce import one_thread  # noqa: F401  (autouse fixture)
 
@@ -157,26 +157,25 @@ def _kill_after(n):
     return on_batch
 
 
-def test_kill_and_resume_index_each_row_once(fitted, monkeypatch):
+def test_kill_and_resume_index_each_row_once(fitted):
     d, model = fitted
     spec = IndexSpec(k=(4, 4))
     ref = index(d, model, "whole", spec, batch_size=3, chunk_rows=6)
-    seen = []
-    real = index_mod.captured_pass
-    monkeypatch.setattr(index_mod, "captured_pass", lambda *a, **k: (seen.extend(a[4].tolist()), real(*a, **k))[1])
+    w = RecordingWindow(window(n=N))  # records the row ids each pass reads
+    seen = w.seen
     out = str(d / "killed")
     with pytest.raises(KeyboardInterrupt):
-        build_index(model, window(n=N), out, UNITS, str(d / "factors"), spec, settings(batch_size=3, chunk_rows=6),
+        build_index(model, w, out, UNITS, str(d / "factors"), spec, settings(batch_size=3, chunk_rows=6),
                     on_batch=_kill_after(5))  # 15 rows seen, 12 flushed in 2 chunks, 3 buffered and flushed
     first = list(seen)
     with pytest.raises(DataError, match="not complete"):
         IndexFiles(out)
     seen.clear()
-    idx = build_index(model, window(n=N), out, UNITS, str(d / "factors"), spec, settings(batch_size=3, chunk_rows=6))
+    idx = build_index(model, w, out, UNITS, str(d / "factors"), spec, settings(batch_size=3, chunk_rows=6))
     assert sorted(first + seen) == list(range(1000, 1000 + N)), "every row indexed exactly once"
     np.testing.assert_array_equal(idx.query(PROBES).scores, ref.query(PROBES).scores)  # bitwise
     seen.clear()
-    build_index(model, window(n=N), out, UNITS, str(d / "factors"), spec, settings(batch_size=3, chunk_rows=6))
+    build_index(model, w, out, UNITS, str(d / "factors"), spec, settings(batch_size=3, chunk_rows=6))
     assert seen == [], "a complete index is not built again"
 
 

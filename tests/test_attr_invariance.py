@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mda_fast.attribution import MDA, Settings, load_scores
-from mda_fast.attribution import scoring as scoring_mod
 from mda_fast.errors import DataError
 
+from oracles import RecordingWindow
 from test_attr_bruteforce import tiny, window  # noqa: F401
 from test_attr_bruteforce import one_thread  # noqa: F401  (autouse fixture)
 
@@ -48,32 +48,31 @@ def test_batch_size_invariance(tmp_path):
     close(t.scores, base.scores, 1e-6)
 
 
-def test_resume_after_kill_scores_each_row_once(tmp_path, monkeypatch):
+def test_resume_after_kill_scores_each_row_once(tmp_path):
     tmp = str(tmp_path)
     model = tiny("neox", 1)
     mda, ref = run(tmp, "ref", model=model, batch_size=3, chunk_rows=6)
     mda.factors.save(os.path.join(tmp, "factors"))
 
-    seen = []
-    real = scoring_mod.captured_pass
-    monkeypatch.setattr(scoring_mod, "captured_pass", lambda *a, **k: (seen.extend(a[4].tolist()), real(*a, **k))[1])
+    w = RecordingWindow(window(n=N))  # records the row ids each pass reads
+    seen = w.seen
     m2 = MDA(model, UNITS, PROBES, settings=Settings(batch_size=3, chunk_rows=6, progress=False, probe_n=6, probe_seq_len=16))
     m2.load_factors(os.path.join(tmp, "factors"))
     out = os.path.join(tmp, "killed")
     with pytest.raises(KeyboardInterrupt):
-        m2.score(window(n=N), out, on_batch=_kill_after(3))  # dies after 3 batches = 9 rows
+        m2.score(w, out, on_batch=_kill_after(3))  # dies after 3 batches = 9 rows
     first = list(seen)
     assert len(first) == 9
     with pytest.raises(DataError, match="not complete"):
         load_scores(out)
     seen.clear()
-    table = m2.score(window(n=N), out)
+    table = m2.score(w, out)
     assert sorted(first + seen) == list(range(1000, 1000 + N)), "every row scored exactly once"
     np.testing.assert_array_equal(table.row_ids, ref.row_ids)
     np.testing.assert_array_equal(table.scores, ref.scores)  # bitwise: same batches, same factors
     # a complete run is not scored again
     seen.clear()
-    m2.score(window(n=N), out)
+    m2.score(w, out)
     assert seen == []
 
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from mda_fast.attribution import MDA, Settings
-from mda_fast.attribution import scoring as scoring_mod
-from mda_fast.attribution import shared_pass as shared_mod
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.errors import ConfigError
 
+from oracles import RecordingWindow
 from test_attr_bruteforce import tiny, window  # noqa: F401
 from test_attr_bruteforce import one_thread  # noqa: F401  (autouse fixture)
 from test_attr_invariance import close
@@ -50,23 +49,18 @@ def test_shared_pass_equals_separate_passes(tmp_path, fisher, preconditioner):
     close(again.score(window(n=N), str(tmp_path / "again")).scores, got.scores, 1e-5)
 
 
-def test_pipeline_run_shares_the_pass(tmp_path, monkeypatch):
-    calls = {"score": 0, "shared": 0}
-    real_score, real_shared = scoring_mod.captured_pass, shared_mod.captured_multi_pass
-    monkeypatch.setattr(scoring_mod, "captured_pass", lambda *a, **k: (calls.__setitem__("score", calls["score"] + 1),
-                                                                       real_score(*a, **k))[1])
-    monkeypatch.setattr(shared_mod, "captured_multi_pass",
-                        lambda *a, **k: (calls.__setitem__("shared", calls["shared"] + 1), real_shared(*a, **k))[1])
+def test_pipeline_run_shares_the_pass(tmp_path):
+    w = RecordingWindow(window(n=N))  # counts the passes over the window
     model = tiny("neox", 2)
-    p = Pipeline(model, window(n=N), str(tmp_path / "run"), PROBES, units=UNITS, settings=settings(), log=None)
+    p = Pipeline(model, w, str(tmp_path / "run"), PROBES, units=UNITS, settings=settings(), log=None)
     table = p.run(top_k=3)
-    assert calls == {"score": 0, "shared": 4}  # ceil(13 / 4) batches, once
+    assert (w.passes, len(w.seen)) == (2, 2 * N)  # pass 1, then pass 2 shared with the scores: no third pass
     assert len(table.row_ids) == N and os.path.isfile(tmp_path / "run" / "factors" / "manifest.json")
     assert p.factors_current()
     p.run(top_k=3)  # this run's factors and scores are complete: reused, no pass
-    assert calls == {"score": 0, "shared": 4}
+    assert w.passes == 2
     p.run(top_k=3, refit=True)
-    assert calls == {"score": 0, "shared": 8}
+    assert (w.passes, len(w.seen)) == (4, 4 * N)
 
 
 def test_subsample_settings_are_refused(tmp_path):

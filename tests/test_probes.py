@@ -135,3 +135,19 @@ def test_parse_probe():
     assert parse_probe("math:fsum").name == "fsum"
     with pytest.raises(ConfigError, match="unknown probe"):
         parse_probe("bogus")
+
+
+def test_probe_set_defaults_have_one_value():
+    """Settings, HEAD_DEFAULTS and the head scores use the probe module's defaults."""
+    import inspect
+
+    from mda_fast import probes
+    from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
+    from mda_fast.heads import head_scores
+
+    s, kw = Settings(), inspect.signature(head_scores).parameters
+    assert (s.probe_n, s.probe_seq_len, s.probe_seed, s.probe_vocab_low) == \
+        (probes.DEFAULT_N, probes.DEFAULT_SEQ_LEN, probes.DEFAULT_SEED, probes.DEFAULT_VOCAB_LOW)
+    assert [HEAD_DEFAULTS[k] for k in ("n", "seq_len", "seed", "vocab_low")] == \
+        [kw[k].default for k in ("n", "seq_len", "seed", "vocab_low")] == \
+        [probes.DEFAULT_N, probes.DEFAULT_SEQ_LEN, probes.DEFAULT_SEED, probes.DEFAULT_VOCAB_LOW]

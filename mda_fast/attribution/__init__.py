@@ -1,7 +1,12 @@
 """EK-FAC attribution of units (attention heads) to training rows: fit, score, store, top rows.
 
-Layering: api (front door) -> ekfac / queries / scoring (orchestration over batches and ranks)
--> forward (one captured pass) -> factors + mda_fast.ops (math). Scores on disk: store.
+Layering (a module imports only from those after it):
+pipeline (a run's stages into one directory) -> api (MDA: fit, score, index) -> index (build, query)
+-> context (RunContext: the run's checked parts, built once by build_context) -> ekfac / shared_pass
+(the fit's passes) / queries (probe gradients, preconditioned) -> scorer (the one inner-product
+scorer: one batch loop, one scatter, one store path; op 1 and op 2) -> forward (one captured pass)
+-> factors, index_basis + mda_fast.ops (math). On disk: store (scores), index_store (the index);
+identity (what each stage was computed from), settings (every knob, by stage).
 The names below are imported on first use (``mda_fast.lazy``), so reading a config
 (``attribution.settings``) or the rank (``attribution.dist``) does not load the model code.
 """

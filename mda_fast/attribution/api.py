@@ -16,30 +16,23 @@ import numpy as np
 import torch
 
 from mda_fast.attribution import dist
+from mda_fast.attribution.context import RunContext, build_context
 from mda_fast.attribution.ekfac import covariance_pass, finish_factors, fit_ekfac, fit_info, fit_positions
-from mda_fast.attribution.factors import FactorSet, check_finite
-from mda_fast.attribution.identity import check_factors, fingerprint
-from mda_fast.attribution.inputs import model_dtype, prepare_model, resolve_probes, resolve_units
+from mda_fast.attribution.factors import FactorSet
+from mda_fast.attribution.identity import check_factors, fingerprint, window_info
+from mda_fast.attribution.index import build_index
+from mda_fast.attribution.inputs import model_dtype
 from mda_fast.attribution.queries import build_queries
-from mda_fast.attribution.scoring import column_map, fill_store, run_score_pass
-from mda_fast.attribution.shared_pass import rotated_queries, scores_of, shared_pass
+from mda_fast.attribution.scorer import Columns, Scorer, captured_rows, fill_store, kept_rows, rank_batches, rotate
 from mda_fast.attribution.settings import Settings
+from mda_fast.attribution.shared_pass import shared_pass
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.top import plot_cumulative, plot_histogram, top_rows
 from mda_fast.data import rank_bounds
 from mda_fast.data.fingerprint import window_fingerprint
-from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.lock import claim
 from mda_fast.models.fingerprint import weights_fingerprint
-from mda_fast.probes import default_vocab_high
-from mda_fast.units import get_adapter
-
-
-def window_info(source) -> dict:
-    ids = source.row_ids()
-    return {"name": getattr(source, "name", type(source).__name__), "rows": int(len(ids)),
-            "first_row_id": int(ids[0]) if len(ids) else None, "last_row_id": int(ids[-1]) if len(ids) else None}
 
 
 class MDA:
@@ -56,45 +49,27 @@ class MDA:
 
     def __init__(self, model, units, probes, tokenizer=None, settings: Settings | dict | None = None, *,
                  probe_data: dict | None = None, model_name: str | None = None, revision: str | None = None):
-        self.settings = settings if isinstance(settings, Settings) else Settings.from_dict(settings)
-        self.model = prepare_model(model, self.settings)
-        self.tokenizer = tokenizer
-        self.adapter = get_adapter(model)
-        self.units, self.unit_blocks, self.blocks = resolve_units(units, self.adapter)
-        self.probes = resolve_probes(probes, model, self.adapter, self.blocks)
-        self.probe_data = self._probe_data(probe_data or {})
-        self.model_name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
-        self.revision = revision
+        self.ctx: RunContext = build_context(model, units, probes, tokenizer, settings, probe_data=probe_data,
+                                             model_name=model_name, revision=revision)
         self.factors: FactorSet | None = None
         self.factors_where = "the EK-FAC factors fitted in this session"
         self.table: ScoreTable | None = None
         self.source = None
 
-    @property
-    def columns(self) -> list[str]:
-        return [f"{u.name}/{p.name}" for u in self.units for p in self.probes]
+    # the run context's parts, read as attributes of the MDA (a thin view on its RunContext)
+    _CONTEXT = frozenset(("model", "adapter", "units", "unit_blocks", "blocks", "probes", "probe_data", "settings",
+                          "tokenizer", "model_name", "revision", "columns"))
+
+    def __getattr__(self, name: str):
+        if name in MDA._CONTEXT and "ctx" in self.__dict__:
+            return getattr(self.__dict__["ctx"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def vocab_size(self) -> int:
         """Token ids the model can embed: the rows of its input embedding."""
         emb = self.model.get_input_embeddings()
         return int(getattr(emb, "num_embeddings", None) or self.model.config.vocab_size)
-
-    def _probe_data(self, given: dict) -> dict[str, torch.Tensor]:
-        s = self.settings
-        high = s.probe_vocab_high or default_vocab_high(self.model, self.tokenizer)
-        out = {}
-        for p in self.probes:
-            if p.name in given:
-                out[p.name] = torch.as_tensor(given[p.name], dtype=torch.long)
-            else:
-                out[p.name] = p.make_data(s.probe_n, s.probe_seq_len, s.probe_vocab_low, high, s.probe_seed)
-        return out
-
-    def _describe(self) -> dict:
-        """What the manifests record for people to read (never part of the identity)."""
-        return {"model": self.model_name, "revision": self.revision, "units": [u.name for u in self.units],
-                "blocks": [b.name for b in self.blocks]}
 
     # -- identity ----------------------------------------------------------------------------------
     def fit_identity(self, source) -> dict:
@@ -110,9 +85,9 @@ class MDA:
     def score_identity(self, source) -> dict:
         """What the scores of ``source`` are computed from, the factors in use included."""
         fit = self.fit_identity(source)
-        probes = [{"name": p.name, "data": array_digest(self.probe_data[p.name].numpy())} for p in self.probes]
         return {"weights": fit["weights"], "dtype": fit["dtype"], "data": fit["data"],
-                "units": [u.name for u in self.units], "blocks": [b.name for b in self.blocks], "probes": probes,
+                "units": [u.name for u in self.units], "blocks": [b.name for b in self.blocks],
+                "probes": self.ctx.probe_digests(),
                 "settings": self.settings.probe_dict(), "factors": self.factors.manifest.get("fingerprint")}
 
     def _check_tokens(self, source) -> None:
@@ -140,7 +115,7 @@ class MDA:
     def _fit_info(self, source) -> dict:
         """The manifest entries of factors fitted on ``source``: description, window, identity."""
         identity = self.fit_identity(source)
-        return dict(self._describe(), window=window_info(source), identity=identity, fingerprint=fingerprint(identity))
+        return dict(self.ctx.describe(), window=window_info(source), identity=identity, fingerprint=fingerprint(identity))
 
     def _keep(self, factors: FactorSet, out_dir: str | None) -> None:
         """Use freshly fitted ``factors``, saved into ``out_dir`` by rank 0 when given."""
@@ -183,17 +158,21 @@ class MDA:
             s = self.settings
             raw = build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
                                 s.probe_batch, s.backend, precondition=False)
-            queries = rotated_queries(self.factors, raw, precondition=s.preconditioner == "ekfac")
-            n_probes = len(self.probes)
-            cols = column_map(self.units, self.blocks, self.unit_blocks, n_probes)
-            sc = scores_of(kept, queries, cols, len(self.units) * n_probes, n_probes)
-            check_finite(sc, "score", ",".join(queries), "the shared pass")
+            queries = {}
+            for name, V in raw.items():  # Q_S^T grad f Q_A (/ (Lambda + damping)): the kept rows' basis
+                f = self.factors[name]
+                Vt = rotate(V, *f.ops_args(torch.float32, V.device)[:2], backend=s.backend)
+                queries[name] = (Vt.double() / (f.lam + f.damping)).float() if s.preconditioner == "ekfac" else Vt
+            shapes = {b.name: (b.out_dim, b.in_dim) for b in self.blocks}
+            scorer = Scorer(kept_rows(ids, losses, kept, shapes), queries, self._columns(), s.backend)
             start, bs = store.resume_cursor(), s.batch_size  # rows of a killed run already stored are kept
-            fill_store(store, range(start, len(ids), bs),
-                       lambda i: (ids[i : i + bs], sc[i : i + bs].numpy(), losses[i : i + bs]))
+            fill_store(store, (slice(i, i + bs) for i in range(start, len(ids), bs)), scorer)
             dist.barrier()
             if dist.rank() == 0:
                 store.merge(source.row_ids())
+
+    def _columns(self) -> Columns:
+        return Columns(self.units, self.unit_blocks, len(self.probes))
 
     def load_factors(self, path: str) -> "MDA":
         """Use factors fitted earlier (``mda fit``); every block of the units must be in them (that
@@ -231,10 +210,9 @@ class MDA:
             self._check_tokens(source)
             store = self._open_store(source, out_dir, replace)
             if not store.is_complete():
-                queries = self.queries()
-                store.resume_cursor()
-                run_score_pass(self.model, self.adapter, self.units, self.blocks, queries, source, store,
-                               self.settings, self.unit_blocks, len(self.probes), on_batch=on_batch)
+                scorer = Scorer(captured_rows(self.ctx), self.queries(), self._columns(), self.settings.backend)
+                batches = rank_batches(source, self.settings, store.resume_cursor(), "scoring")
+                fill_store(store, batches, scorer, on_batch)
                 dist.barrier()
                 if dist.rank() == 0:
                     store.merge(source.row_ids())
@@ -247,8 +225,6 @@ class MDA:
         head of the fitted layers whose blocks the factors hold) into ``out_dir``, compressed as
         ``spec`` says (``IndexSpec``; default: the README's k); returns the ``attribution.index.Index``,
         whose ``query(probes)`` scores every row in seconds. Resumes a killed build."""
-        from mda_fast.attribution.index import build_index
-
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before indexing")
         return build_index(self.model, source, out_dir, units, self.factors, spec, self.settings,
@@ -262,7 +238,7 @@ class MDA:
                       self.factors_where)
         self.factors.check_values(self.factors_where)
         fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")}
-        manifest = dict(self._describe(), probes=[p.name for p in self.probes], columns=self.columns,
+        manifest = dict(self.ctx.describe(), probes=[p.name for p in self.probes], columns=self.columns,
                         window=window_info(source), fit=fit, settings_score=self.settings.probe_dict(),
                         unit_blocks=self.unit_blocks, sign="positive = the row strengthens the probed behaviour",
                         identity=identity, fingerprint=fingerprint(identity))

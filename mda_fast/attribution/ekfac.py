@@ -15,6 +15,7 @@ from mda_fast import ops
 from mda_fast.attribution import dist
 from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, covariance, damping_of, eigh_factor
 from mda_fast.attribution.forward import captured_pass
+from mda_fast.attribution.scorer import rank_batches
 from mda_fast.attribution.settings import Settings
 from mda_fast.errors import DataError
 
@@ -29,20 +30,10 @@ def fit_positions(n_rows: int, settings: Settings) -> np.ndarray:
     return np.sort(rng.choice(n_rows, size=n, replace=False)).astype(np.int64)
 
 
-def _batches(source, settings: Settings, desc: str):
-    r, w = dist.rank(), dist.world_size()
-    it = source.batches(settings.batch_size, rank=r, world_size=w)
-    if settings.progress and r == 0:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, total=source.num_batches(settings.batch_size, r, w), desc=desc, unit="batch")
-    return it
-
-
 def _captured_batches(model, adapter, blocks, source, settings: Settings, desc: str, **kw):
     """(batch, a, g) per batch of ``source`` (captures checked finite by captured_pass)."""
     device = next(model.parameters()).device
-    for batch in _batches(source, settings, desc):
+    for batch in rank_batches(source, settings, 0, desc):
         a, g, _ = captured_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids,
                                backend=settings.backend, **kw)
         yield batch, a, g

@@ -14,7 +14,7 @@ import torch
 from mda_fast.attribution.factors import check_finite_views
 from mda_fast.errors import DataError
 from mda_fast.models.attention import fused_attention
-from mda_fast.models.loss import final_hidden, lm_head
+from mda_fast.models.loss import final_hidden, lm_head, split_rows
 from mda_fast.ops import op_linear_cross_entropy as lce
 from mda_fast.units import Capture
 
@@ -35,18 +35,6 @@ def row_uniforms(row_ids: torch.Tensor, seed: int, T: int) -> torch.Tensor:
     return torch.stack(rows) if rows else torch.empty(0, T, dtype=torch.float64)
 
 
-def sample_labels(logits: torch.Tensor, row_ids: torch.Tensor, seed: int, chunk: int = 256) -> torch.Tensor:
-    """Labels [B, T] drawn from softmax(logits [B, T, V]) by inverse-CDF sampling (float64 CDF of the
-    float32 softmax) with :func:`row_uniforms`: the draws the chunked pass makes from the same logits."""
-    B, T, V = logits.shape
-    u = row_uniforms(row_ids, seed, T).to(logits.device)
-    out = torch.empty(B, T, dtype=torch.long, device=logits.device)
-    for b in range(B):
-        for t0 in range(0, T, chunk):
-            out[b, t0 : t0 + chunk] = lce.inverse_cdf(lce.softmax_lse(logits[b, t0 : t0 + chunk].float().clone())[0], u[b, t0 : t0 + chunk])
-    return out
-
-
 def rows_where(row_ids) -> str:
     """How errors name a batch: "the batch of rows 1000..1003"."""
     return f"the batch of rows {int(row_ids[0])}..{int(row_ids[-1])}" if len(row_ids) else "an empty batch"
@@ -56,7 +44,7 @@ def split_tokens(tokens: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.
     """(inputs [B, T], labels [B, T]) from rows [B, L]; rows need at least 2 tokens."""
     if tokens.dim() != 2 or tokens.shape[1] < 2:
         raise DataError(f"{where}: rows must be [B, L] with L >= 2 tokens, got shape {tuple(tokens.shape)}")
-    return tokens[:, :-1], tokens[:, 1:]
+    return split_rows(tokens)
 
 
 def head_losses(model, hidden: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, seed: int,

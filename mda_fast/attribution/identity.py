@@ -78,3 +78,10 @@ def fitted_on(manifest: dict, weights: str, data: dict) -> bool:
     """Whether a factors manifest was fitted on these weights and this window."""
     recorded = manifest.get("identity") if isinstance(manifest.get("identity"), dict) else {}
     return recorded.get("weights") == weights and recorded.get("data") == data
+
+
+def window_info(source) -> dict:
+    """What the manifests record about a window for people to read (never part of an identity)."""
+    ids = source.row_ids()
+    return {"name": getattr(source, "name", type(source).__name__), "rows": int(len(ids)),
+            "first_row_id": int(ids[0]) if len(ids) else None, "last_row_id": int(ids[-1]) if len(ids) else None}

@@ -27,20 +27,19 @@ import numpy as np
 import torch
 
 from mda_fast.attribution import dist
-from mda_fast.attribution.api import MDA, window_info
+from mda_fast.attribution.context import RunContext, build_context, model_name_of
 from mda_fast.attribution.factors import FactorSet
 from mda_fast.attribution.forward import captured_pass
-from mda_fast.attribution.identity import check_factors, difference, fingerprint, names_of
+from mda_fast.attribution.identity import check_factors, difference, fingerprint, names_of, window_info
 from mda_fast.attribution.index_basis import BlockBasis, IndexSpec, check_k
 from mda_fast.attribution.index_store import FORMAT, IndexFiles, IndexStore, itemsize
 from mda_fast.attribution.inputs import as_list, model_dtype, prepare_model, resolve_units
 from mda_fast.attribution.queries import build_queries
-from mda_fast.attribution.scoring import column_map, fill_store, rank_batches
+from mda_fast.attribution.scorer import Columns, Scorer, fill_store, index_rows, rank_batches
 from mda_fast.attribution.settings import Settings
 from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
 from mda_fast.data import rank_bounds
 from mda_fast.data.fingerprint import window_fingerprint
-from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.io import read_json
 from mda_fast.lock import claim
@@ -70,10 +69,6 @@ def index_units(factors: FactorSet, adapter) -> list[str]:
     return out or [u.name for u in fitted]
 
 
-def _named(name: str | None, model) -> str:
-    return name or getattr(model.config, "name_or_path", "") or type(model).__name__
-
-
 class IndexBuild:
     """The checked inputs of one index build: model, units, their blocks' bases, settings."""
 
@@ -87,7 +82,7 @@ class IndexBuild:
         factors.check_values(self.where)
         units = index_units(factors, self.adapter) if units == "auto" else units
         self.units, self.unit_blocks, self.blocks = resolve_units(units, self.adapter)
-        self.factors, self.names = factors, {"model": _named(model_name, model), "revision": revision}
+        self.factors, self.names = factors, {"model": model_name_of(model, model_name), "revision": revision}
         check_k(self.spec, {b.name: (b.out_dim, b.in_dim) for b in self.blocks})
         self.bases = {b.name: BlockBasis(b.name, self._factor(b), self.spec, self.settings.backend) for b in self.blocks}
 
@@ -179,7 +174,7 @@ class Index:
         self.path, self.manifest = str(path), self.files.manifest
         self.settings, self.tokenizer = _settings(settings), tokenizer
         self.model = prepare_model(model, self.settings)
-        self.model_name, self.revision = _named(model_name, model), revision
+        self.model_name, self.revision = model_name_of(model, model_name), revision
         self.factors, where = self._factors(factors, factors_where)
         self.check({"weights": weights_fingerprint(self.model), "dtype": model_dtype(self.model),
                     "factors": self.factors.manifest.get("fingerprint")},
@@ -226,20 +221,14 @@ class Index:
             raise ConfigError(f"index {self.path} holds no unit {', '.join(absent)}; it holds {', '.join(self.units)}")
         return wanted
 
-    def scores(self, mda: MDA) -> torch.Tensor:
-        """[rows, units x probes] in index row order: -<C(G_z), C(∇f)> summed over each unit's blocks."""
+    def queries(self, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """{block: [n_probes, 1, dim]} the probes' gradients in index coordinates C(grad f) (op 1)."""
         s = self.settings
-        grads = build_queries(mda.model, mda.adapter, mda.blocks, mda.probes, mda.probe_data, self.factors,
+        grads = build_queries(ctx.model, ctx.adapter, ctx.blocks, ctx.probes, ctx.probe_data, self.factors,
                               s.probe_batch, s.backend, precondition=False)
-        n = len(mda.probes)
-        cols = column_map(mda.units, mda.blocks, mda.unit_blocks, n)
-        out = torch.zeros(self.rows, len(mda.units) * n, dtype=torch.float32)
-        for b in mda.blocks:
-            W = self.basis(b.name).of_gradients(grads[b.name].cpu())  # [n_probes, dim]
-            Y = self.files.product(b.name, W.T.contiguous())
-            for c0 in cols[b.name]:
-                out[:, c0 : c0 + n] -= Y
-        return out
+        # [dim, n] contiguous in memory (W^T): op 2's factored route multiplies the stored rows by it in one GEMM
+        return {b.name: self.basis(b.name).of_gradients(grads[b.name].cpu()).T.contiguous().T.unsqueeze(1)
+                for b in ctx.blocks}
 
     def query(self, probes, units=None, out_dir: str | None = None, window=None, probe_data: dict | None = None,
               ) -> ScoreTable:
@@ -249,35 +238,30 @@ class Index:
         as a score directory (``mda top`` reads it; scores of an earlier query there are replaced)."""
         if window is not None:
             self.check({"data": window_fingerprint(window)}, {"data": getattr(window, "name", None)})
-        mda = MDA(self.model, self._units(units), [_as_probe(p) for p in as_list(probes)], tokenizer=self.tokenizer,
-                  settings=self.settings, probe_data=probe_data, model_name=self.model_name, revision=self.revision)
-        mda.factors = self.factors
-        manifest = self._manifest(mda)
+        ctx = build_context(self.model, self._units(units), [_as_probe(p) for p in as_list(probes)], self.tokenizer,
+                            self.settings, probe_data=probe_data, model_name=self.model_name, revision=self.revision)
+        manifest = self._manifest(ctx)
         with claim(out_dir) if out_dir is not None else contextlib.nullcontext():
-            store = None if out_dir is None else QueryStore(out_dir, manifest, 0, 1, chunk_rows=max(self.rows, 1))
-            if store is not None:
-                store.prepare(replace=_from_query(store.manifest_path))
-                if store.is_complete():
-                    return load_scores(out_dir)
-            order = np.argsort(self.files.row_ids, kind="stable")
-            table = ScoreTable(self.files.row_ids[order], self.scores(mda).numpy()[order], mda.columns,
-                               self.files.loss[order], manifest)
-            if store is not None:
-                store.add(table.row_ids, table.scores, table.loss)
-                table = store.merge(table.row_ids)
-        return table
+            store = MemoryStore(manifest) if out_dir is None else \
+                QueryStore(out_dir, manifest, 0, 1, chunk_rows=max(self.rows, 1))
+            store.prepare(replace=_from_query(store.manifest_path))
+            if store.is_complete():
+                return load_scores(out_dir)
+            scorer = Scorer(index_rows, self.queries(ctx), Columns(ctx.units, ctx.unit_blocks, len(ctx.probes)),
+                            self.settings.backend)
+            fill_store(store, self.files.batches([b.name for b in ctx.blocks]), scorer)
+            return store.merge(self.files.row_ids)
 
-    def _manifest(self, mda: MDA) -> dict:
+    def _manifest(self, ctx: RunContext) -> dict:
         """The score manifest of a query: the score stage's, with the index's fingerprint in the identity."""
         rec = self.manifest["identity"]
-        probes = [{"name": p.name, "data": array_digest(mda.probe_data[p.name].numpy())} for p in mda.probes]
         identity = {"weights": rec["weights"], "dtype": rec["dtype"], "data": rec["data"],
-                    "units": [u.name for u in mda.units], "blocks": [b.name for b in mda.blocks], "probes": probes,
-                    "settings": self.settings.probe_dict(), "factors": rec["factors"],
+                    "units": [u.name for u in ctx.units], "blocks": [b.name for b in ctx.blocks],
+                    "probes": ctx.probe_digests(), "settings": self.settings.probe_dict(), "factors": rec["factors"],
                     "index": self.manifest["fingerprint"]}
-        return dict(mda._describe(), probes=[p.name for p in mda.probes], columns=mda.columns,
+        return dict(ctx.describe(), probes=[p.name for p in ctx.probes], columns=ctx.columns,
                     window=self.manifest["window"], index=os.path.abspath(self.path), settings_score=identity["settings"],
-                    unit_blocks=mda.unit_blocks, sign="positive = the row strengthens the probed behaviour",
+                    unit_blocks=ctx.unit_blocks, sign="positive = the row strengthens the probed behaviour",
                     identity=identity, fingerprint=fingerprint(identity))
 
 
@@ -285,6 +269,32 @@ class QueryStore(ScoreStore):
     """The score directory of a query: an earlier query's scores there are replaced, a score pass's refused."""
 
     REFUSED_HINT = "query into another output directory (`mda query --out NEW --index THIS_INDEX`)"
+
+
+class MemoryStore:
+    """The store path of a query kept in memory (no ``out_dir``): the rows added, merged in row-id order."""
+
+    manifest_path = ""
+
+    def __init__(self, manifest: dict):
+        self.manifest, self._rows = manifest, []
+
+    def prepare(self, replace: bool = False) -> None:
+        pass
+
+    def is_complete(self) -> bool:
+        return False
+
+    def add(self, row_ids, scores, loss) -> None:
+        self._rows.append((row_ids, scores, loss))
+
+    def flush(self) -> None:
+        pass
+
+    def merge(self, expected_row_ids) -> ScoreTable:
+        ids, sc, lo = (np.concatenate([r[i] for r in self._rows]) for i in range(3))
+        order = np.argsort(ids, kind="stable")
+        return ScoreTable(ids[order], sc[order], list(self.manifest["columns"]), lo[order], self.manifest)
 
 
 def _from_query(manifest_path: str) -> bool:

@@ -168,6 +168,24 @@ class IndexFiles:
         t = torch.from_numpy(x)
         return t.view(_STORED[dtype][0]) if view is not _STORED[dtype][0] else t
 
+    def batches(self, blocks: list[str], step: int | None = None):
+        """(row ids, losses, {block: [n, dim] stored dtype}) of consecutive rows in index row order,
+        ``step`` rows at a time, streamed from the memory-mapped chunks (an index larger than memory
+        is read once, never held). The default step reads ~1M coordinates of the widest block at a
+        time: cache-sized pieces measured 8x faster than 16384-row pieces for dim 4096
+        (benchmarks/bench_index.py)."""
+        widest = max(int(self.manifest["blocks"][b]["dim"]) for b in blocks)
+        step = step or max(16, 2**20 // max(1, widest))
+        lo = 0
+        for rank, start, n in self.manifest["chunks"]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch warns about memory-mapped numpy arrays
+                arrays = {b: self.chunk_array(b, rank, start, n) for b in blocks}
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                yield self.row_ids[lo + s : lo + e], self.loss[lo + s : lo + e], {b: X[s:e] for b, X in arrays.items()}
+            lo += n
+
     def product(self, block: str, W: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """[N, C] fp32 = X_block [N, dim] @ W [dim, C], streamed over the chunks in row order
         ``step`` rows at a time (an index larger than memory is read once, never held). The default

@@ -32,8 +32,11 @@ import os
 from mda_fast.attribution import dist
 from mda_fast.attribution.api import MDA, report_top
 from mda_fast.attribution.identity import fitted_on
+from mda_fast.attribution.index import Index, build_index
 from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
+from mda_fast.attribution.store import load_scores
 from mda_fast.data.fingerprint import window_fingerprint
+from mda_fast.heads import head_scores
 from mda_fast.io import atomic_dir, read_json, write_json
 from mda_fast.lock import claim
 from mda_fast.models.fingerprint import weights_fingerprint
@@ -79,8 +82,6 @@ class Pipeline:
     # -- heads -> units --------------------------------------------------------------------------
     def head_scores(self):
         """Every head's scores (``mda_fast.heads.head_scores``), written to ``heads/`` by rank 0."""
-        from mda_fast.heads import head_scores
-
         h = self.heads_cfg
         with self.claim():
             res = head_scores(self.model, n=int(h["n"]), seq_len=int(h["seq_len"]), seed=int(h["seed"]),
@@ -158,8 +159,6 @@ class Pipeline:
 
     def top(self, k: int = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
         """Top rows of a column or list of columns (default every column) with their figures, into ``top/``."""
-        from mda_fast.attribution import load_scores
-
         if dist.rank() != 0:
             return []
         with self.claim():
@@ -176,8 +175,6 @@ class Pipeline:
     def index(self, spec=None, factors: str | None = None, on_batch=None):
         """One pass over the window writing the per-row gradient index of the units (default: every
         head of the factors' layers they hold) into ``index/`` (``attribution.index``; resumable)."""
-        from mda_fast.attribution.index import build_index
-
         with self.claim():
             idx = build_index(self.model, self.window, self.path("index"), self.units, factors or self.path("factors"),
                               spec, self.settings, model_name=self.model_name, revision=self.revision, on_batch=on_batch)
@@ -186,8 +183,6 @@ class Pipeline:
 
     def query(self, index: str | None = None, factors: str | None = None, top_k: int = 20, columns=None):
         """Score the probes against an index (default ``index/``) into ``scores/`` and ``top/``."""
-        from mda_fast.attribution.index import Index
-
         with self.claim():
             idx = Index(index or self.path("index"), self.model, factors, self.settings, self.tokenizer,
                         model_name=self.model_name, revision=self.revision)

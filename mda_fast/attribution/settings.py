@@ -3,57 +3,59 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 from mda_fast.errors import ConfigError
 from mda_fast.ops.backends import BACKENDS, unusable
 
 
-# How a run with units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`;
-# the head scores use `n` random sequences of `seq_len` tokens (ids in [vocab_low, vocab_high)), `seed`.
-HEAD_DEFAULTS = {"metric": "induction", "top": 1, "mode": "qk", "n": 32, "seq_len": 64, "seed": 12345,
-                 "vocab_low": 2, "vocab_high": None}
+# The probe sets' defaults, as ``mda_fast.probes.DEFAULT_*`` (not imported: reading a config loads no
+# model code; tests/test_probes.py keeps them equal): the authors' 32 random tokens repeated once
+# (length 64), seed 12345, ids 0 and 1 special.
+PROBE_N, PROBE_SEQ_LEN, PROBE_SEED, PROBE_VOCAB_LOW = 32, 64, 12345, 2
+
+# Stages of a setting: "fit" changes the fitted factors, "score" the scores given the factors (both
+# recorded in the stage's identity: ``Settings.FIT_KEYS`` / ``PROBE_KEYS`` are derived from them);
+# "run" settings change throughput or display only, never a number.
+STAGES = ("fit", "score", "run")
+
+
+def setting(default, stage: str, doc: str):
+    """A Settings field: its default, its stage (``STAGES``) and its one-line documentation."""
+    return field(default=default, metadata={"stage": stage, "doc": doc})
 
 
 @dataclass
 class Settings:
-    """Everything that changes numbers (recorded in manifests) plus a few throughput knobs.
+    """Everything that changes numbers (recorded in manifests) plus a few throughput knobs; each
+    field's stage and documentation sit beside its default (``Settings.doc(name)``)."""
 
-    fit_fraction   share of the window's rows the EK-FAC factors are fitted on (random, seeded)
-    fit_rows       if set, fit on exactly this many rows instead (overrides fit_fraction)
-    fit_seed       seed of the subsample and of the labels sampled from the model (true Fisher)
-    fisher         "true": labels sampled from the model's softmax; "empirical": the row's tokens
-    damping        alpha: the denominator is Lambda + max(alpha * mean(Lambda), damping_floor)
-    batch_size     rows per forward/backward (results do not depend on it)
-    chunk_rows     rows per score chunk on disk (resume granularity)
-    probe_batch    probe sequences per forward when computing the probe gradient
-    probe_n, probe_seq_len, probe_seed, probe_vocab_low, probe_vocab_high
-                   probe data (probes.make_data); vocab_high None = the model's real vocabulary
-    preconditioner "ekfac": queries H^-1 grad f (MDA); "identity": the raw probe gradient, i.e. plain
-                   gradient-dot-product scores (the curvature-free baseline attributor)
-    backend        mda_fast.ops backend ("auto", "torch", "cpp", "cuda", "triton")
-    device         torch device the model runs on (None: where the model already is)
-    progress       show tqdm progress bars
-    """
+    fit_fraction: float = setting(0.1, "fit", "share of the window's rows the EK-FAC factors are fitted on (random, seeded)")
+    fit_rows: int | None = setting(None, "fit", "if set, fit on exactly this many rows instead (overrides fit_fraction)")
+    fit_seed: int = setting(0, "fit", "seed of the subsample and of the labels sampled from the model (true Fisher)")
+    fisher: str = setting("true", "fit", '"true": labels sampled from the model\'s softmax; "empirical": the row\'s tokens')
+    damping: float = setting(0.1, "fit", "alpha: the denominator is Lambda + max(alpha * mean(Lambda), damping_floor)")
+    damping_floor: float = setting(1e-5, "fit", "the smallest damping added to Lambda")
+    batch_size: int = setting(8, "run", "rows per forward/backward (results do not depend on it)")
+    chunk_rows: int = setting(1024, "run", "rows per score chunk on disk (resume granularity)")
+    probe_batch: int = setting(16, "run", "probe sequences per forward when computing the probe gradient")
+    probe_n: int = setting(PROBE_N, "score", "probe sequences per probe set (probes.make_data)")
+    probe_seq_len: int = setting(PROBE_SEQ_LEN, "score", "tokens per probe sequence")
+    probe_seed: int = setting(PROBE_SEED, "score", "seed of the probe sets")
+    probe_vocab_low: int = setting(PROBE_VOCAB_LOW, "score", "lowest token id of the probe sets (0, 1 are special)")
+    probe_vocab_high: int | None = setting(None, "score", "token ids of the probe sets stay below this (None: the "
+                                                          "model's real vocabulary)")
+    preconditioner: str = setting("ekfac", "score", '"ekfac": queries H^-1 grad f (MDA); "identity": the raw probe '
+                                                    "gradient (gradient-dot-product scores, the curvature-free baseline)")
+    backend: str = setting("auto", "run", 'mda_fast.ops backend ("auto", "torch", "cpp", "cuda", "triton")')
+    device: str | None = setting(None, "run", "torch device the model runs on (None: where the model already is)")
+    progress: bool = setting(True, "run", "show tqdm progress bars")
 
-    fit_fraction: float = 0.1
-    fit_rows: int | None = None
-    fit_seed: int = 0
-    fisher: str = "true"
-    damping: float = 0.1
-    damping_floor: float = 1e-5
-    batch_size: int = 8
-    chunk_rows: int = 1024
-    probe_batch: int = 16
-    probe_n: int = 32
-    probe_seq_len: int = 64
-    probe_seed: int = 12345
-    probe_vocab_low: int = 2
-    probe_vocab_high: int | None = None
-    preconditioner: str = "ekfac"
-    backend: str = "auto"
-    device: str | None = None
-    progress: bool = True
+    # Settings that change the fitted factors (a factor file fitted otherwise is not reused), and
+    # those that change the scores given the factors (recorded in the scores manifest): set below.
+    FIT_KEYS: ClassVar[tuple[str, ...]] = ()
+    PROBE_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,14 +82,18 @@ class Settings:
             _check(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
         return self
 
-    # Settings that change the fitted factors; a factor file fitted otherwise is not reused.
-    FIT_KEYS = ("fit_fraction", "fit_rows", "fit_seed", "fisher", "damping", "damping_floor")
+    @classmethod
+    def keys(cls, stage: str) -> tuple[str, ...]:
+        """The names of the settings of one stage (``STAGES``), in declaration order."""
+        return tuple(f.name for f in fields(cls) if f.metadata["stage"] == stage)
+
+    @classmethod
+    def doc(cls, name: str) -> str:
+        """The one-line documentation of a setting (CLI help, the config's docs)."""
+        return next(f.metadata["doc"] for f in fields(cls) if f.name == name)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    # Settings that change the scores given the factors (recorded in the scores manifest).
-    PROBE_KEYS = ("probe_n", "probe_seq_len", "probe_seed", "probe_vocab_low", "probe_vocab_high", "preconditioner")
 
     def probe_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.PROBE_KEYS}
@@ -103,6 +109,14 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**d)
+
+
+Settings.FIT_KEYS, Settings.PROBE_KEYS = Settings.keys("fit"), Settings.keys("score")
+
+# How a run with units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`;
+# the head scores use `n` random sequences of `seq_len` tokens (ids in [vocab_low, vocab_high)), `seed`.
+HEAD_DEFAULTS = {"metric": "induction", "top": 1, "mode": "qk", "n": PROBE_N, "seq_len": PROBE_SEQ_LEN,
+                 "seed": PROBE_SEED, "vocab_low": PROBE_VOCAB_LOW, "vocab_high": None}
 
 
 _TYPES = {"float": (float, "a number"), "int": (int, "an integer"), "str": (str, "a string"),

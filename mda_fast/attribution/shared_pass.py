@@ -19,36 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mda_fast import ops
 from mda_fast.attribution import dist
-from mda_fast.attribution.ekfac import _batches, accumulate_lambda, lambda_sums
-from mda_fast.attribution.factors import FactorSet
+from mda_fast.attribution.ekfac import accumulate_lambda, lambda_sums
 from mda_fast.attribution.forward import captured_multi_pass
+from mda_fast.attribution.scorer import rank_batches
 from mda_fast.attribution.settings import Settings
-from mda_fast.ops.tensors import f32, sample_chunks
-
-
-def rotated_grads(a: torch.Tensor, g: torch.Tensor, Q_A: torch.Tensor, Q_S: torch.Tensor) -> torch.Tensor:
-    """Q_S^T G_b Q_A [B, O*I] fp32 of G_b = sum_t g_bt a_bt^T, from a [B, T, I], g [B, T, O], Q fp32."""
-    B, _, I = a.shape
-    O = g.shape[2]
-    out = torch.empty(B, O * I, dtype=torch.float32, device=a.device)
-    for sl in sample_chunks(B, O * I):
-        G = torch.bmm(f32(g[sl]).transpose(1, 2), f32(a[sl]))  # [b, O, I]
-        out[sl] = (Q_S.T @ G @ Q_A).reshape(G.shape[0], O * I)
-    return out
-
-
-def rotated_queries(factors: FactorSet, raw: dict[str, torch.Tensor], precondition: bool) -> dict[str, torch.Tensor]:
-    """{block: [n, O*I]} Vt / (Lambda + damping) (or Vt for ``precondition=False``) of raw probe
-    gradients {block: [n, O, I]}, in float64 then fp32."""
-    out = {}
-    for name, V in raw.items():
-        f = factors[name]
-        Vt = f.Q_S.T @ V.to(f.Q_S) @ f.Q_A  # [n, O, I]
-        if precondition:
-            Vt = Vt / (f.lam + f.damping)
-        out[name] = Vt.reshape(Vt.shape[0], -1).float().to(V.device)
-    return out
 
 
 def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
@@ -63,12 +39,13 @@ def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
     kinds = ("sampled", "data") if settings.fisher == "true" else ("data",)
     lam_sum, n_rows = lambda_sums(blocks, device), torch.zeros(1, dtype=torch.float64, device=device)
     ids, losses, kept = [], [], {b.name: [] for b in blocks}
-    for batch in _batches(source, settings, "EK-FAC pass 2/2 + scores"):
+    for batch in rank_batches(source, settings, 0, "EK-FAC pass 2/2 + scores"):
         a, gs, ls = captured_multi_pass(model, adapter, blocks, batch.tokens.to(device), batch.row_ids, kinds,
                                         seed=settings.fit_seed, backend=settings.backend)
         accumulate_lambda(lam_sum, a, gs[0], blocks, eig32, settings.backend)
         for b in blocks:
-            kept[b.name].append(rotated_grads(a[b.name], gs[-1][b.name], *eig32[b.name]).cpu())
+            Gt = ops.project_per_sample_grad(a[b.name], gs[-1][b.name], *eig32[b.name], backend=settings.backend)
+            kept[b.name].append(Gt.reshape(Gt.shape[0], -1).cpu())  # Q_S^T G_b Q_A (op 1)
         n_rows += batch.tokens.shape[0]
         ids.append(batch.row_ids.numpy())
         losses.append(ls[-1].cpu().numpy())
@@ -77,15 +54,3 @@ def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):
     kept = {n: torch.cat(v) if v else torch.zeros(0, b.out_dim * b.in_dim)
             for (n, v), b in zip(kept.items(), blocks)}
     return lam_sum, float(n_rows), cat(ids, np.zeros(0, np.int64)), cat(losses, np.zeros(0, np.float32)), kept
-
-
-def scores_of(kept: dict[str, torch.Tensor], queries: dict[str, torch.Tensor], block_cols: dict[str, list[int]],
-              n_cols: int, n_probes: int) -> torch.Tensor:
-    """Scores [n, C] = -<Gt, query> summed over each unit's blocks (columns as scoring.column_map)."""
-    n = next(iter(kept.values())).shape[0]
-    out = torch.zeros(n, n_cols, dtype=torch.float32)
-    for name, Q in queries.items():
-        d = kept[name] @ Q.cpu().T  # [n, n_probes]
-        for c0 in block_cols[name]:
-            out[:, c0 : c0 + n_probes] -= d
-    return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from mda_fast.attribution.store import ScoreTable
+from mda_fast.codec import EOD_ID, decode_ids, get_codec
+from mda_fast.io import save_figure
 
 
 def cumulative_share(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +34,6 @@ def top_share(scores: np.ndarray, fraction: float = 0.1) -> float:
 
 
 def _decode(tokens, tokenizer, max_chars: int) -> str:
-    from mda_fast.codec import EOD_ID, decode_ids, get_codec
-
     if tokenizer is not None:
         text = get_codec(tokenizer).decode(tokens)
     elif max(tokens, default=0) <= EOD_ID:  # byte-level vocabulary (the demo model)
@@ -67,19 +67,24 @@ def top_rows(table: ScoreTable, k: int = 10, column: str | None = None, source=N
 
 def _save(fig, path: str) -> str:
     """Write ``fig`` to ``path`` atomically (a half-written PNG never carries the final name)."""
-    from mda_fast.io import save_figure
-
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     return path
 
 
-def plot_histogram(scores: np.ndarray, path: str, title: str = "") -> str:
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend; imported here, on the first figure, because it takes
+    about a second to import (reading scores and printing top rows never need it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_histogram(scores: np.ndarray, path: str, title: str = "") -> str:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(np.asarray(scores, np.float64), bins=min(100, max(10, len(scores) // 20)), color="#3b6ea8")
     ax.set_yscale("log")
@@ -90,11 +95,7 @@ def plot_histogram(scores: np.ndarray, path: str, title: str = "") -> str:
 
 
 def plot_cumulative(scores: np.ndarray, path: str, title: str = "") -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     frac, share = cumulative_share(scores)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(100 * frac, 100 * share, color="#a83b3b")

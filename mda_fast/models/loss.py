@@ -1,7 +1,10 @@
-"""The training objective per row, one definition for training, fitting and scoring.
+"""The training objective per row: a row's loss is its summed next-token cross-entropy.
 
 A row of L tokens gives inputs ``tokens[:, :-1]`` and labels ``tokens[:, 1:]`` (T = L - 1 next-token
-predictions, as in Pythia's 2049-token rows). A row's loss is its summed next-token cross-entropy.
+predictions, as in Pythia's 2049-token rows; :func:`split_rows`, the one place the split is written).
+Training computes it from the logits (:func:`row_losses`); fitting and scoring compute the same loss
+without forming the logits, from :func:`final_hidden` and the LM head (:func:`lm_head`) through op 5
+(``ops.op_linear_cross_entropy``, in ``attribution.forward.head_losses``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,15 @@ def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ce.view(B, T).sum(1)
 
 
+def split_rows(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs [B, T], labels [B, T]) of rows [B, L]: ``tokens[:, :-1]`` and ``tokens[:, 1:]``."""
+    return tokens[:, :-1], tokens[:, 1:]
+
+
 def model_row_losses(model, tokens: torch.Tensor) -> torch.Tensor:
     """:func:`row_losses` of ``model`` on rows [B, L] -> [B] fp32 (differentiable)."""
-    return row_losses(model(input_ids=tokens[:, :-1]).logits, tokens[:, 1:])
+    inputs, labels = split_rows(tokens)
+    return row_losses(model(input_ids=inputs).logits, labels)
 
 
 def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:

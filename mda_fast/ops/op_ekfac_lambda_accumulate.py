@@ -64,14 +64,6 @@ def reference(a, g, Q_A, Q_S, out, route: str) -> torch.Tensor:
     return out
 
 
-def naive_reference(a, g, Q_A, Q_S, out) -> torch.Tensor:
-    """Materialize G [B, O, I], rotate each into the eigenbasis, square, sum (the benchmarks' baseline)."""
-    G = torch.bmm(f32(g).transpose(1, 2), f32(a))
-    R = f32(Q_S).T @ G @ f32(Q_A)
-    out += (R * R).sum(0).to(out.dtype)
-    return out
-
-
 def ekfac_lambda_accumulate(a, g, Q_A, Q_S, out, *, backend: str = "auto") -> torch.Tensor:
     """out[O, I] (fp32, in place) += sum_b (Q_S^T G_b Q_A)^2; returns out.
 

@@ -72,12 +72,6 @@ def reference(a, g, Q, route: str) -> torch.Tensor:
     return out
 
 
-def naive_reference(a, g, Q) -> torch.Tensor:
-    """Materialize all of G [B, O, I] at once, then contract with Q (the benchmarks' baseline)."""
-    G = torch.bmm(f32(g).transpose(1, 2), f32(a))
-    return torch.einsum("boi,noi->bn", G, f32(Q))
-
-
 def grad_dot_queries(a, g, Q, *, backend: str = "auto") -> torch.Tensor:
     """[B, n] fp32 = sum_t g_bt^T Q_n a_bt = <G_b, Q_n>. a [B, T, I], g [B, T, O], Q [n, O, I]."""
     B, T, I, O = validate.activations(a, g)

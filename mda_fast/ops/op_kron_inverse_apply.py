@@ -36,16 +36,6 @@ def reference_grouped(blocks) -> list[torch.Tensor]:
     return [reference(*blk) for blk in blocks]
 
 
-def naive_reference(Q_A, Q_S, lam, V, damping: float) -> torch.Tensor:
-    """A Python loop of 2-D matmuls over the n queries (the benchmarks' unbatched baseline)."""
-    QA, QS, d = f32(Q_A), f32(Q_S), f32(lam) + float(damping)
-    return torch.stack([QS @ ((QS.T @ v @ QA) / d) @ QA.T for v in f32(V)])
-
-
-def naive_reference_grouped(blocks) -> list[torch.Tensor]:
-    return [naive_reference(*blk) for blk in blocks]
-
-
 def kron_inverse_apply(Q_A, Q_S, lam, V, damping, *, backend: str = "auto") -> torch.Tensor:
     """[n, O, I] fp32 = Q_S [(Q_S^T V_n Q_A) / (lam + damping)] Q_A^T.
 

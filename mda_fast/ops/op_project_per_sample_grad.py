@@ -33,12 +33,6 @@ def reference(a, g, P_in, P_out) -> torch.Tensor:
     return torch.bmm(gp.transpose(1, 2), ap)
 
 
-def naive_reference(a, g, P_in, P_out) -> torch.Tensor:
-    """Materialize G [B, O, I], then project both sides (the benchmarks' baseline)."""
-    G = torch.bmm(f32(g).transpose(1, 2), f32(a))
-    return dense(P_out, g.device).T @ G @ dense(P_in, a.device)
-
-
 def project_per_sample_grad(a, g, P_in, P_out, *, backend: str = "auto") -> torch.Tensor:
     """[B, ko, ki] fp32 = sum_t (P_out^T g_bt)(P_in^T a_bt)^T = P_out^T G_b P_in, no [B, O, I] held.
 
