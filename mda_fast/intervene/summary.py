@@ -28,7 +28,8 @@ from mda_fast.units import Unit
 
 COLORS = {"baseline": "#212529", "delete": "#d9480f", "delete-negative": "#ae3ec9", "random-delete": "#f59f00",
           "duplicate": "#1971c2",
-          "random-duplicate": "#74c0fc", "insert-synthetic": "#2f9e44"}
+          "random-duplicate": "#74c0fc", "insert-synthetic": "#2f9e44", "kind-random-delete": "#845ef7",
+          "kind-random-duplicate": "#b197fc", "feature-delete": "#0ca678"}
 
 
 @dataclass(frozen=True)
