@@ -290,23 +290,25 @@ def build_corpus(prefix: str | Path, n_rows: int, seq_len: int = 129, seed: int 
     return CorpusInfo(prefix, n_rows, seq_len, KINDS, row_kind, tokens_by_kind)
 
 
-def load_row_strata(prefix: str | Path) -> tuple[list[dict], np.ndarray]:
-    """(driving strata, stratum index of every row int64[N], -1 = not driving) of a demo corpus."""
+def _sidecar(prefix: str | Path, key: str) -> dict:
+    """The corpus's ``.kinds.json``, which must record ``key``."""
     p = Path(str(prefix) + ".kinds.json")
     try:
         meta = json.loads(p.read_text())
     except FileNotFoundError:
         raise DataError(f"{p} does not exist; build the corpus with mda_fast.demo.corpus.build_corpus.")
-    if "row_stratum" not in meta:
-        raise DataError(f"{p} records no driving strata (written by an older mda-fast); rebuild the corpus.")
+    if key not in meta:
+        raise DataError(f"{p} records no {key} (written by an older mda-fast); rebuild the corpus.")
+    return meta
+
+
+def load_row_strata(prefix: str | Path) -> tuple[list[dict], np.ndarray]:
+    """(driving strata, stratum index of every row int64[N], -1 = not driving) of a demo corpus."""
+    meta = _sidecar(prefix, "row_stratum")
     return meta["strata"], np.asarray(meta["row_stratum"], dtype=np.int64)
 
 
 def load_row_kinds(prefix: str | Path) -> tuple[list[str], np.ndarray]:
     """(kind names, dominant kind index int64[N]) of a corpus written by :func:`build_corpus`."""
-    p = Path(str(prefix) + ".kinds.json")
-    try:
-        meta = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{p} does not exist; build the corpus with mda_fast.demo.corpus.build_corpus.")
+    meta = _sidecar(prefix, "row_kind")
     return meta["kinds"], np.asarray(meta["row_kind"], dtype=np.int64)
