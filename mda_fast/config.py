@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from mda_fast import vocab
 from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
 from mda_fast.errors import ConfigError
 from mda_fast.models.device import torch_device
@@ -154,11 +155,10 @@ class RunConfig:
         rps = self.data.get("rows_per_step")
         if isinstance(rps, bool) or not isinstance(rps, int) or rps < 1:
             raise ConfigError(f"{where}: data.rows_per_step (--rows-per-step) must be an integer >= 1, got {rps!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ConfigError(f"{where}: top_k (-k) must be an integer, got {self.top_k!r}")
-        if int(self.top_k) < 1:
-            raise ConfigError(f"{where}: top_k must be >= 1, got {self.top_k}")
-        if self.heads.get("metric") not in ("induction", "previous_token", "duplicate_token", "prefix_matching"):
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, str)) or self.top_k in (0, "0"):
+            raise ConfigError(f"{where}: top_k (-k) must be a count >= 1 or a percentage like 10%, got {self.top_k!r}")
+        self.top_k = vocab.count_or_share(self.top_k)
+        if self.heads.get("metric") not in vocab.HEAD_METRICS:
             raise ConfigError(f"{where}: heads.metric {self.heads.get('metric')!r} is not a head score")
         Settings.from_dict(self.settings)  # raises on unknown / invalid settings
         torch_device(self.device)           # raises for a device this machine does not have

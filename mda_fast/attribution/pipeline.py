@@ -157,7 +157,7 @@ class Pipeline:
                  f"{self.path('factors')}, {self.path('scores')}/scores.npz")
         return self.table
 
-    def top(self, k: int = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
+    def top(self, k: int | str = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
         """Top rows of a column or list of columns (default every column) with their figures, into ``top/``."""
         if dist.rank() != 0:
             return []
@@ -167,7 +167,7 @@ class Pipeline:
             out = self.path("top")
             cols = table.columns if column is None else ([column] if isinstance(column, str) else list(column))
             with atomic_dir(out) as tmp:
-                reports = [report_top(table, int(k), c, src, self.tokenizer, str(tmp), shown_dir=out) for c in cols]
+                reports = [report_top(table, k, c, src, self.tokenizer, str(tmp), shown_dir=out) for c in cols]
                 write_json(tmp / "top.json", {"reports": reports})
         self.reports = reports
         return reports

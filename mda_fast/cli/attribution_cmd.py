@@ -174,7 +174,7 @@ def cmd_top(args) -> int:
     with _claimed(cfg):
         src = _window(cfg) if cfg.data.get("source") else None
         tok = _tokenizer(cfg.model, cfg.revision) if cfg.model else None
-        _print_top(_pipeline(cfg, None, tok, src).top(int(cfg.top_k), args.column))
+        _print_top(_pipeline(cfg, None, tok, src).top(cfg.top_k, args.column))
     return 0
 
 
@@ -194,6 +194,6 @@ def _tokenizer(model: str, revision: str | None):
 def cmd_run(args) -> int:
     with _session(args) as (cfg, p):
         _say(f"window: {len(p.window)} rows of {p.window.seq_len} tokens from {cfg.data['source']}")
-        p.run(int(cfg.top_k))
+        p.run(cfg.top_k)
     _print_top(p.reports)
     return 0
