@@ -27,10 +27,10 @@ def register(subparsers) -> None:
     p.add_argument("--sort", default="induction", type=vocab.metric, choices=vocab.HEAD_METRICS)
     flags.top_k(p, default=10, help="rows of the printed table: a count or a %% of the heads (100%% = all)")
     flags.out(p, help="write heads.csv, heads.json, heads.png here")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_heads)
 
 
-def run(args) -> int:
+def cmd_heads(args) -> int:
     from mda_fast.heads import head_scores
     from mda_fast.models import load_model
     from mda_fast.vocab import resolve_count

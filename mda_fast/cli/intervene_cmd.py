@@ -64,7 +64,7 @@ def _add_intervene(subparsers) -> None:
     p.add_argument("--tokenizer", default=None, help="local tokenizer for decoding rows (default: bytes if it fits)")
     p.add_argument("--no-report", action="store_true")
     flags.out(p, required=True, help="experiment directory (re-running resumes)")
-    p.set_defaults(func=run_intervene)
+    p.set_defaults(func=cmd_intervene)
 
 
 def _add_analyze(subparsers) -> None:
@@ -79,7 +79,7 @@ def _add_analyze(subparsers) -> None:
     a.add_argument("--sample", type=int, default=5000, help="window rows sampled for the baseline shares")
     a.add_argument("--tokenizer", default=None)
     flags.out(a, required=True)
-    a.set_defaults(func=run_analyze_cmd)
+    a.set_defaults(func=cmd_analyze)
 
 
 def _add_augment(subparsers) -> None:
@@ -95,7 +95,7 @@ def _add_augment(subparsers) -> None:
     g.add_argument("--max-gap", type=int, default=None, help="max characters between span copies")
     g.add_argument("--tokenizer", default=None, help="local tokenizer (default: bytes)")
     g.add_argument("--seed", type=int, default=0)
-    g.set_defaults(func=run_augment)
+    g.set_defaults(func=cmd_augment)
 
 
 def _add_report(subparsers) -> None:
@@ -105,10 +105,10 @@ def _add_report(subparsers) -> None:
     r.add_argument("--scores", type=Path, default=None, help="default: the experiment's scores")
     flags.data(r, help="rows for the top-row section")
     r.add_argument("--tokenizer", default=None)
-    r.set_defaults(func=run_report)
+    r.set_defaults(func=cmd_report)
 
 
-def run_intervene(args) -> int:
+def cmd_intervene(args) -> int:
     from mda_fast.intervene.experiment import DEFAULT_PLANS, run_experiment
     from mda_fast.intervene.plans import parse_plan_spec
 
@@ -137,7 +137,7 @@ def run_intervene(args) -> int:
     return 0
 
 
-def run_analyze_cmd(args) -> int:
+def cmd_analyze(args) -> int:
     from mda_fast.intervene.analyze import run_analyze
 
     res = run_analyze(args.scores, args.data, args.out, column=args.column, top=args.top_k, tail=args.tail,
@@ -151,7 +151,7 @@ def run_analyze_cmd(args) -> int:
     return 0
 
 
-def run_augment(args) -> int:
+def cmd_augment(args) -> int:
     from mda_fast.intervene.augment import write_synthetic
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -161,7 +161,7 @@ def run_augment(args) -> int:
     return 0
 
 
-def run_report(args) -> int:
+def cmd_report(args) -> int:
     from mda_fast.intervene.report import write_report
 
     if not Path(args.out).is_dir():
