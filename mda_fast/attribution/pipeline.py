@@ -75,8 +75,9 @@ class Pipeline:
         """The run directory's writer lock (rank 0; re-entrant): held by every stage."""
         return claim(self.out) if dist.rank() == 0 else contextlib.nullcontext()
 
-    def _factors_manifest(self) -> dict | None:
-        path = os.path.join(self.path("factors"), "manifest.json")
+    def _factors_manifest(self, factors: str | None = None) -> dict | None:
+        """The manifest of the factors in ``factors`` (default ``factors/``); None when there are none."""
+        path = os.path.join(factors or self.path("factors"), "manifest.json")
         return read_json(path) if os.path.isfile(path) else None
 
     # -- heads -> units --------------------------------------------------------------------------
@@ -138,8 +139,13 @@ class Pipeline:
     def score(self, factors: str | None = None, on_batch=None, replace: bool = False):
         """Score every row of the window into ``scores/`` (resumes a killed run); returns the table.
         Uses factors already fitted in this session, else loads ``factors`` (default ``factors/``).
-        ``scores/`` holding another run's scores is refused, or with ``replace`` scored again."""
+        ``scores/`` holding another run's scores is refused, or with ``replace`` scored again. With
+        ``units="auto"`` and no MDA built yet, the units are those the factors were fitted for (the
+        identity check then refuses factors of another model or window)."""
         with self.claim():
+            if self._mda is None and self.units == "auto":
+                manifest = self._factors_manifest(factors)
+                self.units = manifest["units"] if manifest else self.units
             if self.mda.factors is None or factors is not None:
                 self.load_factors(factors)
             self.table = self.mda.score(self.window, self.path("scores"), on_batch=on_batch, replace=replace)

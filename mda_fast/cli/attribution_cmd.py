@@ -15,7 +15,6 @@ import contextlib
 import os
 
 from mda_fast.cli import flags
-from mda_fast.io import read_json
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
@@ -161,11 +160,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    with _session(args) as (cfg, p):
-        factors = args.factors or p.path("factors")
-        if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
-            p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
-        p.score(factors=factors)
+    with _session(args) as (_, p):
+        p.score(factors=args.factors or p.path("factors"))
     return 0
 
 
