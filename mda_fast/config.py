@@ -12,7 +12,7 @@
     heads: {metric: induction, top: 1, mode: qk, n: 32, seq_len: 64, seed: 12345}
     probes: [copy_target]
     settings: {fit_fraction: 0.1, batch_size: 8}   # mda_fast.attribution.Settings
-    top_k: 20
+    top_k: 20                        # top rows per side: a count or a % of the scored rows
     out: runs/demo/mda               # factors/, scores/, top/, heads/ go here
 
 Overrides are ``dotted.key=value`` strings with YAML values (``settings.batch_size=4``).
@@ -92,7 +92,7 @@ class RunConfig:
     heads: dict
     probes: list[str]
     settings: dict
-    top_k: int
+    top_k: int | str                 # a count or "10%" of the scored rows (mda_fast.vocab)
     out: str | None
     path: str | None = field(default=None, repr=False)
 

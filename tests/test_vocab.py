@@ -66,3 +66,14 @@ def test_top_rows_count_or_percentage():
     by_share, by_count = top_rows(table, "10%"), top_rows(table, 2)
     assert by_share["positive"] == by_count["positive"] and len(by_count["positive"]) == 2
     assert len(top_rows(table, 100)["positive"]) == 10  # more than there are: all of them
+
+
+def test_run_config_top_k_count_or_percentage():
+    from mda_fast.config import RunConfig
+
+    base = ["out=x", "model=m", "data.source=s", "data.rows_per_step=1"]
+    assert RunConfig.load(None, base + ["top_k=10%"], {}).top_k == "10%"
+    assert RunConfig.load(None, base + ["top_k=7"], {}).top_k == 7
+    for bad in ("0", "abc", "150%"):
+        with pytest.raises(ConfigError, match="top_k|-k"):
+            RunConfig.load(None, base + [f"top_k={bad}"], {})

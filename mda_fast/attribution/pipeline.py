@@ -187,7 +187,7 @@ class Pipeline:
         self.say(f"indexed {idx.rows} rows for {', '.join(idx.units)} -> {self.path('index')}")
         return idx
 
-    def query(self, index: str | None = None, factors: str | None = None, top_k: int = 20, columns=None):
+    def query(self, index: str | None = None, factors: str | None = None, top_k: int | str = 20, columns=None):
         """Score the probes against an index (default ``index/``) into ``scores/`` and ``top/``."""
         with self.claim():
             idx = Index(index or self.path("index"), self.model, factors, self.settings, self.tokenizer,
@@ -196,7 +196,7 @@ class Pipeline:
             self.top(top_k, columns)
         return self.table
 
-    def run(self, top_k: int = 20, refit: bool = False, columns: list[str] | None = None):
+    def run(self, top_k: int | str = 20, refit: bool = False, columns: list[str] | None = None):
         """fit (unless ``factors/`` holds this run's factors, or with ``refit``) -> score (replacing
         scores of other inputs) -> top (of ``columns``, default all); returns the score table. A fit
         on the whole window (``fit_fraction 1``) shares its pass 2 with the score pass."""
