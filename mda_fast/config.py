@@ -12,7 +12,7 @@
     heads: {metric: induction, top: 1, mode: qk, n: 32, seq_len: 64, seed: 12345}
     probes: [copy_target]
     settings: {fit_fraction: 0.1, batch_size: 8}   # mda_fast.attribution.Settings
-    top_k: 20
+    top_k: 20                        # top rows per side: a count or a % of the scored rows
     out: runs/demo/mda               # factors/, scores/, top/, heads/ go here
 
 Overrides are ``dotted.key=value`` strings with YAML values (``settings.batch_size=4``).
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from mda_fast import vocab
 from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
 from mda_fast.errors import ConfigError
 from mda_fast.models.device import torch_device
@@ -91,7 +92,7 @@ class RunConfig:
     heads: dict
     probes: list[str]
     settings: dict
-    top_k: int
+    top_k: int | str                 # a count or "10%" of the scored rows (mda_fast.vocab)
     out: str | None
     path: str | None = field(default=None, repr=False)
 
@@ -154,11 +155,10 @@ class RunConfig:
         rps = self.data.get("rows_per_step")
         if isinstance(rps, bool) or not isinstance(rps, int) or rps < 1:
             raise ConfigError(f"{where}: data.rows_per_step (--rows-per-step) must be an integer >= 1, got {rps!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ConfigError(f"{where}: top_k (-k) must be an integer, got {self.top_k!r}")
-        if int(self.top_k) < 1:
-            raise ConfigError(f"{where}: top_k must be >= 1, got {self.top_k}")
-        if self.heads.get("metric") not in ("induction", "previous_token", "duplicate_token", "prefix_matching"):
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, str)) or self.top_k in (0, "0"):
+            raise ConfigError(f"{where}: top_k (-k) must be a count >= 1 or a percentage like 10%, got {self.top_k!r}")
+        self.top_k = vocab.count_or_share(self.top_k)
+        if self.heads.get("metric") not in vocab.HEAD_METRICS:
             raise ConfigError(f"{where}: heads.metric {self.heads.get('metric')!r} is not a head score")
         Settings.from_dict(self.settings)  # raises on unknown / invalid settings
         torch_device(self.device)           # raises for a device this machine does not have

@@ -191,6 +191,10 @@ class MDA:
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
         self.factors.check_values(self.factors_where)
+        return self._queries()
+
+    def _queries(self) -> dict[str, torch.Tensor]:
+        """:meth:`queries` of factors already checked (the score pass checks them in ``_open_store``)."""
         return build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
                              self.settings.probe_batch, self.settings.backend,
                              precondition=self.settings.preconditioner == "ekfac")
@@ -210,7 +214,7 @@ class MDA:
             self._check_tokens(source)
             store = self._open_store(source, out_dir, replace)
             if not store.is_complete():
-                scorer = Scorer(captured_rows(self.ctx), self.queries(), self._columns(), self.settings.backend)
+                scorer = Scorer(captured_rows(self.ctx), self._queries(), self._columns(), self.settings.backend)
                 batches = rank_batches(source, self.settings, store.resume_cursor(), "scoring")
                 fill_store(store, batches, scorer, on_batch)
                 dist.barrier()

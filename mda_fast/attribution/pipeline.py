@@ -75,8 +75,9 @@ class Pipeline:
         """The run directory's writer lock (rank 0; re-entrant): held by every stage."""
         return claim(self.out) if dist.rank() == 0 else contextlib.nullcontext()
 
-    def _factors_manifest(self) -> dict | None:
-        path = os.path.join(self.path("factors"), "manifest.json")
+    def _factors_manifest(self, factors: str | None = None) -> dict | None:
+        """The manifest of the factors in ``factors`` (default ``factors/``); None when there are none."""
+        path = os.path.join(factors or self.path("factors"), "manifest.json")
         return read_json(path) if os.path.isfile(path) else None
 
     # -- heads -> units --------------------------------------------------------------------------
@@ -138,8 +139,13 @@ class Pipeline:
     def score(self, factors: str | None = None, on_batch=None, replace: bool = False):
         """Score every row of the window into ``scores/`` (resumes a killed run); returns the table.
         Uses factors already fitted in this session, else loads ``factors`` (default ``factors/``).
-        ``scores/`` holding another run's scores is refused, or with ``replace`` scored again."""
+        ``scores/`` holding another run's scores is refused, or with ``replace`` scored again. With
+        ``units="auto"`` and no MDA built yet, the units are those the factors were fitted for (the
+        identity check then refuses factors of another model or window)."""
         with self.claim():
+            if self._mda is None and self.units == "auto":
+                manifest = self._factors_manifest(factors)
+                self.units = manifest["units"] if manifest else self.units
             if self.mda.factors is None or factors is not None:
                 self.load_factors(factors)
             self.table = self.mda.score(self.window, self.path("scores"), on_batch=on_batch, replace=replace)
@@ -157,7 +163,7 @@ class Pipeline:
                  f"{self.path('factors')}, {self.path('scores')}/scores.npz")
         return self.table
 
-    def top(self, k: int = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
+    def top(self, k: int | str = 20, column: str | list[str] | None = None, source=None) -> list[dict]:
         """Top rows of a column or list of columns (default every column) with their figures, into ``top/``."""
         if dist.rank() != 0:
             return []
@@ -167,7 +173,7 @@ class Pipeline:
             out = self.path("top")
             cols = table.columns if column is None else ([column] if isinstance(column, str) else list(column))
             with atomic_dir(out) as tmp:
-                reports = [report_top(table, int(k), c, src, self.tokenizer, str(tmp), shown_dir=out) for c in cols]
+                reports = [report_top(table, k, c, src, self.tokenizer, str(tmp), shown_dir=out) for c in cols]
                 write_json(tmp / "top.json", {"reports": reports})
         self.reports = reports
         return reports
@@ -181,7 +187,7 @@ class Pipeline:
         self.say(f"indexed {idx.rows} rows for {', '.join(idx.units)} -> {self.path('index')}")
         return idx
 
-    def query(self, index: str | None = None, factors: str | None = None, top_k: int = 20, columns=None):
+    def query(self, index: str | None = None, factors: str | None = None, top_k: int | str = 20, columns=None):
         """Score the probes against an index (default ``index/``) into ``scores/`` and ``top/``."""
         with self.claim():
             idx = Index(index or self.path("index"), self.model, factors, self.settings, self.tokenizer,
@@ -190,7 +196,7 @@ class Pipeline:
             self.top(top_k, columns)
         return self.table
 
-    def run(self, top_k: int = 20, refit: bool = False, columns: list[str] | None = None):
+    def run(self, top_k: int | str = 20, refit: bool = False, columns: list[str] | None = None):
         """fit (unless ``factors/`` holds this run's factors, or with ``refit``) -> score (replacing
         scores of other inputs) -> top (of ``columns``, default all); returns the score table. A fit
         on the whole window (``fit_fraction 1``) shares its pass 2 with the score pass."""

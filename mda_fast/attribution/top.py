@@ -12,6 +12,7 @@ import numpy as np
 from mda_fast.attribution.store import ScoreTable
 from mda_fast.codec import EOD_ID, decode_ids, get_codec
 from mda_fast.io import save_figure
+from mda_fast.vocab import resolve_count
 
 
 def cumulative_share(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,12 +45,14 @@ def _decode(tokens, tokenizer, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
-def top_rows(table: ScoreTable, k: int = 10, column: str | None = None, source=None, tokenizer=None,
+def top_rows(table: ScoreTable, k: int | str = 10, column: str | None = None, source=None, tokenizer=None,
              max_chars: int = 200) -> dict:
-    """{"column", "positive": [...], "negative": [...], "top10_share", "n"}; each row is
-    {"row_id", "score", "loss", "text"} (text only when ``source`` is given)."""
+    """{"column", "positive": [...], "negative": [...], "top10_share", "n"}: the ``k`` rows per side
+    (a count, or ``"10%"`` of the scored rows); each row is {"row_id", "score", "loss", "text"}
+    (text only when ``source`` is given)."""
     col = column or table.columns[0]
     s = table.column(col)
+    k = resolve_count(k, len(s), "-k", cap=True)
     order = np.argsort(-s, kind="stable")
     picks = {"positive": [i for i in order[:k] if s[i] > 0], "negative": [i for i in order[::-1][:k] if s[i] < 0]}
     out = {"column": col, "n": int(len(s)), "top10_share": top_share(s, 0.1)}

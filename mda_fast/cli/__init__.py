@@ -1,8 +1,8 @@
 """The ``mda`` command line.
 
 Each sub-command group lives in its own module exposing ``register(subparsers)``; every
-command handler returns an exit code. :class:`MDAError` becomes one line on stderr and
-exit status 2, never a traceback.
+command handler is ``cmd_<command>(args)`` and returns an exit code. :class:`MDAError` becomes one
+line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import contextlib
 import os
 
 from mda_fast.cli import flags
-from mda_fast.io import read_json
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
@@ -161,11 +160,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    with _session(args) as (cfg, p):
-        factors = args.factors or p.path("factors")
-        if cfg.units == "auto" and os.path.isfile(os.path.join(factors, "manifest.json")):
-            p.units = read_json(os.path.join(factors, "manifest.json"))["units"]
-        p.score(factors=factors)
+    with _session(args) as (_, p):
+        p.score(factors=args.factors or p.path("factors"))
     return 0
 
 
@@ -174,7 +170,7 @@ def cmd_top(args) -> int:
     with _claimed(cfg):
         src = _window(cfg) if cfg.data.get("source") else None
         tok = _tokenizer(cfg.model, cfg.revision) if cfg.model else None
-        _print_top(_pipeline(cfg, None, tok, src).top(int(cfg.top_k), args.column))
+        _print_top(_pipeline(cfg, None, tok, src).top(cfg.top_k, args.column))
     return 0
 
 
@@ -194,6 +190,6 @@ def _tokenizer(model: str, revision: str | None):
 def cmd_run(args) -> int:
     with _session(args) as (cfg, p):
         _say(f"window: {len(p.window)} rows of {p.window.seq_len} tokens from {cfg.data['source']}")
-        p.run(int(cfg.top_k))
+        p.run(cfg.top_k)
     _print_top(p.reports)
     return 0

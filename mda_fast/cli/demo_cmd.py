@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mda_fast.cli import flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, metavar="YAML", help="override mda_fast/demo/demo.yaml")
     p.add_argument("--max-steps", type=int, default=None,
                    help="at most this many training steps (default from the config)")
-    p.add_argument("-k", "--top-k", type=int, default=8, help="top rows to print per side")
+    flags.top_k(p, default=8, help="top rows to print per side: a count or a %% of the scored rows")
     p.add_argument("--experiment", action="store_true",
                    help="also run the causal retraining experiment and the LDS check (under 30 minutes on 2 cores)")
     p.add_argument("--long", action="store_true",

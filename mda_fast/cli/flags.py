@@ -5,15 +5,21 @@
     --data       training rows: .bin/.idx prefix or piece, .npy, parquet, text files
     --steps A:B  a window of optimizer steps [A, B); rows [rps*A, rps*B)
     --rows-per-step  rows per optimizer step (Pythia: 1024)
-    --units      heads: L1.H3.qk ... (or 'auto' where a command can choose them)
-    --probes     copy_target, copy_target2, prev_attn:L1.H3, module:function
-    -k/--top-k   how many top rows: a count, or where rows are selected from a window a % of it
+    --units      heads: L1.H3 (attribution commands: L1.H3.<mode>, mode qk | v | o | qkvo, default qk),
+                 or 'auto' where a command can choose them
+    --probes     copy_target, copy_target2, prev_attn:L1.H3, module:function (a probe is a query
+                 loss, not a head metric: metrics are previous_token, induction, ...; mda_fast.vocab)
+    -k/--top-k   how many: a count (20) or a percentage of what is on offer (10%)
+
+One spelling per concept (mda_fast.vocab); old spellings print a one-line note and still work.
     --out        the command's output directory (or prefix, for files)
 """
 
 from __future__ import annotations
 
 import argparse
+
+from mda_fast import vocab
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -38,17 +44,18 @@ def rows_per_step(p, default: int | None = None) -> None:
     p.add_argument("--rows-per-step", type=int, default=default, help="rows per optimizer step (Pythia: 1024)")
 
 
-def units(p, help: str = "heads: L1.H3.qk ... or 'auto'") -> None:
+def units(p, help: str = "heads: L1.H3 ... (block mode suffix .qk | .v | .o | .qkvo, default qk) or 'auto'") -> None:
     p.add_argument("--units", nargs="+", default=None, metavar="UNIT", help=help)
 
 
 def probes(p) -> None:
     p.add_argument("--probes", nargs="+", default=None, metavar="PROBE",
-                   help="copy_target, copy_target2, prev_attn:L1.H3, module:function")
+                   help="copy_target, copy_target2, prev_attn:L1.H3, module:function (query losses; "
+                        "not head metrics)")
 
 
-def top_k(p, default=None, help: str = "top rows per side", type=int) -> None:
-    p.add_argument("-k", "--top-k", type=type, default=default, help=help)
+def top_k(p, default=None, help: str = "top rows per side: a count or a %% of the scored rows") -> None:
+    p.add_argument("-k", "--top-k", type=vocab.count_or_share, default=default, metavar="K|P%", help=help)
 
 
 def out(p, required: bool = False, help: str = "output directory") -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mda_fast import vocab
 from mda_fast.cli import flags
 
 
@@ -23,16 +24,16 @@ def register(subparsers) -> None:
                    help="sample ids below this (default: the real vocabulary, 50277 for Pythia)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--sort", default="induction",
-                   choices=("previous_token", "duplicate_token", "induction", "prefix_matching"))
-    flags.top_k(p, default=10, help="rows of the printed table (0 = all heads)")
+    p.add_argument("--sort", default="induction", type=vocab.metric, choices=vocab.HEAD_METRICS)
+    flags.top_k(p, default=10, help="rows of the printed table: a count or a %% of the heads (100%% = all)")
     flags.out(p, help="write heads.csv, heads.json, heads.png here")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_heads)
 
 
-def run(args) -> int:
+def cmd_heads(args) -> int:
     from mda_fast.heads import head_scores
     from mda_fast.models import load_model
+    from mda_fast.vocab import resolve_count
 
     model, tokenizer = load_model(args.model, revision=args.revision, device=args.device)
     res = head_scores(model, n=args.n, seq_len=args.seq_len, seed=args.seed, vocab_low=args.vocab_low,
@@ -42,7 +43,7 @@ def run(args) -> int:
     s = res.settings
     print(f"{args.model}{' @ ' + args.revision if args.revision else ''}: {L} layers x {H} heads; "
           f"{s['n']} sequences of {s['seq_len']} tokens in [{s['vocab_low']}, {s['vocab_high']}), seed {s['seed']}")
-    print(res.table(sort=args.sort, k=args.top_k or None))
+    print(res.table(sort=args.sort, k=resolve_count(args.top_k, L * H, "-k", cap=True)))
     if args.out is not None:
         out = Path(args.out)
         paths = [res.to_csv(out / "heads.csv"), res.to_json(out / "heads.json"), res.heatmap(out / "heads.png")]

@@ -59,6 +59,6 @@ def cmd_query(args) -> int:
         window = run_cmd._window(cfg) if cfg.data.get("source") else None
         model, tok = run_cmd._model(cfg)
         p = run_cmd._pipeline(cfg, model, tok, window)
-        p.query(args.index, args.factors, int(cfg.top_k))
+        p.query(args.index, args.factors, cfg.top_k)
     run_cmd._print_top(p.reports)
     return 0

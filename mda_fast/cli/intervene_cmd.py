@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mda_fast import vocab
 from mda_fast.cli import flags
 from mda_fast.errors import ConfigError
 
@@ -48,12 +49,14 @@ def _add_intervene(subparsers) -> None:
                         "delete:column=feature:copy_share (rank by a row feature), "
                         "random-delete:among=kind:repeated (default: baseline, delete, random-delete, "
                         "kind-random-delete, duplicate, random-duplicate, kind-random-duplicate)")
-    flags.top_k(p, type=str, help="rows each plan without top= selects: a %% of the window (10%%) or a count")
+    flags.top_k(p, help="rows each plan without top= selects: a %% of the window (10%%) or a count")
     p.add_argument("--column", default=None, help="scores column (default: the one naming the unit)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; 0 = original data order")
     p.add_argument("--cadence", type=int, default=10, help="track the head every N steps")
-    flags.units(p, help="tracked heads L1.H3 ... (default: the first unit of the scores)")
-    p.add_argument("--metric", default="induction", choices=("induction", "prev_token"))
+    flags.units(p, help="tracked heads L1.H3 ... (a block mode suffix is accepted and ignored; default: the "
+                        "first unit of the scores)")
+    p.add_argument("--metric", default="induction", type=vocab.metric, choices=("induction", "previous_token"),
+                   help="the head score that says the tracked head formed (prev_token: old spelling)")
     p.add_argument("--threshold", default="50%", help="emergence threshold: a value or a %% of the baseline peak")
     p.add_argument("--jobs", type=int, default=1, help="retraining worker processes (one core each)")
     p.add_argument("--shuffle-block", type=int, default=8, help="seed k>0 permutes rows within blocks of this many steps")
@@ -61,7 +64,7 @@ def _add_intervene(subparsers) -> None:
     p.add_argument("--tokenizer", default=None, help="local tokenizer for decoding rows (default: bytes if it fits)")
     p.add_argument("--no-report", action="store_true")
     flags.out(p, required=True, help="experiment directory (re-running resumes)")
-    p.set_defaults(func=run_intervene)
+    p.set_defaults(func=cmd_intervene)
 
 
 def _add_analyze(subparsers) -> None:
@@ -70,13 +73,13 @@ def _add_analyze(subparsers) -> None:
                                           "rows vs the window; kinds.json + kinds.png.", formatter_class=_FMT)
     a.add_argument("--scores", required=True, type=Path, help="score run directory")
     flags.data(a, required=True, help="the rows the scores refer to")
-    flags.top_k(a, default="10%", type=str, help="top rows: a %% of the scored rows or a count")
+    flags.top_k(a, default="10%", help="top rows: a %% of the scored rows or a count")
     a.add_argument("--tail", default="positive", choices=("positive", "negative"))
     a.add_argument("--column", default=None)
     a.add_argument("--sample", type=int, default=5000, help="window rows sampled for the baseline shares")
     a.add_argument("--tokenizer", default=None)
     flags.out(a, required=True)
-    a.set_defaults(func=run_analyze_cmd)
+    a.set_defaults(func=cmd_analyze)
 
 
 def _add_augment(subparsers) -> None:
@@ -92,7 +95,7 @@ def _add_augment(subparsers) -> None:
     g.add_argument("--max-gap", type=int, default=None, help="max characters between span copies")
     g.add_argument("--tokenizer", default=None, help="local tokenizer (default: bytes)")
     g.add_argument("--seed", type=int, default=0)
-    g.set_defaults(func=run_augment)
+    g.set_defaults(func=cmd_augment)
 
 
 def _add_report(subparsers) -> None:
@@ -102,10 +105,10 @@ def _add_report(subparsers) -> None:
     r.add_argument("--scores", type=Path, default=None, help="default: the experiment's scores")
     flags.data(r, help="rows for the top-row section")
     r.add_argument("--tokenizer", default=None)
-    r.set_defaults(func=run_report)
+    r.set_defaults(func=cmd_report)
 
 
-def run_intervene(args) -> int:
+def cmd_intervene(args) -> int:
     from mda_fast.intervene.experiment import DEFAULT_PLANS, run_experiment
     from mda_fast.intervene.plans import parse_plan_spec
 
@@ -113,7 +116,7 @@ def run_intervene(args) -> int:
     specs = [parse_plan_spec(s) for s in raw]
     for text, s in zip(raw, specs):
         if args.top_k is not None and "top=" not in text:
-            s.top = args.top_k
+            s.top = str(args.top_k)
         if args.column is not None and s.column is None:
             s.column = args.column
     try:
@@ -134,7 +137,7 @@ def run_intervene(args) -> int:
     return 0
 
 
-def run_analyze_cmd(args) -> int:
+def cmd_analyze(args) -> int:
     from mda_fast.intervene.analyze import run_analyze
 
     res = run_analyze(args.scores, args.data, args.out, column=args.column, top=args.top_k, tail=args.tail,
@@ -148,7 +151,7 @@ def run_analyze_cmd(args) -> int:
     return 0
 
 
-def run_augment(args) -> int:
+def cmd_augment(args) -> int:
     from mda_fast.intervene.augment import write_synthetic
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -158,7 +161,7 @@ def run_augment(args) -> int:
     return 0
 
 
-def run_report(args) -> int:
+def cmd_report(args) -> int:
     from mda_fast.intervene.report import write_report
 
     if not Path(args.out).is_dir():

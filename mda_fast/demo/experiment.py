@@ -160,9 +160,10 @@ def demo_units_tracked(info: dict) -> tuple[list, list[str]]:
     """(TrackedUnit per demo unit, its scores column), induction head first."""
     from mda_fast.demo.pipeline import column
     from mda_fast.intervene.summary import TrackedUnit
+    from mda_fast.intervene.track import curve_key
 
     units = [TrackedUnit.of("induction" if u["metric"] == "induction" else "previous-token", int(u["layer"]),
-                         int(u["head"]), "induction" if u["metric"] == "induction" else "prev_token")
+                         int(u["head"]), curve_key(u["metric"]))
              for u in info["units"]]
     return units, [column(u) for u in info["units"]]
 
@@ -171,7 +172,8 @@ def stratum_count(prefix: Path, window, rows_per_step: int) -> tuple[list[str], 
     """(driving strata names, rows deleted per stratum condition): 10% of the window or the smallest
     stratum's rows in it, so every stratum loses the same number of rows."""
     from mda_fast.demo.corpus import load_row_strata
-    from mda_fast.intervene.plans import resolve_count, window_rows
+    from mda_fast.intervene.plans import window_rows
+    from mda_fast.vocab import resolve_count
 
     strata, row_stratum = load_row_strata(prefix)
     per = np.bincount(row_stratum[window_rows(window, rows_per_step)] + 1, minlength=len(strata) + 1)[1:]
@@ -188,7 +190,7 @@ def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool,
     from mda_fast.demo.train_demo import corpus_prefix
     from mda_fast.intervene.augment import write_synthetic
     from mda_fast.intervene.experiment import prepare_experiment
-    from mda_fast.intervene.plans import resolve_count
+    from mda_fast.vocab import resolve_count
 
     info = json.loads((demo_dir / "induction.json").read_text())
     demo = json.loads((demo_dir / "demo.json").read_text())

@@ -15,7 +15,8 @@ import numpy as np
 from mda_fast.codec import ByteCodec, codec_for_vocab
 from mda_fast.io import pyplot, save_figure, write_json
 from mda_fast.intervene.kinds import KINDS, detect_kinds
-from mda_fast.intervene.plans import pick_column, resolve_count, select_top
+from mda_fast.intervene.plans import pick_column, select_top
+from mda_fast.vocab import resolve_count
 
 ALL_KINDS = KINDS + ("other",)
 

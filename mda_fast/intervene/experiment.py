@@ -40,7 +40,8 @@ from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpo
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
 from mda_fast.intervene.summary import TrackedUnit, plot_curves
 from mda_fast.intervene.summary import summarize as summarize_curves
-from mda_fast.intervene.track import StopRule, all_head_scores, default_token_range, repeated_random_tokens
+from mda_fast.intervene.track import (StopRule, all_head_scores, curve_key, default_token_range,
+                                      repeated_random_tokens)
 from mda_fast.intervene.validate import check_scores_match, check_window, manifest_units
 
 DEFAULT_PLANS = ("baseline", "delete", "random-delete", "kind-random-delete", "duplicate", "random-duplicate",
@@ -93,6 +94,7 @@ def _heldout(source, rps: int, end: int, n: int, window_start: int) -> tuple[tor
 
 
 def _units(units, table, metric: str) -> list[TrackedUnit]:
+    metric = curve_key(metric)
     if units:
         return [u if isinstance(u, TrackedUnit) else TrackedUnit.of(f"L{u[0]}.H{u[1]}", int(u[0]), int(u[1]), metric)
                 for u in units]

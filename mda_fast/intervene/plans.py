@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mda_fast.errors import ConfigError
+from mda_fast.vocab import resolve_count
 
 PLAN_KINDS = ("baseline", "delete", "duplicate", "random-delete", "random-duplicate", "insert-synthetic",
               "kind-random-delete", "kind-random-duplicate")
@@ -137,26 +138,6 @@ class Plan:
         from mda_fast.io import write_json
 
         write_json(path, self.to_json())
-
-
-def resolve_count(top: str, n_window: int, what: str = "plan") -> int:
-    """``"10%"`` -> 10% of the window's rows (rounded, >= 1); ``"1000"`` -> 1000."""
-    s = str(top).strip()
-    try:
-        if s.endswith("%"):
-            frac = float(s[:-1]) / 100.0
-            if not 0 < frac <= 1:
-                raise ValueError
-            count = max(1, int(round(frac * n_window)))
-        else:
-            count = int(s)
-            if count < 1:
-                raise ValueError
-    except ValueError:
-        raise ConfigError(f"{what}: --top must be a percentage in (0, 100] or a positive count, got {top!r}") from None
-    if count > n_window:
-        raise ConfigError(f"{what}: --top {top} selects {count} rows but the window has only {n_window} rows")
-    return count
 
 
 def pick_column(columns: list[str], column: str | None, unit: tuple[int, int] | None = None) -> int:

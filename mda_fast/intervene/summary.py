@@ -35,7 +35,8 @@ COLORS = {"baseline": "#212529", "delete": "#d9480f", "delete-negative": "#ae3ec
 @dataclass(frozen=True)
 class TrackedUnit:
     """A head (``unit``) whose emergence the experiment measures under a display ``name``;
-    ``metric`` ("induction" or "prev_token") is the score that says it formed."""
+    ``metric`` (a curve key: "induction" or "prev_token", the stored name of ``previous_token``,
+    :data:`track.CURVE_KEYS`) is the score that says it formed."""
 
     name: str
     unit: Unit

@@ -38,10 +38,23 @@ from mda_fast.codec import BYTE_VOCAB_SIZE
 from mda_fast.heads import icl_score, repeat_scores
 from mda_fast.models.configs import PYTHIA_REAL_VOCAB
 from mda_fast.probes import make_data
+from mda_fast import vocab
 
-HEAD_METRICS = ("induction", "prev_token")      # [L][H] per point
+HEAD_METRICS = ("induction", "prev_token")      # [L][H] per point (curve keys)
+# the head metrics' names (mda_fast.vocab) -> their curve keys; previous_token keeps its old key on
+# disk so finished runs' curves and fingerprints stay valid
+CURVE_KEYS = {"induction": "induction", "previous_token": "prev_token"}
 MODEL_METRICS = ("probe", "icl")                # one number per point
 METRICS = HEAD_METRICS + MODEL_METRICS
+
+
+def curve_key(metric: str) -> str:
+    """The curve key of a tracked head metric named as everywhere else (``previous_token``; the old
+    ``prev_token`` is accepted with a note)."""
+    name = vocab.metric(metric)
+    if name not in CURVE_KEYS:
+        raise ConfigError(f"metric {metric!r}: a tracked head is followed by {' or '.join(CURVE_KEYS)}")
+    return CURVE_KEYS[name]
 
 
 def repeated_random_tokens(n: int, half: int, low: int, high: int, seed: int) -> torch.Tensor:
