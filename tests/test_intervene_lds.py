@@ -54,7 +54,7 @@ def test_lds_table_is_one_for_an_attributor_that_predicts_the_outcome():
         curves[f"subset{m:03d}"] = _curve(1.0 - drop, 0.5 - 0.1 * drop)
     atts = [Attributor("oracle", row_ids, true), Attributor("negated", row_ids, -true),
             Attributor("noise", row_ids, rng.normal(size=40))]
-    t = lds_table(curves, removed, LdsTarget(UNIT, _Probe(), torch.zeros(1, 2), atts))
+    t = lds_table({0: curves}, removed, LdsTarget(UNIT, _Probe(), torch.zeros(1, 2), atts))
     a = t["attributors"]
     assert a["oracle"]["lds_probe"]["rho"] == pytest.approx(1.0)
     assert a["oracle"]["lds_head"]["rho"] == pytest.approx(1.0)

@@ -316,7 +316,7 @@ def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float =
     log(format_contrasts(summary["contrasts"]))
     units, cols = demo_units_tracked(info)
     gd = graddot_scores(demo_dir, cfg, info, exp.window, cols)
-    labels = window_labels(exp.source, exp.window, cfg.rows_per_step, cfg.vocab_size)
+    labels = window_labels(exp.source, exp.window, cfg.rows_per_step, cfg.vocab_size, features=(FEATURE,))
     summary["ranking"] = ranking_report(labels, {
         "EK-FAC (MDA)": (exp.table.row_ids, exp.table.column(cols[0])),
         "gradient dot product": (gd.row_ids, gd.column(cols[0])),

@@ -34,7 +34,7 @@ from mda_fast.digest import array_digest
 from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
 from mda_fast.io import write_json
 from mda_fast.lock import claim
-from mda_fast.intervene.plans import PlanSpec, build_plan, needs_labels, parse_plan_spec
+from mda_fast.intervene.plans import FEATURE_PREFIX, PlanSpec, build_plan, needs_labels, parse_plan_spec
 from mda_fast.intervene.rowlabels import window_labels
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
@@ -109,7 +109,9 @@ def _resolve_plans(specs, seeds, window, rps, table, unit, source, vocab_size=No
     labels are computed once, only when a plan needs them."""
     from mda_fast.intervene.augment import load_synthetic
 
-    labels = window_labels(source, window, rps, vocab_size) if any(needs_labels(s) for s in specs) else None
+    feats = {s.column.split(":", 1)[1] for s in specs if str(s.column or "").startswith(FEATURE_PREFIX)}
+    labels = (window_labels(source, window, rps, vocab_size, features=sorted(feats))
+              if any(needs_labels(s) for s in specs) else None)
     synth, resolved = {}, {}
     for spec in specs:
         syn = None

@@ -124,14 +124,12 @@ def noise_ceiling(per_seed: list[np.ndarray]) -> dict:
 
 def lds_table(curves: dict, removed: list[np.ndarray], target: LdsTarget) -> dict:
     """Spearman of each attributor's predicted changes against the measured probe and head changes
-    (averaged over seeds), per-seed LDS, and the noise ceiling. ``curves``: {seed: {name: curve}}
-    (a flat {name: curve} is one seed)."""
-    by_seed = {0: curves} if "full" in curves else curves
-    seeds = sorted(by_seed)
-    changes = [_changes(by_seed[s], len(removed), target) for s in seeds]
+    (averaged over seeds), per-seed LDS, and the noise ceiling. ``curves``: {seed: {name: curve}}."""
+    seeds = sorted(curves)
+    changes = [_changes(curves[s], len(removed), target) for s in seeds]
     d_probe = np.mean([c[0] for c in changes], axis=0)
     d_head = np.mean([c[1] for c in changes], axis=0)
-    full = by_seed[seeds[0]]["full"]
+    full = curves[seeds[0]]["full"]
     out = {"unit": target.unit.to_dict(), "probe": target.probe.name, "seeds": seeds,
            "reference": {"probe": full["end_probes"][target.probe.name], "head": target.unit.series(full)[-1]},
            "measured": {"probe_change": d_probe.tolist(), "head_change": d_head.tolist(),
