@@ -32,9 +32,9 @@ import torch
 
 import mda_fast.ops as ops
 from mda_fast.attribution import MDA, Settings
-from mda_fast.attribution.index import build_index
-from mda_fast.attribution.index_basis import IndexSpec
-from mda_fast.attribution.index_store import FORMAT, IndexFiles, IndexStore
+from mda_fast.attribution.index.build import build_index
+from mda_fast.attribution.index.basis import IndexSpec
+from mda_fast.attribution.index.store import FORMAT, IndexFiles, IndexStore
 from mda_fast.data import ArraySource
 from mda_fast.models import make_tiny_model
 from timing import best_of
@@ -126,7 +126,7 @@ def query(path: str, n_probes: int = 1) -> np.ndarray:
 
 
 def probe_gradient_seconds(model) -> float:
-    from mda_fast.attribution.queries import probe_gradients
+    from mda_fast.attribution.score.queries import probe_gradients
     from mda_fast.probes import parse_probe
 
     mda = MDA(model, UNITS, ["copy_target"], settings=settings())

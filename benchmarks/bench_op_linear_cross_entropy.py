@@ -11,7 +11,7 @@ one pass (what mda fit runs), naive drawing from the full logits.
 import pytest
 import torch
 
-from mda_fast.attribution.forward import row_uniforms
+from mda_fast.attribution.score.forward import row_uniforms
 from oracles import sample_labels
 from mda_fast.ops import op_linear_cross_entropy as lce
 from conftest import CUDA, PYTHIA

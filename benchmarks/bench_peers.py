@@ -126,7 +126,7 @@ def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
 
 def one_pass(model, src, bs: int) -> None:
     """One forward + truncated backward of the first batch with sampled labels (captured_pass)."""
-    from mda_fast.attribution.forward import captured_pass
+    from mda_fast.attribution.score.forward import captured_pass
     from mda_fast.units import Unit, get_adapter
 
     adapter = get_adapter(model)

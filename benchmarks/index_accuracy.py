@@ -88,7 +88,7 @@ def compare(table, exact, probes: list[str]) -> dict:
 
 
 def specs(ks):
-    from mda_fast.attribution.index_basis import IndexSpec
+    from mda_fast.attribution.index.basis import IndexSpec
 
     yield "full-float32", IndexSpec(k="full", dtype="float32")
     yield "full", IndexSpec(k="full")
@@ -99,7 +99,7 @@ def specs(ks):
 
 def run(demo: Path, out: Path, ks, probe_names=None, tag: str = "") -> dict:
     from mda_fast.attribution import MDA
-    from mda_fast.attribution.index import build_index
+    from mda_fast.attribution.index.build import build_index
     from mda_fast.probes import CallableProbe
 
     torch.manual_seed(0)

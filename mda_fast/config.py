@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from mda_fast import vocab
-from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
+from mda_fast.attribution.run.settings import HEAD_DEFAULTS, Settings
 from mda_fast.errors import ConfigError
 from mda_fast.models.device import torch_device
 

@@ -1,6 +1,6 @@
 """Content digests: of arrays, of JSON-able blobs, and of files (computed once, cached beside them).
 
-The identities of stage outputs (``attribution.identity``), of checkpoints (``models.fingerprint``),
+The identities of stage outputs (``attribution.run.identity``), of checkpoints (``models.fingerprint``),
 of data windows (``data.fingerprint``) and of retraining runs (``intervene.fingerprint``) are
 built from these, never from file paths.
 

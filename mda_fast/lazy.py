@@ -1,5 +1,5 @@
 """Package attributes imported on first use (PEP 562), so importing one light submodule of a package
-(``attribution.settings``, ``models.device``) does not load its heavy siblings (transformers)."""
+(``attribution.run.settings``, ``models.device``) does not load its heavy siblings (transformers)."""
 
 from __future__ import annotations
 

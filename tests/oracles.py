@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mda_fast.attribution.forward import row_uniforms
+from mda_fast.attribution.score.forward import row_uniforms
 from mda_fast.ops import op_linear_cross_entropy as lce
 from mda_fast.ops.projection import dense
 from mda_fast.ops.tensors import f32

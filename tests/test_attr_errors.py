@@ -109,7 +109,7 @@ def test_factors_of_another_model_or_window_are_refused(tmp_path):
 
 
 def test_finite_check_of_views_names_the_bad_block_only_inside_blocks():
-    from mda_fast.attribution.factors import check_finite_views
+    from mda_fast.attribution.fit.factors import check_finite_views
 
     base = torch.zeros(2, 5, 12)  # [B, T, 3 heads x 4]: one captured tensor, blocks are its slices
     views = {f"h{h}": base[..., 4 * h : 4 * (h + 1)] for h in (0, 2)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import mda_fast.attribution.factors as factors_mod
+import mda_fast.attribution.fit.factors as factors_mod
 from mda_fast.attribution import FactorSet, load_scores
 from mda_fast.cli import main
 from mda_fast.models import make_tiny_model

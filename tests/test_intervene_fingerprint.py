@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mda_fast.attribution.store import load_scores
+from mda_fast.attribution.store.scores import load_scores
 from mda_fast.intervene.augment import load_synthetic, write_synthetic
 from mda_fast.intervene.fingerprint import run_fingerprint
 from mda_fast.intervene.plans import build_plan, parse_plan_spec

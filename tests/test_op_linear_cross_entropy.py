@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mda_fast.attribution.forward import captured_pass, row_uniforms
+from mda_fast.attribution.score.forward import captured_pass, row_uniforms
 from oracles import sample_labels
 from mda_fast.models import make_tiny_model
 from mda_fast.models.loss import row_losses
@@ -275,7 +275,7 @@ def test_auto_head_backend_and_unimplemented_backends(monkeypatch):
 
 def test_run_backend_setting_reaches_op5(monkeypatch):
     """The run's backend names op 5's head when op 5 has it (torch, triton); any other means auto."""
-    from mda_fast.attribution import forward
+    from mda_fast.attribution.score import forward
 
     seen = []
     real = lce.chunked

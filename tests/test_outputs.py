@@ -130,7 +130,7 @@ def test_full_disk_is_one_clear_error(tmp_path, monkeypatch):
             pass
     monkeypatch.undo()
     monkeypatch.setattr(np, "savez", lambda *a, **k: full(0, b""))
-    from mda_fast.attribution.store import _save_npz
+    from mda_fast.attribution.store.scores import _save_npz
 
     with pytest.raises(OutputError, match="cannot write .*x.npz: No space left on device"):
         _save_npz(str(tmp_path / "x.npz"), a=np.zeros(1))

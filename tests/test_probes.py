@@ -142,7 +142,7 @@ def test_probe_set_defaults_have_one_value():
     import inspect
 
     from mda_fast import probes
-    from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
+    from mda_fast.attribution.run.settings import HEAD_DEFAULTS, Settings
     from mda_fast.heads import head_scores
 
     s, kw = Settings(), inspect.signature(head_scores).parameters

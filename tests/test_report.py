@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from mda_fast.attribution.store import ScoreTable
+from mda_fast.attribution.store.scores import ScoreTable
 from mda_fast.data import ArraySource
 from mda_fast.codec import ByteCodec
 from mda_fast.io import write_json

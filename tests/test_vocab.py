@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mda_fast import vocab
-from mda_fast.attribution.store import ScoreTable
-from mda_fast.attribution.top import top_rows
+from mda_fast.attribution.store.scores import ScoreTable
+from mda_fast.attribution.store.top import top_rows
 from mda_fast.cli import build_parser
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.track import curve_key

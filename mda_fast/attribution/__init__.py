@@ -1,20 +1,28 @@
-"""EK-FAC attribution of units (attention heads) to training rows: fit, score, store, top rows.
+"""EK-FAC attribution of units (attention heads) to training rows: fit, score, index, store.
 
-Layering (a module imports only from those after it):
-pipeline (a run's stages into one directory) -> api (MDA: fit, score, index) -> index (build, query)
--> context (RunContext: the run's checked parts, built once by build_context) -> ekfac / shared_pass
-(the fit's passes) / queries (probe gradients, preconditioned) -> scorer (the one inner-product
-scorer: one batch loop, one scatter, one store path; op 1 and op 2) -> forward (one captured pass)
--> factors, index_basis + mda_fast.ops (math). On disk: store (scores), index_store (the index);
-identity (what each stage was computed from), settings (every knob, by stage).
+The folders are the stages (a module imports only from those after it in this list)::
+
+    pipeline.py   Pipeline: a run's stages (heads -> fit -> score -> top, index, query) into one directory
+    api.py        MDA: the Python front door, a thin view on one RunContext (fit, score, index, top)
+    index/        build (one pass writing per-row index coordinates), query (Index: any probe, in
+                  seconds), basis (whitened EK-FAC coordinates, op 1), store (resumable chunks)
+    fit/          ekfac (two passes over a subsample), shared_pass (whole-window fit sharing its second
+                  pass with scoring), factors (a block's EK-FAC factors: math, file format)
+    score/        queries (probe gradients, preconditioned), scorer (the one inner-product scorer: one
+                  batch loop, one scatter, one store path; op 1 and op 2), forward (one captured pass)
+    store/        scores (the resumable score store, ScoreTable), top (top rows decoded, figures)
+    run/          context (RunContext, built once by build_context), inputs (checks), settings (every
+                  knob, by stage), identity (what each output was computed from), dist (ranks)
+
 The names below are imported on first use (``mda_fast.lazy``), so reading a config
-(``attribution.settings``) or the rank (``attribution.dist``) does not load the model code.
+(``attribution.run.settings``) or the rank (``attribution.run.dist``) does not load the model code.
 """
 
 from mda_fast.lazy import lazy_attributes
 
-_HOME = {"MDA": "api", "report_top": "api", "FactorSet": "factors", "BlockFactors": "factors",
-         "Settings": "settings", "ScoreTable": "store", "load_scores": "store", "top_rows": "top",
-         "top_share": "top", "cumulative_share": "top", "format_report": "top"}
+_HOME = {"MDA": "api", "report_top": "api", "Pipeline": "pipeline", "FactorSet": "fit.factors",
+         "BlockFactors": "fit.factors", "Settings": "run.settings", "ScoreTable": "store.scores",
+         "load_scores": "store.scores", "top_rows": "store.top", "top_share": "store.top",
+         "cumulative_share": "store.top", "format_report": "store.top"}
 __all__ = list(_HOME)
 __getattr__ = lazy_attributes(__name__, _HOME)

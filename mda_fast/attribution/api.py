@@ -15,19 +15,27 @@ import os
 import numpy as np
 import torch
 
-from mda_fast.attribution import dist
-from mda_fast.attribution.context import RunContext, build_context
-from mda_fast.attribution.ekfac import covariance_pass, finish_factors, fit_ekfac, fit_info, fit_positions
-from mda_fast.attribution.factors import FactorSet
-from mda_fast.attribution.identity import check_factors, fingerprint, window_info
-from mda_fast.attribution.index import build_index
-from mda_fast.attribution.inputs import model_dtype
-from mda_fast.attribution.queries import build_queries
-from mda_fast.attribution.scorer import Columns, Scorer, captured_rows, fill_store, kept_rows, rank_batches, rotate
-from mda_fast.attribution.settings import Settings
-from mda_fast.attribution.shared_pass import shared_pass
-from mda_fast.attribution.store import ScoreStore, ScoreTable, load_scores
-from mda_fast.attribution.top import plot_cumulative, plot_histogram, top_rows
+from mda_fast.attribution.fit.ekfac import covariance_pass, finish_factors, fit_ekfac, fit_info, fit_positions
+from mda_fast.attribution.fit.factors import FactorSet
+from mda_fast.attribution.fit.shared_pass import shared_pass
+from mda_fast.attribution.index.build import build_index
+from mda_fast.attribution.run import dist
+from mda_fast.attribution.run.context import RunContext, build_context
+from mda_fast.attribution.run.identity import check_factors, fingerprint, window_info
+from mda_fast.attribution.run.inputs import model_dtype
+from mda_fast.attribution.run.settings import Settings
+from mda_fast.attribution.score.queries import build_queries
+from mda_fast.attribution.score.scorer import (
+    Columns,
+    Scorer,
+    captured_rows,
+    fill_store,
+    kept_rows,
+    rank_batches,
+    rotate,
+)
+from mda_fast.attribution.store.scores import ScoreStore, ScoreTable, load_scores
+from mda_fast.attribution.store.top import plot_cumulative, plot_histogram, top_rows
 from mda_fast.data import rank_bounds
 from mda_fast.data.fingerprint import window_fingerprint
 from mda_fast.errors import ConfigError, DataError
@@ -44,7 +52,7 @@ class MDA:
     mode (dropout would make scores random). Every input is checked here or before any pass: the
     model's dtype, the device and backend, the units, that every probe reaches one of their
     blocks, the window's token ids against the model's vocabulary, and that the factors belong to
-    the model and window (``attribution.identity``).
+    the model and window (``attribution.run.identity``).
     """
 
     def __init__(self, model, units, probes, tokenizer=None, settings: Settings | dict | None = None, *,
@@ -73,7 +81,7 @@ class MDA:
 
     # -- identity ----------------------------------------------------------------------------------
     def fit_identity(self, source) -> dict:
-        """What factors fitted on ``source`` are computed from (``attribution.identity``)."""
+        """What factors fitted on ``source`` are computed from (``attribution.run.identity``)."""
         return {"weights": weights_fingerprint(self.model), "dtype": model_dtype(self.model),
                 "data": window_fingerprint(source), "blocks": sorted(b.name for b in self.blocks),
                 "settings": self.settings.fit_dict()}
@@ -129,7 +137,7 @@ class MDA:
         return len(source) > 0 and len(fit_positions(len(source), self.settings)) == len(source)
 
     def fit_and_score(self, source, out_dir: str, factors_dir: str | None = None, replace: bool = False) -> ScoreTable:
-        """Whole-window fit and scores in two passes (``attribution.shared_pass``): pass 1, then pass 2
+        """Whole-window fit and scores in two passes (``attribution.fit.shared_pass``): pass 1, then pass 2
         and the score pass sharing one forward + truncated backward. The factors (saved to
         ``factors_dir`` if given) and scores equal fit(source); score(source, out_dir) to float
         tolerance. Needs ``whole_window(source)``; not resumable mid-pass (a killed run starts over)."""

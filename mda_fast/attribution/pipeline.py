@@ -18,7 +18,7 @@ Every stage first claims the run directory (``mda_fast.lock``: one writer at a t
 checked before any compute). ``heads/``, ``factors/`` and ``top/`` are each written into a temporary
 sibling and renamed (``io.atomic_dir``): visible complete or not at all; ``scores/`` is a resumable
 store whose manifest is its commit marker (``store``). A stage's output is reused by :meth:`run`
-only when its content fingerprint matches this run (``attribution.identity``): factors fitted on
+only when its content fingerprint matches this run (``attribution.run.identity``): factors fitted on
 other weights, another window or other fit settings are fitted again, scores of other inputs are
 replaced; :meth:`fit` always refits. Ranks: under ``torchrun`` every rank calls the same methods;
 files are written by rank 0.
@@ -29,12 +29,13 @@ from __future__ import annotations
 import contextlib
 import os
 
-from mda_fast.attribution import dist
 from mda_fast.attribution.api import MDA, report_top
-from mda_fast.attribution.identity import fitted_on
-from mda_fast.attribution.index import Index, build_index
-from mda_fast.attribution.settings import HEAD_DEFAULTS, Settings
-from mda_fast.attribution.store import load_scores
+from mda_fast.attribution.index.build import build_index
+from mda_fast.attribution.index.query import Index
+from mda_fast.attribution.run import dist
+from mda_fast.attribution.run.identity import fitted_on
+from mda_fast.attribution.run.settings import HEAD_DEFAULTS, Settings
+from mda_fast.attribution.store.scores import load_scores
 from mda_fast.data.fingerprint import window_fingerprint
 from mda_fast.heads import head_scores
 from mda_fast.io import atomic_dir, read_json, write_json
@@ -180,7 +181,7 @@ class Pipeline:
 
     def index(self, spec=None, factors: str | None = None, on_batch=None):
         """One pass over the window writing the per-row gradient index of the units (default: every
-        head of the factors' layers they hold) into ``index/`` (``attribution.index``; resumable)."""
+        head of the factors' layers they hold) into ``index/`` (``attribution.index.build``; resumable)."""
         with self.claim():
             idx = build_index(self.model, self.window, self.path("index"), self.units, factors or self.path("factors"),
                               spec, self.settings, model_name=self.model_name, revision=self.revision, on_batch=on_batch)

@@ -79,7 +79,7 @@ def _config(args):
 
 
 def _device(cfg) -> str:
-    from mda_fast.attribution import dist
+    from mda_fast.attribution.run import dist
 
     if dist.active() and str(cfg.device).startswith("cuda") and ":" not in str(cfg.device):
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
@@ -105,7 +105,7 @@ def _model(cfg):
 
 
 def _say(*a) -> None:
-    from mda_fast.attribution import dist
+    from mda_fast.attribution.run import dist
 
     if dist.rank() == 0:
         print(*a, flush=True)
@@ -127,7 +127,7 @@ def _print_top(reports) -> None:
 
 
 def _start():
-    from mda_fast.attribution import dist
+    from mda_fast.attribution.run import dist
 
     dist.init_from_env()
 
@@ -135,7 +135,7 @@ def _start():
 def _claimed(cfg):
     """--out's writer lock for the whole command (rank 0; ``mda_fast.lock``): another writer or a
     location that cannot be written is refused before anything is loaded."""
-    from mda_fast.attribution import dist
+    from mda_fast.attribution.run import dist
     from mda_fast.lock import claim
 
     return claim(cfg.out) if dist.rank() == 0 else contextlib.nullcontext()

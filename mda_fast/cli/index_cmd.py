@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def _spec(args):
-    from mda_fast.attribution.index_basis import IndexSpec
+    from mda_fast.attribution.index.basis import IndexSpec
 
     given = {"k": args.k, "projection": args.projection, "seed": args.seed, "dtype": args.dtype}
     return IndexSpec(**{k: v for k, v in given.items() if v is not None})

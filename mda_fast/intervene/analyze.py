@@ -93,7 +93,7 @@ def run_analyze(scores_path, source, out_dir, column: str | None = None, top: st
                 tail: str = "positive", tokenizer=None, sample: int = 5000, seed: int = 0,
                 table=None, vocab_size: int | None = None) -> dict:
     """Load scores + rows, compute enrichment, write ``kinds.json`` / ``kinds.png`` under ``out_dir``."""
-    from mda_fast.attribution.store import load_scores
+    from mda_fast.attribution.store.scores import load_scores
     from mda_fast.data import open_source
 
     table = table or load_scores(str(scores_path))

@@ -160,7 +160,7 @@ def _run_key_settings(shared: RunShared, probe_n: int, probe_len: int, probe_ran
 
 def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, units, metric, device):
     """(checkpoints {step: dir}, source, table, rows per step, units, model config), all checked."""
-    from mda_fast.attribution.store import load_scores
+    from mda_fast.attribution.store.scores import load_scores
     from mda_fast.data import open_source, select_steps
     from mda_fast.data.fingerprint import window_fingerprint
     from mda_fast.training import list_checkpoints, read_state

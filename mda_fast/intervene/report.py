@@ -188,7 +188,7 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
     sec = [f"<h1>MDA causal validation — {html.escape(d.name)}</h1>", *_emergence_sections(d, cfg, summary)]
     scores = scores if scores is not None else cfg.get("scores")
     if scores is not None:
-        from mda_fast.attribution.store import load_scores
+        from mda_fast.attribution.store.scores import load_scores
 
         table = load_scores(str(scores)) if isinstance(scores, (str, Path)) else scores
         sec += _score_sections(d, table, source, tokenizer, n_top)

@@ -3,7 +3,7 @@ and does the window lie inside the checkpoints and the data?
 
 The score manifest is the one ``mda_fast.attribution.MDA.score`` writes: ``units`` as unit names
 ("L1.H3.qk", parsed by :meth:`mda_fast.units.Unit.parse`, the one unit parser), ``window`` as
-``window_info`` (``first_row_id`` / ``last_row_id``), and ``identity`` (``attribution.identity``):
+``window_info`` (``first_row_id`` / ``last_row_id``), and ``identity`` (``attribution.run.identity``):
 the content fingerprint of the model weights and of the window's rows the scores were computed
 from. Scores match a run of checkpoints when their weights are those of one of its checkpoints
 (``models.fingerprint``, cached beside each checkpoint; the step the manifest names is tried first)

@@ -4,7 +4,7 @@ A row of L tokens gives inputs ``tokens[:, :-1]`` and labels ``tokens[:, 1:]`` (
 predictions, as in Pythia's 2049-token rows; :func:`split_rows`, the one place the split is written).
 Training computes it from the logits (:func:`row_losses`); fitting and scoring compute the same loss
 without forming the logits, from :func:`final_hidden` and the LM head (:func:`lm_head`) through op 5
-(``ops.op_linear_cross_entropy``, in ``attribution.forward.head_losses``).
+(``ops.op_linear_cross_entropy``, in ``attribution.score.forward.head_losses``).
 """
 
 from __future__ import annotations

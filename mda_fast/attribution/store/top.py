@@ -6,10 +6,9 @@ the share of the total positive influence carried by the top x% of rows (of all 
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from mda_fast.attribution.store import ScoreTable
+from mda_fast.attribution.store.scores import ScoreTable
 from mda_fast.codec import EOD_ID, decode_ids, get_codec
 from mda_fast.io import save_figure
 from mda_fast.vocab import resolve_count

@@ -11,7 +11,7 @@ rank resumes at the end of its last contiguous chunk; rows buffered but not yet 
 dies are simply scored again. Every file is written to a temporary sibling and renamed
 (``io.atomic_path``). A run is complete when the manifest says so and ``scores.npz`` carries the
 manifest's fingerprint (written first, the manifest last: the commit marker). An existing
-directory is resumed only when its fingerprint (``attribution.identity``), columns and world size
+directory is resumed only when its fingerprint (``attribution.run.identity``), columns and world size
 match; otherwise it is refused, or with ``replace=True`` emptied and started again.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mda_fast.attribution.identity import difference, names_of
+from mda_fast.attribution.run.identity import difference, names_of
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.io import atomic_path, read_json, remove_tree, write_json
 from mda_fast.lock import LOCK_NAME

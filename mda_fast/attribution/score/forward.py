@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mda_fast.attribution.factors import check_finite_views
+from mda_fast.attribution.fit.factors import check_finite_views
 from mda_fast.errors import DataError
 from mda_fast.models.attention import fused_attention
 from mda_fast.models.loss import final_hidden, lm_head, split_rows

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mda_fast.attribution.inputs import prepare_model, resolve_probes, resolve_units
-from mda_fast.attribution.settings import Settings
+from mda_fast.attribution.run.inputs import prepare_model, resolve_probes, resolve_units
+from mda_fast.attribution.run.settings import Settings
 from mda_fast.digest import array_digest
 from mda_fast.probes import default_vocab_high
 from mda_fast.units import get_adapter

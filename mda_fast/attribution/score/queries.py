@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mda_fast import ops
-from mda_fast.attribution.factors import FactorSet, check_finite
+from mda_fast.attribution.fit.factors import FactorSet, check_finite
 from mda_fast.errors import ConfigError
 from mda_fast.probes import probe_forward
 from mda_fast.units import Capture

@@ -26,10 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mda_fast import ops
-from mda_fast.attribution import dist
-from mda_fast.attribution.factors import check_finite
-from mda_fast.attribution.forward import captured_pass, rows_where
-from mda_fast.attribution.settings import Settings
+from mda_fast.attribution.fit.factors import check_finite
+from mda_fast.attribution.run import dist
+from mda_fast.attribution.run.settings import Settings
+from mda_fast.attribution.score.forward import captured_pass, rows_where
 
 
 def rank_batches(source, settings: Settings, start: int = 0, desc: str = "pass"):

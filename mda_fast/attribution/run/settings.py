@@ -9,7 +9,6 @@ from typing import ClassVar
 from mda_fast.errors import ConfigError
 from mda_fast.ops.backends import BACKENDS, unusable
 
-
 # The probe sets' defaults, as ``mda_fast.probes.DEFAULT_*`` (not imported: reading a config loads no
 # model code; tests/test_probes.py keeps them equal): the authors' 32 random tokens repeated once
 # (length 64), seed 12345, ids 0 and 1 special.

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from mda_fast import ops
-from mda_fast.attribution import dist
-from mda_fast.attribution.ekfac import accumulate_lambda, lambda_sums
-from mda_fast.attribution.forward import captured_multi_pass
-from mda_fast.attribution.scorer import rank_batches
-from mda_fast.attribution.settings import Settings
+from mda_fast.attribution.fit.ekfac import accumulate_lambda, lambda_sums
+from mda_fast.attribution.run import dist
+from mda_fast.attribution.run.settings import Settings
+from mda_fast.attribution.score.forward import captured_multi_pass
+from mda_fast.attribution.score.scorer import rank_batches
 
 
 def shared_pass(model, adapter, blocks, source, settings: Settings, eig: dict):

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from mda_fast import ops
-from mda_fast.attribution import dist
-from mda_fast.attribution.factors import BlockFactors, FactorSet, check_finite, covariance, damping_of, eigh_factor
-from mda_fast.attribution.forward import captured_pass
-from mda_fast.attribution.scorer import rank_batches
-from mda_fast.attribution.settings import Settings
+from mda_fast.attribution.fit.factors import BlockFactors, FactorSet, check_finite, covariance, damping_of, eigh_factor
+from mda_fast.attribution.run import dist
+from mda_fast.attribution.run.settings import Settings
+from mda_fast.attribution.score.forward import captured_pass
+from mda_fast.attribution.score.scorer import rank_batches
 from mda_fast.errors import DataError
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mda_fast.attribution.forward import rows_where
-from mda_fast.attribution.store import ScoreStore
+from mda_fast.attribution.score.forward import rows_where
+from mda_fast.attribution.store.scores import ScoreStore
 from mda_fast.errors import DataError, NumericalError
 from mda_fast.io import atomic_dir, atomic_path, read_json, write_json
 
