@@ -33,7 +33,7 @@ import torch
 import mda_fast.ops as ops
 from mda_fast.attribution import MDA, Settings
 from mda_fast.attribution.index.build import build_index
-from mda_fast.attribution.index.basis import IndexSpec
+from mda_fast.attribution.index.spec import IndexSpec
 from mda_fast.attribution.index.store import FORMAT, IndexFiles, IndexStore
 from mda_fast.data import ArraySource
 from mda_fast.models import make_tiny_model

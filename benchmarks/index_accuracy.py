@@ -88,7 +88,7 @@ def compare(table, exact, probes: list[str]) -> dict:
 
 
 def specs(ks):
-    from mda_fast.attribution.index.basis import IndexSpec
+    from mda_fast.attribution.index.spec import IndexSpec
 
     yield "full-float32", IndexSpec(k="full", dtype="float32")
     yield "full", IndexSpec(k="full")

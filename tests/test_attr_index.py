@@ -20,7 +20,8 @@ import torch
 from mda_fast.attribution import MDA, Settings, load_scores
 from mda_fast.attribution.index.build import build_index
 from mda_fast.attribution.index.query import Index
-from mda_fast.attribution.index.basis import BlockBasis, IndexSpec
+from mda_fast.attribution.index.basis import BlockBasis
+from mda_fast.attribution.index.spec import IndexSpec
 from mda_fast.attribution.index.store import IndexFiles
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.errors import ConfigError, DataError

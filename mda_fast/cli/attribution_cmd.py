@@ -14,10 +14,11 @@ import argparse
 import contextlib
 import os
 
+from mda_fast.attribution.run.settings import Settings
 from mda_fast.cli import flags
 
 
-def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, stages=("fit", "score", "run")) -> None:
     p.add_argument("--config", "-c", default=None, metavar="YAML", help="run config file (mda_fast/config.py)")
     flags.out(p, help="output directory of the run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
@@ -27,8 +28,9 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -
         p.add_argument("--device", default=None, help="torch device (default cpu; cuda:LOCAL_RANK under torchrun)")
         flags.units(p)
         flags.probes(p)
-        p.add_argument("--batch-size", type=int, default=None, help="rows per forward/backward (settings.batch_size)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        # every Settings field of these stages, from its one declaration (device and progress above)
+        flags.settings(p, Settings, stages, skip=("device", "progress"))
     if data:
         flags.data(p)
         flags.steps(p)
@@ -36,13 +38,12 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -
 
 
 def register(subparsers) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = flags.FMT
     p = subparsers.add_parser("fit", help="fit EK-FAC on the units' head subspaces", description=__doc__, formatter_class=fmt)
-    _common(p)
-    p.add_argument("--fit-fraction", type=float, default=None, help="share of the window to fit on (default 0.1)")
+    _common(p, stages=("fit", "run"))
     p.set_defaults(func=cmd_fit)
     p = subparsers.add_parser("score", help="score every row of the window (resumable)", description=__doc__, formatter_class=fmt)
-    _common(p)
+    _common(p, stages=("score", "run"))
     p.add_argument("--factors", default=None, metavar="DIR", help="factor directory (default OUT/factors)")
     p.set_defaults(func=cmd_score)
     p = subparsers.add_parser("top", help="top rows, histogram and cumulative-influence curve", description=__doc__, formatter_class=fmt)
@@ -54,7 +55,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_top)
     p = subparsers.add_parser("run", help="heads -> fit -> score -> top in one go", description=__doc__, formatter_class=fmt)
     _common(p)
-    p.add_argument("--fit-fraction", type=float, default=None)
     flags.top_k(p)
     p.set_defaults(func=cmd_run)
 
@@ -67,8 +67,7 @@ def _config(args):
             "device": getattr(args, "device", None), "data.source": getattr(args, "data", None),
             "data.steps": getattr(args, "steps", None), "data.rows_per_step": getattr(args, "rows_per_step", None),
             "probes": getattr(args, "probes", None), "top_k": getattr(args, "top_k", None),
-            "settings.batch_size": getattr(args, "batch_size", None),
-            "settings.fit_fraction": getattr(args, "fit_fraction", None)}
+            **flags.given_settings(args)}
     units = getattr(args, "units", None)
     base["units"] = (units[0] if units == ["auto"] else units) if units else None
     if getattr(args, "no_progress", False):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from mda_fast.cli import flags
 
@@ -16,7 +15,7 @@ def register(subparsers) -> None:
                     "own probe in the same pass). With --experiment, also retrain with the top rows removed or "
                     "duplicated against random controls over several seeds, and check how well the scores "
                     "predict retraining (LDS). Re-running reuses every completed stage.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=flags.FMT)
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output directory")
     p.add_argument("--config", default=None, metavar="YAML", help="override mda_fast/demo/demo.yaml")
     p.add_argument("--max-steps", type=int, default=None,

@@ -20,8 +20,44 @@ from __future__ import annotations
 import argparse
 
 from mda_fast import vocab
+from mda_fast.attribution.run.settings import documented  # torch-free: `mda --help` loads no torch
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default once: appended only when there is one to show (not
+    None, False or an empty list) and the help text does not already say it."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or default == [] or \
+                action.option_strings == [] or isinstance(action, argparse._HelpAction):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+FMT = HelpFormatter
+_TYPES = {"float": float, "int": int, "str": str}
+
+
+def settings(p, cls, stages=None, skip=(), dest: str = "settings") -> None:
+    """One flag per field of the settings dataclass ``cls`` (``--fit-fraction`` for ``fit_fraction``),
+    of the given ``stages`` (default all), its type, help and default from the field's one
+    declaration (``attribution.run.settings.setting``). The flags default to None so that a run
+    config's value stands unless the flag is given; :func:`given_settings` collects them."""
+    for name, annotation, default, stage, doc in documented(cls):
+        if name in skip or (stages is not None and stage not in stages):
+            continue
+        kind = _TYPES.get(annotation.split(" | ")[0], str)    # e.g. IndexSpec.k: "16", "16x32", "full"
+        shown = "" if default is None else f" (default: {default})"
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, dest=f"{dest}__{name}",
+                       metavar=name.split("_")[-1].upper(), help=doc.replace("%", "%%") + shown)
+
+
+def given_settings(args, dest: str = "settings") -> dict:
+    """{"<dest>.<name>": value} of the settings flags given on the command line (see :func:`settings`)."""
+    prefix = f"{dest}__"
+    return {f"{dest}.{k[len(prefix):]}": v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
 def model(p, required: bool = False, help: str = "checkpoint directory or hub id") -> None:

@@ -3,25 +3,21 @@ head on repeated random token sequences; a table on stdout, CSV/JSON/PNG under -
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from mda_fast import vocab
+from mda_fast.attribution.run.settings import HEAD_DEFAULTS, HeadSettings
 from mda_fast.cli import flags
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "heads", help="score every attention head (previous-token, duplicate, induction)",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__, formatter_class=flags.FMT)
     flags.model(p, required=True, help="local checkpoint directory or hub id (EleutherAI/pythia-70m)")
     flags.revision(p)
-    p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (a random half repeated once)")
-    p.add_argument("--n", type=int, default=32, help="number of random sequences")
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--vocab-low", type=int, default=2, help="lowest token id sampled (0, 1 are special)")
-    p.add_argument("--vocab-high", type=int, default=None,
-                   help="sample ids below this (default: the real vocabulary, 50277 for Pythia)")
+    # --n, --seq-len, --seed, --vocab-low, --vocab-high: from HeadSettings, the one declaration
+    flags.settings(p, HeadSettings, skip=("metric", "top", "mode"), dest="heads")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sort", default="induction", type=vocab.metric, choices=vocab.HEAD_METRICS)
@@ -35,9 +31,10 @@ def cmd_heads(args) -> int:
     from mda_fast.models import load_model
     from mda_fast.vocab import resolve_count
 
+    h = {**HEAD_DEFAULTS, **{k.split(".", 1)[1]: v for k, v in flags.given_settings(args, "heads").items()}}
     model, tokenizer = load_model(args.model, revision=args.revision, device=args.device)
-    res = head_scores(model, n=args.n, seq_len=args.seq_len, seed=args.seed, vocab_low=args.vocab_low,
-                      vocab_high=args.vocab_high, batch_size=args.batch_size, tokenizer=tokenizer,
+    res = head_scores(model, n=h["n"], seq_len=h["seq_len"], seed=h["seed"], vocab_low=h["vocab_low"],
+                      vocab_high=h["vocab_high"], batch_size=args.batch_size, tokenizer=tokenizer,
                       name=str(args.model), revision=args.revision)
     L, H = res.shape
     s = res.settings

@@ -14,6 +14,7 @@ show the top rows' text).
 
 from __future__ import annotations
 
+from mda_fast.attribution.index.spec import IndexSpec
 from mda_fast.cli import attribution_cmd as run_cmd
 from mda_fast.cli import flags
 
@@ -21,17 +22,13 @@ from mda_fast.cli import flags
 def register(subparsers) -> None:
     p = subparsers.add_parser("index", help="index every row's head gradients once (resumable)", description=__doc__,
                               formatter_class=flags.FMT)
-    run_cmd._common(p)
+    run_cmd._common(p, stages=("run",))
     p.add_argument("--factors", default=None, metavar="DIR", help="factor directory (default OUT/factors)")
-    p.add_argument("--k", default=None, metavar="K", help="kept per side: K, K_OUTxK_IN or full (default: 64 per side, capped at each block's sides; README, the index)")
-    p.add_argument("--projection", default=None, choices=("eigen", "seeded"),
-                   help="leading eigen-directions or a seeded Rademacher projection (default eigen)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the seeded projection (default 0)")
-    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"), help="stored dtype (default float16)")
+    flags.settings(p, IndexSpec, dest="index")        # --k, --projection, --seed, --dtype
     p.set_defaults(func=cmd_index)
     p = subparsers.add_parser("query", help="score probes against an index (seconds)", description=__doc__,
                               formatter_class=flags.FMT)
-    run_cmd._common(p)
+    run_cmd._common(p, stages=("score", "run"))
     p.add_argument("--index", default=None, metavar="DIR", help="index directory (default OUT/index)")
     p.add_argument("--factors", default=None, metavar="DIR", help="factor directory (default: the index's)")
     flags.top_k(p)
@@ -39,10 +36,7 @@ def register(subparsers) -> None:
 
 
 def _spec(args):
-    from mda_fast.attribution.index.basis import IndexSpec
-
-    given = {"k": args.k, "projection": args.projection, "seed": args.seed, "dtype": args.dtype}
-    return IndexSpec(**{k: v for k, v in given.items() if v is not None})
+    return IndexSpec(**{k.split(".", 1)[1]: v for k, v in flags.given_settings(args, "index").items()})
 
 
 def cmd_index(args) -> int:

@@ -3,14 +3,13 @@ scores by retraining with rows removed / duplicated / inserted, and what the top
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from mda_fast import vocab
 from mda_fast.cli import flags
 from mda_fast.errors import ConfigError
 
-_FMT = argparse.ArgumentDefaultsHelpFormatter
+_FMT = flags.FMT
 
 
 def _unit(text: str | None):

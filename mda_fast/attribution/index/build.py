@@ -1,7 +1,7 @@
 """Building the per-row gradient index of heads (one pass over the window); queries: ``index.query``.
 
     from mda_fast.attribution.index.build import build_index
-    from mda_fast.attribution.index.basis import IndexSpec
+    from mda_fast.attribution.index.spec import IndexSpec
     from mda_fast.attribution.index.query import Index
     idx = build_index(model, window, "runs/x/index", units="auto", factors=FactorSet.load("runs/x/factors"))
     table = Index("runs/x/index", model).query("copy_target")            # a ScoreTable, as mda score's
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from mda_fast.attribution.fit.factors import FactorSet
-from mda_fast.attribution.index.basis import BlockBasis, IndexSpec, check_k
+from mda_fast.attribution.index.basis import BlockBasis, check_k
 from mda_fast.attribution.index.query import Index, index_settings
+from mda_fast.attribution.index.spec import IndexSpec
 from mda_fast.attribution.index.store import FORMAT, IndexStore, itemsize
 from mda_fast.attribution.run import dist
 from mda_fast.attribution.run.context import model_name_of

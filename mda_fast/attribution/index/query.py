@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from mda_fast.attribution.fit.factors import FactorSet
-from mda_fast.attribution.index.basis import BlockBasis, IndexSpec
+from mda_fast.attribution.index.basis import BlockBasis
+from mda_fast.attribution.index.spec import IndexSpec
 from mda_fast.attribution.index.store import IndexFiles
 from mda_fast.attribution.run.context import RunContext, build_context, model_name_of
 from mda_fast.attribution.run.identity import difference, fingerprint, names_of

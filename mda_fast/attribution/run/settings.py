@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 from mda_fast.errors import ConfigError
-from mda_fast.ops.backends import BACKENDS, unusable
 
 # The probe sets' defaults, as ``mda_fast.probes.DEFAULT_*`` (not imported: reading a config loads no
 # model code; tests/test_probes.py keeps them equal): the authors' 32 random tokens repeated once
@@ -72,6 +71,10 @@ class Settings:
                "damping_floor must be a finite number > 0", self.damping_floor)
         _check(self.preconditioner in ("ekfac", "identity"), "preconditioner must be 'ekfac' or 'identity'",
                self.preconditioner)
+        # imported here, not at the top: the CLI reads these declarations to build its flags, and
+        # ops.backends loads torch (seconds) which `mda --help` must not wait for
+        from mda_fast.ops.backends import BACKENDS, unusable
+
         _check(self.backend in ("auto",) + BACKENDS,
                f"backend must be one of 'auto', {', '.join(map(repr, BACKENDS))}", self.backend)
         why = unusable(self.backend)
@@ -112,10 +115,30 @@ class Settings:
 
 Settings.FIT_KEYS, Settings.PROBE_KEYS = Settings.keys("fit"), Settings.keys("score")
 
-# How a run with units="auto" picks heads: the best `top` heads by `metric`, attributed in `mode`;
-# the head scores use `n` random sequences of `seq_len` tokens (ids in [vocab_low, vocab_high)), `seed`.
-HEAD_DEFAULTS = {"metric": "induction", "top": 1, "mode": "qk", "n": PROBE_N, "seq_len": PROBE_SEQ_LEN,
-                 "seed": PROBE_SEED, "vocab_low": PROBE_VOCAB_LOW, "vocab_high": None}
+@dataclass(frozen=True)
+class HeadSettings:
+    """How head scores are measured (``mda heads``, ``heads.*`` in a run config) and how a run with
+    ``units: auto`` picks its heads: the best ``top`` heads by ``metric``, attributed in ``mode``."""
+
+    metric: str = setting("induction", "heads", "head metric that picks units=auto (previous_token, induction, ...)")
+    top: int = setting(1, "heads", "how many of the best heads units=auto attributes")
+    mode: str = setting("qk", "heads", "block mode of the chosen heads (qk | v | o | qkvo)")
+    n: int = setting(PROBE_N, "heads", "random sequences the head scores are measured on")
+    seq_len: int = setting(PROBE_SEQ_LEN, "heads", "tokens per sequence (a random half repeated once)")
+    seed: int = setting(PROBE_SEED, "heads", "seed of the sequences")
+    vocab_low: int = setting(PROBE_VOCAB_LOW, "heads", "lowest token id sampled (0, 1 are special)")
+    vocab_high: int | None = setting(None, "heads", "sample ids below this (None: the model's real vocabulary)")
+
+
+# The YAML defaults of ``heads:`` (mda_fast.config), from the one declaration above.
+HEAD_DEFAULTS = asdict(HeadSettings())
+
+
+def documented(cls) -> list[tuple[str, str, object, str, str]]:
+    """(name, annotation, default, stage, doc) of every field of a settings dataclass declared with
+    :func:`setting`: the source the CLI flags (``cli.flags.settings``) and the YAML keys derive from."""
+    return [(f.name, str(f.type), f.default, f.metadata["stage"], f.metadata["doc"])
+            for f in fields(cls) if "doc" in f.metadata]
 
 
 _TYPES = {"float": (float, "a number"), "int": (int, "an integer"), "str": (str, "a string"),
