@@ -38,6 +38,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def byte_tokenizer():
     """A ``PreTrainedTokenizerFast`` with ids 0..255 = bytes and 256 = ``<|endoftext|>``."""
+    # imported on use: tokenizers/transformers take seconds and most commands never need them
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -110,7 +111,7 @@ def get_codec(spec=None):
     if hasattr(spec, "encode") and hasattr(spec, "decode"):
         return spec if hasattr(spec, "eod_id") else HFCodec(spec, getattr(spec, "name_or_path", "hf"))
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # imported on use: transformers takes seconds to import and most commands never need it
 
         tok = AutoTokenizer.from_pretrained(str(spec), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's tokenizer spec

@@ -29,6 +29,7 @@ import yaml
 
 from mda_fast import vocab
 from mda_fast.attribution.run.settings import HEAD_DEFAULTS, Settings
+from mda_fast.data import parse_steps
 from mda_fast.errors import ConfigError
 from mda_fast.models.device import torch_device
 
@@ -144,8 +145,6 @@ class RunConfig:
         steps = self.data.get("steps")
         if steps is not None:
             if isinstance(steps, str):
-                from mda_fast.data import parse_steps
-
                 steps = list(parse_steps(steps))
             if not (isinstance(steps, (list, tuple)) and len(steps) == 2 and all(isinstance(s, int) for s in steps)):
                 raise ConfigError(f"{where}: data.steps must be [start, end] integers, got {steps!r}")

@@ -75,7 +75,7 @@ def _backends() -> dict[str, tuple[bool, str]]:
 
 def env_report() -> dict:
     """Everything ``mda env`` prints, as plain JSON-able data."""
-    import torch
+    import torch  # imported on use: torch (and `mda env` must report a broken torch, not crash) takes seconds to import and most commands never need it
 
     from mda_fast import __version__
 

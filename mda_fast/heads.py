@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
+from mda_fast.io import write_bytes
 from mda_fast.probes import DEFAULT_N, DEFAULT_SEED, DEFAULT_SEQ_LEN, DEFAULT_VOCAB_LOW, default_vocab_high, make_data
 
 SCORE_NAMES = ("previous_token", "duplicate_token", "induction", "prefix_matching")
@@ -194,7 +195,7 @@ class HeadScores:
 
     def heatmap(self, path) -> Path:
         """PNG: one layer x head panel per score, colour scale 0..1."""
-        import matplotlib
+        import matplotlib  # imported on use: matplotlib takes seconds to import and most commands never need it
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -221,8 +222,6 @@ class HeadScores:
 
 
 def _atomic_write(path, data: bytes) -> Path:
-    from mda_fast.io import write_bytes
-
     return write_bytes(path, data)
 
 

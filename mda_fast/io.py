@@ -177,7 +177,7 @@ def read_json(path) -> dict:
 
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # imported on use: matplotlib takes seconds to import and most commands never need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -3,6 +3,10 @@
 Each sub-command group lives in its own module exposing ``register(subparsers)``; every
 command handler is ``cmd_<command>(args)`` and returns an exit code. :class:`MDAError` becomes one
 line on stderr and exit status 2, never a traceback.
+
+Import rule of this package: the parsers import only torch-free modules (flags, settings
+declarations), and each handler imports its stage code inside its body, so ``mda --help`` and an
+argument error never wait seconds for torch and transformers (``tests/test_cli_settings.py`` checks).
 """
 
 from __future__ import annotations

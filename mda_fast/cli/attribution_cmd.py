@@ -9,6 +9,7 @@ Under ``torchrun`` fit and score split the rows across ranks (NCCL on GPUs, gloo
 """
 
 from __future__ import annotations
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
 import argparse
 import contextlib

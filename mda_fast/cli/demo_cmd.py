@@ -1,6 +1,7 @@
 """`mda demo`: the embedded default run, nothing downloaded (see mda_fast.demo.pipeline)."""
 
 from __future__ import annotations
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
 
 from mda_fast.cli import flags

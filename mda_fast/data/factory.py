@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mda_fast.data.mmidx import MMIdxSource, split_prefix
 from mda_fast.data.npy import NpySource
+from mda_fast.data.parquet import ParquetSource
 from mda_fast.data.source import RowSource
 from mda_fast.data.text import TEXT_SUFFIXES, TextSource, text_builder
 from mda_fast.errors import ConfigError, DataError
@@ -24,7 +25,7 @@ _TEXT_KW = {"tokenizer", "eod_id", "text_column", "cache_dir", "sample_by", "ove
 
 
 def _parquet_columns(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # imported on use: pyarrow takes seconds to import and most commands never need it
 
     try:
         return pq.read_schema(path).names
@@ -43,8 +44,6 @@ def _expand(spec: str) -> list[Path]:
 
 
 def _open_files(files: list[Path], spec: str, kw: dict) -> RowSource:
-    from mda_fast.data.parquet import ParquetSource
-
     idx = [f for f in files if f.suffix == ".idx"]
     if idx:
         if len(idx) > 1:

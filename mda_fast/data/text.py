@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mda_fast.data.mmidx import MMIdxSource, write_mmidx
 from mda_fast.data.source import ArraySource, RowSource
 from mda_fast.errors import ConfigError, DataError
 
@@ -45,7 +46,7 @@ def load_tokenizer(tokenizer):
         raise ConfigError("text sources need a tokenizer (--tokenizer PATH)")
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # imported on use: transformers takes seconds to import and most commands never need it
 
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
@@ -102,7 +103,7 @@ class TextSource(RowSource):
 
     # -- streaming -------------------------------------------------------------------------
     def iter_texts(self) -> Iterator[str]:
-        import datasets
+        import datasets  # imported on use: datasets takes seconds to import and most commands never need it
 
         kw = {"sample_by": self.sample_by} if self.builder == "text" else {}
         try:
@@ -155,8 +156,6 @@ class TextSource(RowSource):
                 arr = np.stack(rows) if rows else np.zeros((0, self.seq_len), np.int64)
                 self._packed = ArraySource(arr, name=self.name)
             else:
-                from mda_fast.data.mmidx import MMIdxSource, write_mmidx
-
                 prefix = self.cache_dir / f"packed-{self.cache_key()}"
                 if not Path(f"{prefix}.idx").is_file():
                     vocab = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else 1 << 31

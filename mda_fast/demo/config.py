@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import yaml
+
 from mda_fast.codec import BYTE_VOCAB_SIZE, EOD_ID
+from mda_fast.demo.corpus import check_strata
 from mda_fast.errors import ConfigError
+from mda_fast.training import OptimConfig
 
 DEFAULT_YAML = Path(__file__).with_name("demo.yaml")
 
@@ -68,8 +72,6 @@ class DemoConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         self.repeat_span, self.repeat_gap = tuple(self.repeat_span), tuple(self.repeat_gap)
-        from mda_fast.demo.corpus import check_strata
-
         self.strata = [dict(st, span=list(st["span"])) for st in check_strata(self.strata)]
         if self.init not in ("neox", "hf"):
             raise ConfigError(f"demo init {self.init!r} is not one of 'neox', 'hf'.")
@@ -98,7 +100,9 @@ class DemoConfig:
 
     def model_config(self):
         """The ``GPTNeoXConfig`` of the demo model."""
-        from transformers import GPTNeoXConfig
+        from transformers import (
+            GPTNeoXConfig,  # imported on use: transformers takes seconds to import and most commands never need it
+        )
 
         return GPTNeoXConfig(
             vocab_size=self.vocab_size, hidden_size=self.d_model, num_hidden_layers=self.layers,
@@ -108,8 +112,6 @@ class DemoConfig:
             tie_word_embeddings=False, bos_token_id=EOD_ID, eos_token_id=EOD_ID, use_cache=False)
 
     def optim_config(self):
-        from mda_fast.training import OptimConfig
-
         return OptimConfig(lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, clip=self.clip,
                            warmup_steps=self.warmup_steps, total_steps=self.steps,
                            schedule=self.schedule)
@@ -123,8 +125,6 @@ class DemoConfig:
 
 def load_demo_config(path: str | Path | None = None, **overrides) -> DemoConfig:
     """Defaults, then the YAML at ``path`` (any subset of keys), then ``overrides``."""
-    import yaml
-
     values: dict = {}
     if path is not None:
         p = Path(path)

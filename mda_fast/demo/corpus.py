@@ -20,6 +20,7 @@ its version is recorded in the sidecar).
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import random
@@ -30,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mda_fast.data import write_mmidx
-from mda_fast.intervene.generators import _PRINTABLE, GENERATORS
 from mda_fast.codec import EOD_ID, encode_bytes
+from mda_fast.data import write_mmidx
 from mda_fast.errors import ConfigError, DataError
+from mda_fast.intervene.generators import _PRINTABLE, GENERATORS
 from mda_fast.io import write_bytes, write_json
 
 _PRINTABLE_BYTES = _PRINTABLE.encode("ascii")
@@ -247,7 +248,6 @@ def overwrite_strata(rows: np.ndarray, kinds: np.ndarray, strata: list[dict], se
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
-    import io
     buf = io.BytesIO()
     np.save(buf, arr)
     return buf.getvalue()

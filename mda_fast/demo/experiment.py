@@ -39,8 +39,33 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from mda_fast.data import MMIdxSource
+from mda_fast.demo.config import DemoConfig
+from mda_fast.demo.corpus import load_row_kinds, load_row_strata
+from mda_fast.demo.pipeline import column, demo_pipeline
+from mda_fast.demo.train_demo import corpus_prefix
 from mda_fast.errors import ConfigError
+from mda_fast.intervene.augment import write_synthetic
+from mda_fast.intervene.experiment import prepare_experiment, run_conditions, summarize, write_outputs
+from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
+from mda_fast.intervene.plans import window_rows
+from mda_fast.intervene.report import write_report
+from mda_fast.intervene.rowlabels import window_labels
+from mda_fast.intervene.stats import rankdata
+from mda_fast.intervene.summary import (
+    TrackedUnit,
+    contrasts,
+    format_contrasts,
+    format_summary,
+    plot_curves,
+    plot_effects,
+)
+from mda_fast.intervene.track import curve_key
+from mda_fast.io import pyplot, save_figure, write_json
+from mda_fast.probes import make_data, parse_probe
+from mda_fast.vocab import resolve_count
 
 DOSES = ("2.5", "5", "10", "20")
 LDS_FRACTIONS = (0.9,)                    # kept share: 10% of the window removed (--long: 50%, 10%, 2%)
@@ -101,8 +126,6 @@ def dose_table(summary: dict) -> dict:
 
 
 def plot_dose(dose: dict, path) -> Path:
-    from mda_fast.io import pyplot, save_figure
-
     plt = pyplot()
     fig, axes = plt.subplots(1, len(dose), figsize=(4.4 * len(dose), 3.4), squeeze=False)
     for ax, (name, rows) in zip(axes[0], dose.items()):
@@ -133,8 +156,6 @@ def heldout_sets(source, row_kind: np.ndarray, kinds: list[str], start: int, n: 
     ``n`` rows of the corpus (the training distribution, driving rows included), and ``natural``,
     the last ``n`` whose dominant kind is code or prose (ordinary text, as the paper's WikiText-2).
     A set with fewer than 8 rows available is left out."""
-    import torch
-
     natural = [kinds.index(k) for k in ("code", "prose") if k in kinds]
     pick = {"mix": np.arange(len(row_kind)), "natural": np.flatnonzero(np.isin(row_kind, natural))}
     out = {}
@@ -148,8 +169,6 @@ def heldout_sets(source, row_kind: np.ndarray, kinds: list[str], start: int, n: 
 def graddot_scores(demo_dir: Path, cfg, info: dict, window, columns: list[str]):
     """Gradient-dot-product scores (no curvature: ``preconditioner="identity"``) of the demo's units
     over the window, for the LDS baseline, into ``<demo>/mda_graddot`` (resumable)."""
-    from mda_fast.demo.pipeline import demo_pipeline
-
     units = list(dict.fromkeys(c.split("/")[0] for c in columns))
     p = demo_pipeline(demo_dir, cfg, info, window, progress=False, log=None, run="mda_graddot", units=units,
                       preconditioner="identity")
@@ -158,10 +177,6 @@ def graddot_scores(demo_dir: Path, cfg, info: dict, window, columns: list[str]):
 
 def demo_units_tracked(info: dict) -> tuple[list, list[str]]:
     """(TrackedUnit per demo unit, its scores column), induction head first."""
-    from mda_fast.demo.pipeline import column
-    from mda_fast.intervene.summary import TrackedUnit
-    from mda_fast.intervene.track import curve_key
-
     units = [TrackedUnit.of("induction" if u["metric"] == "induction" else "previous-token", int(u["layer"]),
                          int(u["head"]), curve_key(u["metric"]))
              for u in info["units"]]
@@ -171,10 +186,6 @@ def demo_units_tracked(info: dict) -> tuple[list, list[str]]:
 def stratum_count(prefix: Path, window, rows_per_step: int) -> tuple[list[str], int]:
     """(driving strata names, rows deleted per stratum condition): 10% of the window or the smallest
     stratum's rows in it, so every stratum loses the same number of rows."""
-    from mda_fast.demo.corpus import load_row_strata
-    from mda_fast.intervene.plans import window_rows
-    from mda_fast.vocab import resolve_count
-
     strata, row_stratum = load_row_strata(prefix)
     per = np.bincount(row_stratum[window_rows(window, rows_per_step)] + 1, minlength=len(strata) + 1)[1:]
     n_win = (window[1] - window[0]) * rows_per_step
@@ -184,14 +195,6 @@ def stratum_count(prefix: Path, window, rows_per_step: int) -> tuple[list[str], 
 def prepare(demo_dir: Path, seeds: int, margin: float, cadence: int, long: bool, conditions=None):
     """(Experiment, demo config, training summary) of the demo's experiment, every plan resolved;
     ``conditions``: only the conditions of these names (the baseline always)."""
-    from mda_fast.data import MMIdxSource
-    from mda_fast.demo.config import DemoConfig
-    from mda_fast.demo.corpus import load_row_kinds
-    from mda_fast.demo.train_demo import corpus_prefix
-    from mda_fast.intervene.augment import write_synthetic
-    from mda_fast.intervene.experiment import prepare_experiment
-    from mda_fast.vocab import resolve_count
-
     info = json.loads((demo_dir / "induction.json").read_text())
     demo = json.loads((demo_dir / "demo.json").read_text())
     cfg = DemoConfig(**{k: v for k, v in info["config"].items() if k in DemoConfig.__dataclass_fields__})
@@ -228,9 +231,6 @@ def lds_check(demo_dir: Path, exp, cfg, info: dict, subsets: int, jobs: int, log
     same retrained random subsets of the window, each keeping ``fraction`` of its rows and retrained
     under every row-order seed of ``seeds`` (into ``experiment/lds`` for half subsets,
     ``experiment/lds-keep<fraction>`` otherwise); returns the summary entry."""
-    from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
-    from mda_fast.probes import make_data, parse_probe
-
     units, cols = demo_units_tracked(info)
     gd = gd or graddot_scores(demo_dir, cfg, info, exp.window, cols)
     st = exp.table.manifest["settings_score"]          # the probe data the scores were computed with
@@ -258,8 +258,6 @@ def ranking_report(labels, attributors: dict, share: float = 0.1) -> dict:
     """What each ranking puts in its top ``share``: per label of every labeling (kind, stratum), the
     share of the top set against the share of the window, and the label's mean percentile rank
     (1 = the top row). ``attributors``: {name: (row ids [N], values [N])}."""
-    from mda_fast.intervene.stats import rankdata
-
     out = {}
     for name, (rid, vals) in attributors.items():
         pos = labels.positions(rid)
@@ -290,12 +288,6 @@ def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float =
     ``long`` adds the dose response and more conditions; ``lds_fractions``: the kept share of each
     LDS check; ``lds_seeds``: row-order seeds per LDS subset (>= 2 gives the noise ceiling);
     ``conditions``: run only these conditions (names as in summary.json; the baseline always)."""
-    from mda_fast.intervene.experiment import run_conditions, summarize, write_outputs
-    from mda_fast.intervene.report import write_report
-    from mda_fast.intervene.rowlabels import window_labels
-    from mda_fast.intervene.summary import contrasts, format_contrasts, format_summary, plot_curves, plot_effects
-    from mda_fast.io import write_json
-
     demo_dir = Path(demo_dir)
     exp, cfg, info = prepare(demo_dir, seeds, margin, cadence, long, conditions)
     out = exp.out
@@ -333,8 +325,6 @@ def run_demo_experiment(demo_dir, seeds: int = 6, jobs: int = 2, margin: float =
 
 def machine() -> dict:
     """The machine a result was measured on (the demo's trajectory depends on the CPU and threads)."""
-    import torch
-
     info = Path("/proc/cpuinfo")
     names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
              if ln.startswith("model name")] if info.is_file() else []

@@ -6,11 +6,11 @@ the mean attention from position t (second half) to t - S + 1 (TransformerLens' 
 
 from __future__ import annotations
 
+from mda_fast.heads import head_scores
+
 
 def measure_heads(model, cfg) -> dict:
     """{"induction": [L][H], "previous_token": [L][H]} on the demo's printable-byte probe sequences."""
-    from mda_fast.heads import head_scores
-
     res = head_scores(model, n=cfg.probe_n, seq_len=2 * cfg.probe_len, seed=cfg.probe_seed,
                       vocab_low=cfg.probe_low, vocab_high=cfg.probe_high)
     return {"induction": res.scores["prefix_matching"].tolist(),

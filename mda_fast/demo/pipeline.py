@@ -24,8 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mda_fast.attribution import format_report
+from mda_fast.attribution.pipeline import Pipeline
+from mda_fast.codec import byte_tokenizer
+from mda_fast.data import MMIdxSource, select_steps
 from mda_fast.demo.config import DemoConfig
+from mda_fast.demo.corpus import load_row_kinds, load_row_strata
+from mda_fast.demo.train_demo import corpus_prefix, run_demo_training
+from mda_fast.intervene.analyze import enrichment
+from mda_fast.intervene.track import emergence
 from mda_fast.io import write_json
+from mda_fast.models import load_model
 
 
 def attribution_window(info: dict, cfg: DemoConfig) -> tuple[int, int]:
@@ -53,8 +62,6 @@ def kind_enrichment(scores: np.ndarray, row_ids: np.ndarray, row_kind: np.ndarra
                     top_share: float = 0.1) -> dict[str, dict]:
     """Share of each document kind (the corpus's own label of each row's dominant kind) among the top
     ``top_share`` rows vs the whole window: {kind: {"top", "window", "enrichment"}}."""
-    from mda_fast.intervene.analyze import enrichment
-
     k = max(1, int(round(top_share * len(scores))))
     top = row_ids[np.argsort(-scores, kind="stable")[:k]]
     e = enrichment([{kinds[i]} for i in row_kind[top]], [{kinds[i]} for i in row_kind[row_ids]], kinds)
@@ -99,8 +106,6 @@ def overlap_report(table, heads, info: dict, driving_share: float) -> dict:
 
 def ensure_trained(out: Path, cfg: DemoConfig, progress: bool, log) -> dict:
     """The training summary (``induction.json``), training first unless it matches ``cfg``."""
-    from mda_fast.demo.train_demo import run_demo_training
-
     info_path = out / "induction.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     if info is None or info.get("config") != cfg.to_dict():
@@ -128,12 +133,6 @@ def demo_pipeline(out: Path, cfg: DemoConfig, info: dict, window, progress: bool
     """The :class:`Pipeline` attributing the checkpoint at the window's end over the window's rows,
     into ``<out>/<run>``: every head (or ``units``) under the demo units' probes; ``settings``
     override the attribution settings."""
-    from mda_fast.attribution.pipeline import Pipeline
-    from mda_fast.codec import byte_tokenizer
-    from mda_fast.data import MMIdxSource, select_steps
-    from mda_fast.demo.train_demo import corpus_prefix
-    from mda_fast.models import load_model
-
     a, b = window
     ck = out / "checkpoints" / f"step{b}"
     model, _ = load_model(str(ck), load_tokenizer=False)
@@ -175,10 +174,6 @@ def unit_reports(p, info: dict, kinds: list[str], row_kind: np.ndarray, strata: 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, progress: bool = True,
              log=print) -> dict:
     """Run every stage of the demo into ``out``; returns (and writes ``out/demo.json``) a summary."""
-    from mda_fast.attribution import format_report
-    from mda_fast.demo.corpus import load_row_kinds, load_row_strata
-    from mda_fast.demo.train_demo import corpus_prefix
-
     cfg = cfg or DemoConfig()
     out = Path(out)
     info = ensure_trained(out, cfg, progress, log)
@@ -222,7 +217,5 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, top_k: int = 8, pro
 
 
 def _crossing(curve: dict, threshold: float) -> float | None:
-    from mda_fast.intervene.track import emergence
-
     steps = sorted(int(s) for s in curve)
     return emergence(steps, [curve[str(s)] if str(s) in curve else curve[s] for s in steps], threshold)["cross"]

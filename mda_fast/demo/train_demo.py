@@ -17,11 +17,14 @@ from pathlib import Path
 
 import torch
 
+from mda_fast.codec import byte_tokenizer
+from mda_fast.data import MMIdxSource
 from mda_fast.demo.config import DemoConfig, load_demo_config
 from mda_fast.demo.corpus import build_corpus
 from mda_fast.demo.measure import formation_window, measure_heads
-from mda_fast.codec import byte_tokenizer
 from mda_fast.io import read_json, write_json
+from mda_fast.models import neox_init
+from mda_fast.training import list_checkpoints, load_weights, pythia_save_steps, train
 
 
 def corpus_prefix(out: str | Path) -> Path:
@@ -50,9 +53,7 @@ def ensure_corpus(cfg: DemoConfig, out: str | Path) -> Path:
 
 
 def new_model(cfg: DemoConfig):
-    from transformers import GPTNeoXForCausalLM
-
-    from mda_fast.models import neox_init
+    from transformers import GPTNeoXForCausalLM  # imported on use: transformers takes seconds to import and most commands never need it
 
     torch.manual_seed(cfg.model_seed)
     # sdpa for training speed; measurement switches to eager for the patterns
@@ -124,9 +125,6 @@ def summarize(cfg: DemoConfig, scores: dict) -> dict:
 def run_demo_training(out: str | Path, cfg: DemoConfig | None = None, progress: bool = True,
                       resume: bool = True) -> dict:
     """Corpus -> training with checkpoints -> induction curve; returns (and writes) the summary."""
-    from mda_fast.data import MMIdxSource
-    from mda_fast.training import pythia_save_steps, train
-
     cfg = cfg or DemoConfig()
     out = Path(out)
     t0 = time.perf_counter()
@@ -137,7 +135,6 @@ def run_demo_training(out: str | Path, cfg: DemoConfig | None = None, progress: 
     tracker = HeadTracker(cfg, save)
     # checkpoints of an earlier (killed) run: measured from disk first, so an early stop is decided
     # as if the run had not been interrupted
-    from mda_fast.training import list_checkpoints, load_weights
     for step, path in list_checkpoints(out / "checkpoints").items():
         if step in tracker.steps and resume:
             m = new_model(cfg)

@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from mda_fast.demo.experiment import machine, run_demo_experiment
+from mda_fast.demo.pipeline import run_demo
 from mda_fast.intervene.stats import paired_effect
+from mda_fast.intervene.summary import _fmt_effect
 from mda_fast.io import write_json
 
 
@@ -44,8 +47,6 @@ def _add(table: dict, unit: str, key: str, seed, values: list) -> None:
 
 
 def format_pooled(pooled: dict, keys=None) -> str:
-    from mda_fast.intervene.summary import _fmt_effect
-
     lines = ["Across trajectories (shift in % of each trajectory's window; pooled over all runs):"]
     for what in ("conditions", "contrasts"):
         for unit, rows in pooled[what].items():
@@ -60,9 +61,6 @@ def run_trajectories(out, cfg, trajectory_seeds, experiment: bool = False, top_k
                      **experiment_options) -> dict:
     """The demo (and the experiment, ``experiment_options`` as :func:`run_demo_experiment` takes them)
     for each of ``trajectory_seeds``, then the pooled table."""
-    from mda_fast.demo.experiment import machine, run_demo_experiment
-    from mda_fast.demo.pipeline import run_demo
-
     out = Path(out)
     demos, summaries = {}, {}
     for s in trajectory_seeds:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mda_fast.attribution.store.scores import load_scores
 from mda_fast.codec import ByteCodec, codec_for_vocab
-from mda_fast.io import pyplot, save_figure, write_json
+from mda_fast.data import open_source
 from mda_fast.intervene.kinds import KINDS, detect_kinds
 from mda_fast.intervene.plans import pick_column, select_top
+from mda_fast.io import pyplot, save_figure, write_json
 from mda_fast.vocab import resolve_count
 
 ALL_KINDS = KINDS + ("other",)
@@ -93,9 +95,6 @@ def run_analyze(scores_path, source, out_dir, column: str | None = None, top: st
                 tail: str = "positive", tokenizer=None, sample: int = 5000, seed: int = 0,
                 table=None, vocab_size: int | None = None) -> dict:
     """Load scores + rows, compute enrichment, write ``kinds.json`` / ``kinds.png`` under ``out_dir``."""
-    from mda_fast.attribution.store.scores import load_scores
-    from mda_fast.data import open_source
-
     table = table or load_scores(str(scores_path))
     source = open_source(source)
     col = pick_column(table.columns, column)

@@ -17,6 +17,7 @@ import random
 import numpy as np
 
 from mda_fast.codec import get_codec
+from mda_fast.data import open_source, write_mmidx
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.generators import GENERATORS
 from mda_fast.io import write_json
@@ -55,8 +56,6 @@ def synth_rows(n: int, seq_len: int, codec=None, kinds=DEFAULT_KINDS, seed: int 
 def write_synthetic(prefix, n: int, seq_len: int, tokenizer=None, kinds=DEFAULT_KINDS, seed: int = 0,
                     max_gap: int | None = None) -> dict:
     """Write ``prefix.bin/.idx`` (+ ``prefix.kinds.json``); returns the metadata written."""
-    from mda_fast.data import write_mmidx
-
     codec = get_codec(tokenizer)
     rows, names = synth_rows(n, seq_len, codec, kinds, seed, max_gap)
     dtype = np.uint16 if codec.vocab_size <= 65536 else np.int32
@@ -69,8 +68,6 @@ def write_synthetic(prefix, n: int, seq_len: int, tokenizer=None, kinds=DEFAULT_
 
 def load_synthetic(prefix, seq_len: int | None = None) -> np.ndarray:
     """int64[n, L] rows of a synthetic ``.bin/.idx`` file; ConfigError if L != ``seq_len``."""
-    from mda_fast.data import open_source
-
     src = open_source(str(prefix))
     rows = src.read(np.arange(len(src)))
     if seq_len is not None and rows.shape[1] != seq_len:

@@ -29,20 +29,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mda_fast.errors import ConfigError
+from mda_fast.attribution.store.scores import load_scores
+from mda_fast.data import open_source, select_steps
+from mda_fast.data.fingerprint import window_fingerprint
 from mda_fast.digest import array_digest
+from mda_fast.errors import ConfigError
+from mda_fast.intervene.analyze import run_analyze
+from mda_fast.intervene.augment import load_synthetic
 from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
-from mda_fast.io import write_json
-from mda_fast.lock import claim
 from mda_fast.intervene.plans import FEATURE_PREFIX, PlanSpec, build_plan, needs_labels, parse_plan_spec
-from mda_fast.intervene.rowlabels import window_labels
+from mda_fast.intervene.report import write_report
 from mda_fast.intervene.retrain import load_checkpoint_model, optim_from_checkpoint
+from mda_fast.intervene.rowlabels import window_labels
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
 from mda_fast.intervene.summary import TrackedUnit, plot_curves
 from mda_fast.intervene.summary import summarize as summarize_curves
-from mda_fast.intervene.track import (StopRule, all_head_scores, curve_key, default_token_range,
-                                      repeated_random_tokens)
+from mda_fast.intervene.track import StopRule, all_head_scores, curve_key, default_token_range, repeated_random_tokens
 from mda_fast.intervene.validate import check_scores_match, check_window, manifest_units
+from mda_fast.io import write_json
+from mda_fast.lock import claim
+from mda_fast.training import list_checkpoints, read_state
 
 DEFAULT_PLANS = ("baseline", "delete", "random-delete", "kind-random-delete", "duplicate", "random-duplicate",
                  "kind-random-duplicate")
@@ -107,8 +113,6 @@ def _units(units, table, metric: str) -> list[TrackedUnit]:
 def _resolve_plans(specs, seeds, window, rps, table, unit, source, vocab_size=None) -> dict:
     """(label, seed) -> (Plan, synthetic rows or None), synthetic files read once; the window's row
     labels are computed once, only when a plan needs them."""
-    from mda_fast.intervene.augment import load_synthetic
-
     feats = {s.column.split(":", 1)[1] for s in specs if str(s.column or "").startswith(FEATURE_PREFIX)}
     labels = (window_labels(source, window, rps, vocab_size, features=sorted(feats))
               if any(needs_labels(s) for s in specs) else None)
@@ -160,11 +164,6 @@ def _run_key_settings(shared: RunShared, probe_n: int, probe_len: int, probe_ran
 
 def _check_inputs(checkpoints, source, scores, window, end: int, rows_per_step, units, metric, device):
     """(checkpoints {step: dir}, source, table, rows per step, units, model config), all checked."""
-    from mda_fast.attribution.store.scores import load_scores
-    from mda_fast.data import open_source, select_steps
-    from mda_fast.data.fingerprint import window_fingerprint
-    from mda_fast.training import list_checkpoints, read_state
-
     a, b = window
     ckpts = list_checkpoints(checkpoints)
     if not ckpts:
@@ -268,16 +267,12 @@ def write_outputs(exp: Experiment, curves: dict, summary: dict, analyze: bool = 
                   "units": [u.to_dict() for u in exp.units]})
     write_json(exp.out / "heads.json", heads)
     if analyze:
-        from mda_fast.intervene.analyze import run_analyze
-
         spec0 = next((sp for sp in exp.specs if sp.kind in ("delete", "duplicate")), PlanSpec("delete"))
         col = exp.resolved.get((spec0.label(), exp.seeds[0]), (None,))[0]
         run_analyze(None, exp.source, exp.out, column=(col.info.get("column") if col else None), top=spec0.top,
                     tail=spec0.tail, tokenizer=tokenizer, table=exp.table,
                     vocab_size=exp.config["vocab_size"])
     if report:
-        from mda_fast.intervene.report import write_report
-
         write_report(exp.out, scores=exp.table, source=exp.source, tokenizer=tokenizer)
 
 

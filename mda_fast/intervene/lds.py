@@ -27,7 +27,7 @@ exact for Pearson correlations of linear-Gaussian noise, approximate for Spearma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +35,12 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.fingerprint import inputs_fingerprint, run_fingerprint
-from mda_fast.io import write_json
-from mda_fast.lock import claim
 from mda_fast.intervene.plans import Plan, window_rows
 from mda_fast.intervene.runner import RunShared, RunTask, run_tasks
 from mda_fast.intervene.stats import spearman, spearman_ci
 from mda_fast.intervene.summary import TrackedUnit
+from mda_fast.io import write_json
+from mda_fast.lock import claim
 
 
 @dataclass
@@ -157,8 +157,6 @@ def run_lds(out_dir, shared: RunShared, window: tuple[int, int], rows_per_step: 
     ``shared`` is the experiment's run settings (checkpoint at the window start, source, optimizer,
     tracking data); its end step and stop rule are replaced here: every run ends at the window's end.
     """
-    from dataclasses import replace
-
     if not targets:
         raise ConfigError("LDS needs at least one target (unit, probe, attributors)")
     out = Path(out_dir)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mda_fast.errors import ConfigError
+from mda_fast.io import write_json
 from mda_fast.vocab import resolve_count
 
 PLAN_KINDS = ("baseline", "delete", "duplicate", "random-delete", "random-duplicate", "insert-synthetic",
@@ -135,8 +136,6 @@ class Plan:
         return cls(**d)
 
     def save(self, path) -> None:
-        from mda_fast.io import write_json
-
         write_json(path, self.to_json())
 
 

@@ -14,6 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mda_fast.attribution.store.scores import load_scores
+from mda_fast.codec import codec_for_vocab
+from mda_fast.data import open_source
+from mda_fast.intervene.analyze import default_min_len
+from mda_fast.intervene.kinds import repeated_spans
+from mda_fast.intervene.plans import pick_column
 from mda_fast.io import pyplot, read_json, save_figure, write_text
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#212529;padding:0 12px}
@@ -73,8 +79,6 @@ def plot_scores(values: np.ndarray, path, column: str = "") -> tuple[Path, dict]
 
 def highlight_row(tokens, codec, min_len: int) -> str:
     """HTML of a row with its repeated spans (see kinds.repeated_spans) in <mark>."""
-    from mda_fast.intervene.kinds import repeated_spans
-
     t = np.asarray(tokens).reshape(-1)
     cov = np.zeros(t.size, dtype=bool)
     for s, e, _ in repeated_spans(t, min_len):
@@ -151,10 +155,6 @@ def _emergence_sections(d: Path, cfg: dict, summary: dict) -> list[str]:
 
 
 def _score_sections(d: Path, table, source, tokenizer, n_top: int) -> list[str]:
-    from mda_fast.codec import codec_for_vocab
-    from mda_fast.intervene.analyze import default_min_len
-    from mda_fast.intervene.plans import pick_column
-
     kinds = read_json(d / "kinds.json") if (d / "kinds.json").is_file() else {}
     col = pick_column(table.columns, kinds.get("column") or (table.columns[0] if len(table.columns) > 1 else None))
     vals = table.scores[:, col]
@@ -162,8 +162,6 @@ def _score_sections(d: Path, table, source, tokenizer, n_top: int) -> list[str]:
     sec = [f"<h2>Scores</h2><p class=note>{st['n']} rows; the top 10% carry "
            f"{100 * st['top10_abs_share']:.0f}% of the |score| mass.</p><img src=\"scores.png\" alt=\"scores\">"]
     if source is not None:
-        from mda_fast.data import open_source
-
         source = open_source(source)
         top = np.argsort(-vals, kind="stable")[:n_top]
         rows = source.read(source.positions_of(table.row_ids[top]))
@@ -188,8 +186,6 @@ def write_report(exp_dir, scores=None, source=None, tokenizer=None, n_top: int =
     sec = [f"<h1>MDA causal validation — {html.escape(d.name)}</h1>", *_emergence_sections(d, cfg, summary)]
     scores = scores if scores is not None else cfg.get("scores")
     if scores is not None:
-        from mda_fast.attribution.store.scores import load_scores
-
         table = load_scores(str(scores)) if isinstance(scores, (str, Path)) else scores
         sec += _score_sections(d, table, source, tokenizer, n_top)
     if (d / "kinds.json").is_file():

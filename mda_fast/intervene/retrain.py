@@ -24,6 +24,7 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.intervene.plans import SYNTH_BASE, Plan
+from mda_fast.training import OptimConfig, read_state, train
 
 
 class PlanTransform:
@@ -102,7 +103,7 @@ def local_shuffle(n_steps: int, rows_per_step: int, block: int, seed: int) -> np
 
 def load_checkpoint_model(path, device="cpu"):
     """The HF model of a checkpoint directory, eager attention (needed for attention weights)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # imported on use: transformers takes seconds to import and most commands never need it
 
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager",
@@ -114,8 +115,6 @@ def load_checkpoint_model(path, device="cpu"):
 
 def optim_from_checkpoint(ckpt_dir, overrides: dict | None = None):
     """OptimConfig saved in the checkpoint's trainer_state (+ overrides), else Pythia-like defaults."""
-    from mda_fast.training import OptimConfig, read_state
-
     st = read_state(ckpt_dir)
     d = dict(st.get("optim") or {})
     d.update(overrides or {})
@@ -129,8 +128,6 @@ def retrain(ckpt_dir, source, plan: Plan, end_step: int, optim, run_dir, callbac
     Returns the trained model and the :class:`~mda_fast.training.TrainResult`. ``run_dir`` gets
     ``metrics.jsonl`` (and ``step{N}`` checkpoints at ``save_steps``).
     """
-    from mda_fast.training import train
-
     a, b = plan.window
     run_dir = Path(run_dir)
     if run_dir.exists():                       # a partial earlier attempt: start clean

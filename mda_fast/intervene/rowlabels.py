@@ -23,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mda_fast.codec import codec_for_vocab
 from mda_fast.errors import ConfigError
+from mda_fast.intervene.analyze import ALL_KINDS, default_min_len, label_rows
+from mda_fast.intervene.kinds import repeat_coverage
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,6 @@ def copy_share(rows: np.ndarray, chunk_bytes: int = 1 << 26) -> np.ndarray:
 
 
 def repeat_cover(rows: np.ndarray, min_len: int = 12) -> np.ndarray:
-    from mda_fast.intervene.kinds import repeat_coverage
-
     return np.asarray([repeat_coverage(r, min_len) for r in np.asarray(rows)], dtype=np.float64)
 
 
@@ -104,9 +105,6 @@ def _corpus_labels(prefix: Path, row_ids: np.ndarray) -> dict:
 
 
 def _detected_kinds(rows: np.ndarray, vocab_size: int | None) -> Labeling:
-    from mda_fast.codec import codec_for_vocab
-    from mda_fast.intervene.analyze import ALL_KINDS, default_min_len, label_rows
-
     codec = codec_for_vocab(vocab_size)
     labels, _ = label_rows(rows, codec, default_min_len(codec))
     first = [next((k for k in ALL_KINDS if k in s), "other") for s in labels]

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from mda_fast.errors import ConfigError
-from mda_fast.io import read_json, write_json
 from mda_fast.intervene.plans import Plan
+from mda_fast.intervene.retrain import retrain
 from mda_fast.intervene.track import StopRule, Tracker
+from mda_fast.io import read_json, write_json
+from mda_fast.probes import probe_forward
 
 
 @dataclass
@@ -70,8 +72,6 @@ class RunTask:
 
 def run_one(task: RunTask, shared: RunShared) -> dict:
     """Retrain one task and write its curve; returns the curve dict."""
-    from mda_fast.intervene.retrain import retrain
-
     tracker = Tracker(shared.probe_tokens, shared.heldout, shared.cadence, end_step=shared.end_step,
                       stop=shared.stop)
     t0 = time.perf_counter()
@@ -88,8 +88,6 @@ def run_one(task: RunTask, shared: RunShared) -> dict:
 
 def probe_mean(model, probe, tokens: torch.Tensor, batch: int = 64) -> float:
     """The probe averaged over its probe set (as the attribution's grad f is), eval mode, no grad."""
-    from mda_fast.probes import probe_forward
-
     model.eval()
     dev = next(model.parameters()).device
     with torch.no_grad():

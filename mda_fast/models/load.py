@@ -179,7 +179,7 @@ def load_model(name_or_path: str, revision: str | None = None, dtype: torch.dtyp
 def _cached_snapshot(repo: str, revision: str | None, cache_dir: str | None) -> str | None:
     """The Hugging Face cache directory a hub model's files were read from (None when unknown)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # imported on use: huggingface_hub takes seconds to import and most commands never need it
 
         hit = try_to_load_from_cache(repo, "config.json", revision=revision, cache_dir=cache_dir)
     except Exception:  # noqa: BLE001 - an unknown cache layout: identify the model by its tensors

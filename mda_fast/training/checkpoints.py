@@ -69,7 +69,7 @@ def list_checkpoints(out_dir: str | Path) -> dict[int, Path]:
 @contextlib.contextmanager
 def _quiet_hf():
     """No transformers progress bars ("Writing model shards", "Loading weights") per checkpoint."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # imported on use: transformers takes seconds to import and most commands never need it
 
     on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

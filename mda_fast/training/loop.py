@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.models.fingerprint import forget_files
@@ -188,8 +189,6 @@ def _open_log(out_dir):
 
 
 def _progress_bar(stack: contextlib.ExitStack, total: int):
-    from tqdm.auto import tqdm
-
     return stack.enter_context(tqdm(total=total, desc="train", unit="step"))
 
 
