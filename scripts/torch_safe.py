@@ -91,9 +91,9 @@ def project_targets(pyproject: str = PYPROJECT) -> dict[str, list[str]]:
 
 
 def peer_requirements() -> list[str]:
-    """kronfluence's own runtime requirements (its metadata, via a --no-deps dry run) minus those
-    its code never imports."""
-    (kf,) = dry_run("--no-deps", KRONFLUENCE)
+    """kronfluence's own runtime requirements (its metadata, via a --no-deps dry run that ignores an
+    installed copy) minus those its code never imports."""
+    (kf,) = dry_run("--no-deps", "--ignore-installed", KRONFLUENCE)
     reqs = [Requirement(r) for r in kf["metadata"].get("requires_dist", [])]
     return [str(r) for r in reqs if not (r.marker and "extra" in str(r.marker)) and normalized(r.name) not in NEVER_IMPORTED]
 
