@@ -6,8 +6,9 @@ from the model; ``labels="data"``: the empirical Fisher, deterministic), damping
 eigenvalue, one query = the copy_target probe set's mean f; scores [N] in mda-fast's sign (positive:
 the row strengthens f). :func:`reference_ekfac` computes it from scratch in float64 with data labels.
 
-Nothing is installed by the benchmark: a peer that does not import is skipped (`pip install .[bench]` adds
-kronfluence). Bergson is not in that group: its wheel requires torchvision, torchaudio and
+Nothing is installed by the benchmark: a peer that does not import is skipped (`bash scripts/install_peers.sh`
+adds kronfluence 1.0.1 keeping the installed torch: its torchvision requirement, never imported, would make
+pip replace a CPU torch with a CUDA build). Bergson is not in that group: its wheel requires torchvision, torchaudio and
 bitsandbytes, and pip would replace the CPU torch with a CUDA build to satisfy them; the workload
 imports none of the three, so install it beside the environment instead, e.g.
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 UNIT, LAYER, PROBE = "L3.H1.qkvo", 3, "copy_target"
-PEERS = {"kronfluence": "pip install .[bench]",  # run -> how to get it when it does not import
+PEERS = {"kronfluence": "bash scripts/install_peers.sh",  # run -> how to get it when it does not import
          "bergson": "install it beside the environment and set PYTHONPATH: see benchmarks/peers.py"}
 
 
