@@ -34,10 +34,11 @@ from mda_fast.attribution.score.scorer import (
     rank_batches,
     rotate,
 )
+from mda_fast.attribution.store.parts import parse_part, part_bounds, part_identity
 from mda_fast.attribution.store.scores import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.store.top import plot_cumulative, plot_histogram, top_rows
 from mda_fast.data import rank_bounds
-from mda_fast.data.fingerprint import window_fingerprint
+from mda_fast.data.fingerprint import describe_window, window_fingerprint
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.lock import claim
 from mda_fast.models.fingerprint import weights_fingerprint
@@ -207,27 +208,33 @@ class MDA:
                              self.settings.probe_batch, self.settings.backend,
                              precondition=self.settings.preconditioner == "ekfac")
 
-    def score(self, source, out_dir: str, on_batch=None, replace: bool = False) -> ScoreTable:
+    def score(self, source, out_dir: str, on_batch=None, replace: bool = False, part=None,
+              other_window: bool = False) -> ScoreTable:
         """Score every row of ``source`` into ``out_dir``; resumes a killed run of the same inputs,
         reuses a complete one. ``out_dir`` holding another run's scores is refused (ConfigError),
         or with ``replace`` emptied first.
 
+        ``part``: (i, n) or "i/n": score only part i of n of the window ``source`` (whole batches;
+        ``store.parts``), recorded as such in the identity; ``store.parts.merge_parts`` joins them.
+        ``other_window``: score ``source`` with factors fitted on another window (refused otherwise);
+        the factors' window is then recorded in the identity and the manifest.
         ``on_batch(done)``: called after each scored batch (progress reporting; an exception raised
         there stops the pass, keeping every finished chunk for the resume)."""
         if len(source) == 0:
             raise DataError("the window is empty: there are no rows to score")
         if self.factors is None:
             raise ConfigError("no EK-FAC factors: call fit(source) or load_factors(path) before scoring")
+        rows, part_id = self._part(source, part)
         with self._writer(out_dir):
-            self._check_tokens(source)
-            store = self._open_store(source, out_dir, replace)
+            self._check_tokens(rows)
+            store = self._open_store(source, out_dir, replace, part_id, other_window)
             if not store.is_complete():
                 scorer = Scorer(captured_rows(self.ctx), self._queries(), self._columns(), self.settings.backend)
-                batches = rank_batches(source, self.settings, store.resume_cursor(), "scoring")
+                batches = rank_batches(rows, self.settings, store.resume_cursor(), "scoring")
                 fill_store(store, batches, scorer, on_batch)
                 dist.barrier()
                 if dist.rank() == 0:
-                    store.merge(source.row_ids())
+                    store.merge(rows.row_ids())
         dist.barrier()
         self.table, self.source = load_scores(out_dir), source
         return self.table
@@ -243,17 +250,38 @@ class MDA:
                            model_name=self.model_name, revision=self.revision, on_batch=on_batch,
                            factors_where=self.factors_where)
 
-    def _open_store(self, source, out_dir: str, replace: bool) -> ScoreStore:
-        """The checked store of this run in ``out_dir`` (prepared by rank 0)."""
+    def _part(self, source, part) -> tuple:
+        """(rows to score, the identity's ``part`` entry or None) of ``part`` of window ``source``."""
+        if part is None:
+            return source, None
+        i, n = parse_part(part)
+        lo, hi = part_bounds(len(source), self.settings.batch_size, i, n)
+        rows = source.slice(lo, hi)
+        if len(rows) == 0:
+            raise ConfigError(f"part {i}/{n} of a window of {len(source)} rows in batches of "
+                              f"{self.settings.batch_size} holds no rows; split it into fewer parts")
+        return rows, part_identity(i, n, lo, hi, rows.row_ids())
+
+    def _open_store(self, source, out_dir: str, replace: bool, part: dict | None = None,
+                    other_window: bool = False) -> ScoreStore:
+        """The checked store of this run (or of one ``part`` of it) in ``out_dir`` (prepared by rank 0)."""
         identity = self.score_identity(source)
         check_factors(self.factors.manifest, identity, {"weights": self.model_name, "data": source.name},
-                      self.factors_where)
+                      self.factors_where, same_window=not other_window)
+        if other_window:
+            identity["factors_window"] = self.factors.manifest["identity"].get("data")
         self.factors.check_values(self.factors_where)
         fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")}
         manifest = dict(self.ctx.describe(), probes=[p.name for p in self.probes], columns=self.columns,
                         window=window_info(source), fit=fit, settings_score=self.settings.probe_dict(),
                         unit_blocks=self.unit_blocks, sign="positive = the row strengthens the probed behaviour",
                         identity=identity, fingerprint=fingerprint(identity))
+        if part is not None:
+            identity = dict(identity, part=part)
+            manifest.update(identity=identity, fingerprint=fingerprint(identity))
+        if other_window:
+            manifest["factors_window"] = describe_window(identity["factors_window"], "the factors' window") + \
+                " (scored with factors of another window, as asked: other_window=True)"
         store = ScoreStore(out_dir, manifest, dist.rank(), dist.world_size(), self.settings.chunk_rows)
         if dist.rank() == 0:
             store.prepare(replace=replace)

@@ -10,6 +10,7 @@ this class and do no stage work of their own. The run directory::
     heads/    heads.csv, heads.json, heads.png       (units="auto": units chosen by head score)
     factors/  manifest.json, factors.safetensors     (fit)
     scores/   manifest.json, scores.npz, chunks/     (score: resumable, every rank its share; or query)
+    parts/    <i>-of-<n>/ score directories          (score --part i/n: independent jobs; merge -> scores/)
     index/    manifest.json, rows.npz, chunks/       (index: per-row gradients of the heads, resumable)
     top/      top.json, hist_<col>.png, cumulative_<col>.png   (top)
     .lock     the writer lock (``mda_fast.lock``)
@@ -35,6 +36,7 @@ from mda_fast.attribution.index.query import Index
 from mda_fast.attribution.run import dist
 from mda_fast.attribution.run.identity import fitted_on
 from mda_fast.attribution.run.settings import HEAD_DEFAULTS, Settings
+from mda_fast.attribution.store.parts import merge_parts, parse_part, part_dir, part_dirs
 from mda_fast.attribution.store.scores import load_scores
 from mda_fast.data.fingerprint import window_fingerprint
 from mda_fast.heads import head_scores
@@ -72,9 +74,10 @@ class Pipeline:
         if self._log and dist.rank() == 0:
             self._log(msg)
 
-    def claim(self):
-        """The run directory's writer lock (rank 0; re-entrant): held by every stage."""
-        return claim(self.out) if dist.rank() == 0 else contextlib.nullcontext()
+    def claim(self, directory: str | None = None):
+        """The writer lock of the run directory (or of ``directory``: a part job claims only its part)
+        on rank 0; re-entrant: held by every stage."""
+        return claim(directory or self.out) if dist.rank() == 0 else contextlib.nullcontext()
 
     def _factors_manifest(self, factors: str | None = None) -> dict | None:
         """The manifest of the factors in ``factors`` (default ``factors/``); None when there are none."""
@@ -137,21 +140,34 @@ class Pipeline:
         self.mda.load_factors(path or self.path("factors"))
         return self.mda.factors
 
-    def score(self, factors: str | None = None, on_batch=None, replace: bool = False):
+    def score(self, factors: str | None = None, on_batch=None, replace: bool = False, part=None,
+              other_window: bool = False):
         """Score every row of the window into ``scores/`` (resumes a killed run); returns the table.
         Uses factors already fitted in this session, else loads ``factors`` (default ``factors/``).
         ``scores/`` holding another run's scores is refused, or with ``replace`` scored again. With
         ``units="auto"`` and no MDA built yet, the units are those the factors were fitted for (the
-        identity check then refuses factors of another model or window)."""
-        with self.claim():
+        identity check then refuses factors of another model or window). ``part`` ("i/n"): only
+        part i of n, into ``parts/<i>-of-<n>/``, claiming only that directory (``store.parts``);
+        ``other_window``: factors fitted on another window, as asked (recorded in the manifest)."""
+        out = self.path("scores") if part is None else part_dir(self.out, *parse_part(part))
+        with self.claim(None if part is None else out):
             if self._mda is None and self.units == "auto":
                 manifest = self._factors_manifest(factors)
                 self.units = manifest["units"] if manifest else self.units
             if self.mda.factors is None or factors is not None:
                 self.load_factors(factors)
-            self.table = self.mda.score(self.window, self.path("scores"), on_batch=on_batch, replace=replace)
-        self.say(f"scored {len(self.table.row_ids)} rows x {len(self.table.columns)} columns -> "
-                 f"{self.path('scores')}/scores.npz")
+            self.table = self.mda.score(self.window, out, on_batch=on_batch, replace=replace, part=part,
+                                        other_window=other_window)
+        self.say(f"scored {len(self.table.row_ids)} rows x {len(self.table.columns)} columns -> {out}/scores.npz")
+        return self.table
+
+    def merge(self, parts: list[str] | None = None, replace: bool = False):
+        """Merge the parts scored by independent jobs (default every ``parts/<i>-of-<n>/``) into
+        ``scores/``: the table a single run writes (``store.parts.merge_parts``); returns it."""
+        with self.claim():
+            dirs = sorted(parts) if parts else part_dirs(self.out)
+            self.table = merge_parts(dirs, self.path("scores"), replace, self.settings.chunk_rows)
+        self.say(f"merged {len(dirs)} parts: {len(self.table.row_ids)} rows -> {self.path('scores')}/scores.npz")
         return self.table
 
     def fit_and_score(self):

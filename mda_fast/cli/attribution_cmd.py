@@ -9,8 +9,8 @@ Under ``torchrun`` fit and score split the rows across ranks (NCCL on GPUs, gloo
 """
 
 from __future__ import annotations
-# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 import argparse
 import contextlib
 import os
@@ -46,7 +46,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("score", help="score every row of the window (resumable)", description=__doc__, formatter_class=fmt)
     _common(p, stages=("score", "run"))
     p.add_argument("--factors", default=None, metavar="DIR", help="factor directory (default OUT/factors)")
+    p.add_argument("--part", default=None, metavar="I/N",
+                   help="score only part I of N of the window (0-based; a job-array task), into OUT/parts/I-of-N/; "
+                        "`mda merge` joins the parts")
+    p.add_argument("--other-window", action="store_true",
+                   help="score this window with factors fitted on another one (recorded in the manifest)")
     p.set_defaults(func=cmd_score)
+    p = subparsers.add_parser("merge", help="merge the parts of `mda score --part I/N` into OUT/scores/",
+                              description=__doc__, formatter_class=fmt)
+    flags.out(p, required=True, help="the run directory the parts were scored into")
+    p.add_argument("--parts", nargs="+", default=None, metavar="DIR", help="part directories (default OUT/parts/*)")
+    p.add_argument("--replace", action="store_true", help="replace scores of another run in OUT/scores/")
+    p.set_defaults(func=cmd_merge)
     p = subparsers.add_parser("top", help="top rows, histogram and cumulative-influence curve", description=__doc__, formatter_class=fmt)
     _common(p, model=False)
     flags.top_k(p)
@@ -132,22 +143,26 @@ def _start():
     dist.init_from_env()
 
 
-def _claimed(cfg):
-    """--out's writer lock for the whole command (rank 0; ``mda_fast.lock``): another writer or a
-    location that cannot be written is refused before anything is loaded."""
+def _claimed(cfg, directory: str | None = None):
+    """--out's writer lock (or ``directory``'s: a part job's) for the whole command (rank 0;
+    ``mda_fast.lock``): another writer or a location that cannot be written is refused before
+    anything is loaded."""
     from mda_fast.attribution.run import dist
     from mda_fast.lock import claim
 
-    return claim(cfg.out) if dist.rank() == 0 else contextlib.nullcontext()
+    return claim(directory or cfg.out) if dist.rank() == 0 else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _session(args):
-    """(config, Pipeline) of a fit / score / run command, --out claimed for the whole block; the
-    data is opened before the model is loaded (its errors come first and cheap)."""
+def _session(args, part: str | None = None):
+    """(config, Pipeline) of a fit / score / run command, --out (a part job: only its part
+    directory) claimed for the whole block; the data is opened before the model is loaded (its
+    errors come first and cheap)."""
+    from mda_fast.attribution.store.parts import parse_part, part_dir
+
     _start()
     cfg = _config(args)
-    with _claimed(cfg):
+    with _claimed(cfg, None if part is None else part_dir(cfg.out, *parse_part(part))):
         window = _window(cfg)
         model, tok = _model(cfg)
         yield cfg, _pipeline(cfg, model, tok, window)
@@ -160,8 +175,16 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    with _session(args) as (_, p):
-        p.score(factors=args.factors or p.path("factors"))
+    with _session(args, part=args.part) as (_, p):
+        p.score(factors=args.factors or p.path("factors"), part=args.part, other_window=args.other_window)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from mda_fast.attribution.pipeline import Pipeline
+
+    p = Pipeline(None, None, args.out, probes=[], log=_say)
+    p.merge(args.parts, replace=args.replace)
     return 0
 
 

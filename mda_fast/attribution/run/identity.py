@@ -59,19 +59,20 @@ def names_of(manifest: dict) -> dict:
     return {"weights": manifest.get("model"), "data": window.get("name")}
 
 
-def check_factors(manifest: dict, expected: dict, names: dict, where: str) -> None:
-    """ConfigError unless the factors of ``manifest`` were fitted on the model weights and the window
-    of ``expected`` (a score identity); ``names``: this run's model / window names."""
+def check_factors(manifest: dict, expected: dict, names: dict, where: str, same_window: bool = True) -> None:
+    """ConfigError unless the factors of ``manifest`` were fitted on the model weights and (with
+    ``same_window``) the window of ``expected`` (a score identity); ``names``: this run's model / window names."""
     recorded = manifest.get("identity")
     if not isinstance(recorded, dict):
         raise ConfigError(f"factors {where} record no content identity (fitted by an older mda-fast); "
                           f"fit them again with `mda fit`")
-    want = {k: expected[k] for k in ("weights", "data")}
+    want = {k: expected[k] for k in (("weights", "data") if same_window else ("weights",))}
     why = difference({k: recorded.get(k) for k in want}, want, names_of(manifest), names)
     if why:
         what, theirs, ours = why
         raise ConfigError(f"factors {where} were fitted on {what} {theirs}, not on this run's {ours}; fit "
-                          f"factors for this model and window (`mda fit`) or pass the matching --factors")
+                          f"factors for this model and window (`mda fit`), pass the matching --factors, score part of "
+                          f"the fitted window (--part I/N), or score another window explicitly (--other-window)")
 
 
 def fitted_on(manifest: dict, weights: str, data: dict) -> bool:
