@@ -3,13 +3,15 @@ TransformerBridge, an nnsight wrapper give the unit names, head scores and attri
 the same weights loaded from a checkpoint folder, bit for bit; what cannot be attributed faithfully
 is refused with a ModelError. Offline: tiny models built from a config, a byte tokenizer saved here."""
 
-import os
+import functools
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 from mda_fast.attribution import MDA, Settings
+from mda_fast.cli import main
 from mda_fast.codec import byte_tokenizer
 from mda_fast.errors import ModelError
 from mda_fast.heads import head_scores
@@ -29,14 +31,30 @@ def fresh(arch="neox", seed=3):
     return make_tiny_model(arch, seed=seed, **(SMALL if arch == "neox" else dict(n_embd=32, n_inner=64)))
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+@functools.lru_cache(maxsize=1)
+def saved_tokenizer():
     """A byte tokenizer read back from disk (TransformerLens re-reads it by its name_or_path)."""
     from transformers import AutoTokenizer
 
-    d = tmp_path_factory.mktemp("tok")
+    d = tempfile.mkdtemp(prefix="mda-interop-tok-")
     byte_tokenizer().save_pretrained(d)
-    return AutoTokenizer.from_pretrained(str(d))
+    return AutoTokenizer.from_pretrained(d)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return saved_tokenizer()
+
+
+def cli_bridge():
+    """``--model test_interop:cli_bridge``: a factory the CLI calls."""
+    return bridge(fresh(), saved_tokenizer())
+
+
+def cli_processed_bridge():
+    obj = bridge(fresh(), saved_tokenizer())
+    obj.enable_compatibility_mode(disable_warnings=True)
+    return obj
 
 
 def bridge(model, tokenizer):
@@ -165,3 +183,17 @@ def test_nnsight_edits_and_meta_weights_are_refused(tokenizer):
 def test_other_objects_are_refused(obj):
     with pytest.raises(ModelError, match="cannot attribute"):
         as_hf_model(obj)
+
+
+def test_cli_takes_a_module_name_spec(folder, capsys):
+    pytest.importorskip("transformer_lens")
+    args = ["--n", "4", "--seq-len", "16", "--vocab-high", "200", "-k", "100%"]
+    assert main(["heads", "--model", folder, *args]) == 0
+    want = capsys.readouterr().out.splitlines()[1:]  # the first line names the model
+    assert main(["heads", "--model", "test_interop:cli_bridge", *args]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == want
+    for spec, why in (("test_interop:cli_processed_bridge", "enable_compatibility_mode"),
+                      ("no_such_module_here:model", "cannot import")):
+        assert main(["heads", "--model", spec, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mda: error: ") and why in err and err.count("\n") == 1, err

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "heads", help="score every attention head (previous-token, duplicate, induction)",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    flags.model(p, required=True, help="local checkpoint directory or hub id (EleutherAI/pythia-70m)")
+    flags.model(p, required=True, help="local checkpoint directory, hub id (EleutherAI/pythia-70m), or "
+                "package.module:name of a model, TransformerBridge or nnsight wrapper (or a function returning one)")
     flags.revision(p)
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (a random half repeated once)")
     p.add_argument("--n", type=int, default=32, help="number of random sequences")

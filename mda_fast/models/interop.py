@@ -22,7 +22,8 @@
   of the unedited model; an undispatched wrapper (weights still on the meta device) is refused.
 
 A plain torch module that carries its own ``config`` (the Hugging Face calling convention) is
-taken as it is; anything else raises ModelError. A model loaded by ``load_model`` keeps its checkpoint identity
+taken as it is; anything else raises ModelError. The CLI and run configs name such a model
+``package.module:name`` (a model, or a function returning one: ``python_object``). A model loaded by ``load_model`` keeps its checkpoint identity
 (``models.fingerprint``) through a bridge or wrapper; any other in-memory model is identified by
 its tensors' content.
 
@@ -34,7 +35,10 @@ object of theirs exists only once its package is loaded, so its classes are look
 from __future__ import annotations
 
 import copy
+import importlib
+import re
 import sys
+from pathlib import Path
 
 import torch
 
@@ -70,11 +74,32 @@ def as_hf_model(obj) -> tuple[torch.nn.Module, str]:
                      f"or an nnsight wrapper (NNsight, LanguageModel) of one")
 
 
+_PYTHON_SPEC = re.compile(r"^([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
+
+
+def python_object(spec: str):
+    """The model a ``package.module:name`` spec names (``name`` called when it is a function: a
+    factory that loads or boots the model), or None when ``spec`` is not written so or is a path
+    that exists. How the CLI and run configs take a bridge or wrapper; ModelError when the module
+    or name cannot be found."""
+    m = _PYTHON_SPEC.match(str(spec))
+    if m is None or Path(spec).exists():
+        return None
+    try:
+        obj = getattr(importlib.import_module(m.group(1)), m.group(2))
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"model {spec}: cannot import {m.group(2)} from module {m.group(1)} ({exc}); "
+                         f"a model is a checkpoint directory, a hub id or package.module:name") from None
+    return obj() if callable(obj) and not isinstance(obj, torch.nn.Module) and not _is_wrapper(obj) else obj
+
+
+def _is_wrapper(obj) -> bool:
+    return _is(obj, "nnsight", "Envoy") or _is(obj, "transformer_lens.model_bridge", "BridgeCore")
+
+
 def tokenizer_of(obj):
     """The tokenizer a bridge or an nnsight wrapper carries (None for a bare model or none set)."""
-    if _is(obj, "nnsight", "Envoy") or _is(obj, "transformer_lens.model_bridge", "BridgeCore"):
-        return getattr(obj, "tokenizer", None)
-    return None
+    return getattr(obj, "tokenizer", None) if _is_wrapper(obj) else None
 
 
 def _from_transformers(model) -> tuple[torch.nn.Module, str]:
@@ -181,4 +206,4 @@ def _shape(t) -> str:
     return "absent" if t is None else f"of shape {list(t.shape)}"
 
 
-__all__ = ["as_hf_model", "hf_view", "tokenizer_of"]
+__all__ = ["as_hf_model", "hf_view", "python_object", "tokenizer_of"]
