@@ -2,8 +2,9 @@
 (``transformer_lens.head_detector.detect_head``, "mul" measure) through a TransformerBridge around the
 demo's model (its config, a wide random init: nothing downloaded or trained). The previous-token,
 duplicate-token and induction scores agree to float tolerance when the bridge tokenizes the same
-ids (no BOS); TransformerLens' default prepends a BOS, which adds a key every query may attend to
-and shifts the patterns by one, so its numbers differ (README, "Peer check of localization")."""
+ids (the bridge's default for GPT-NeoX: no BOS); with a BOS prepended (its default for most other
+architectures) there is one more key every query may attend to and every pattern shifts by one, so
+the numbers differ (README, "Peer check of localization")."""
 
 import numpy as np
 import pytest
@@ -32,26 +33,31 @@ def demo():
     return held, tokens, [bytes(row.tolist()).decode("ascii") for row in tokens]
 
 
-def tl_scores(held, texts, bos: bool) -> dict[str, np.ndarray]:
-    held.cfg.default_prepend_bos = bos
+def tl_scores(held, texts, bos: bool | None = None) -> dict[str, np.ndarray]:
+    """detect_head's scores of ``texts``; ``bos``: prepend a BOS (None: the bridge's default)."""
+    default = held.cfg.default_prepend_bos
+    held.cfg.default_prepend_bos = default if bos is None else bos
     try:
         return {ours: detector.detect_head(held, texts, theirs).double().numpy() for ours, theirs in PAIRS.items()}
     finally:
-        held.cfg.default_prepend_bos = True
+        held.cfg.default_prepend_bos = default
 
 
 def test_head_detector_agrees_on_the_same_tokens(demo):
     held, tokens, texts = demo
-    held.cfg.default_prepend_bos = False
-    assert held.to_tokens(texts[1])[0].tolist() == tokens[1].tolist()  # the same ids reach the model
+    # TransformerLens 4 prepends no BOS to GPT-NeoX (Pythia was not trained with one): the same ids
+    assert held.cfg.default_prepend_bos is False
+    assert held.to_tokens(texts[1])[0].tolist() == tokens[1].tolist()
     ours = head_scores(held, tokens=tokens).scores
-    theirs = tl_scores(held, texts, bos=False)
+    theirs = tl_scores(held, texts)
     for name in PAIRS:
         assert np.ptp(ours[name]) > 1e-3, name  # the heads differ: a definition change would show
         np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_head_detector_default_bos_differs(demo):
+def test_head_detector_with_a_bos_differs(demo):
+    """prepend_bos=True (TransformerLens' default for GPT-2, Llama and most others) scores
+    [BOS] + the sequence: one more key to attend to, every pattern shifted by one."""
     held, tokens, texts = demo
     ours = head_scores(held, tokens=tokens).scores
     theirs = tl_scores(held, texts, bos=True)
