@@ -54,7 +54,8 @@ class Pipeline:
     def __init__(self, model, window, out: str, probes, units="auto", tokenizer=None, settings=None,
                  heads: dict | None = None, model_name: str | None = None, revision: str | None = None,
                  probe_data: dict | None = None, log=print):
-        self.model, self.window, self.out = as_hf_model(model)[0], window, str(out)
+        self.model = None if model is None else as_hf_model(model)[0]  # a bridge/nnsight wrapper: its HF module
+        self.window, self.out = window, str(out)
         self.units, self.probes, self.tokenizer = units, probes, tokenizer
         self.settings = settings if isinstance(settings, Settings) else Settings.from_dict(settings)
         self.heads_cfg = {**HEAD_DEFAULTS, **(heads or {})}

@@ -23,9 +23,9 @@
 
 A plain torch module that carries its own ``config`` (the Hugging Face calling convention) is
 taken as it is; anything else raises ModelError. The CLI and run configs name such a model
-``package.module:name`` (a model, or a function returning one: ``python_object``). A model loaded by ``load_model`` keeps its checkpoint identity
-(``models.fingerprint``) through a bridge or wrapper; any other in-memory model is identified by
-its tensors' content.
+``package.module:name`` (a model, or a function returning one: ``python_object``). A model loaded
+by ``load_model`` keeps its checkpoint identity (``models.fingerprint``) through a bridge or
+wrapper; any other in-memory model is identified by its tensors' content.
 
 TransformerLens and nnsight are optional (extra ``interop``) and are never imported here: an
 object of theirs exists only once its package is loaded, so its classes are looked up in
