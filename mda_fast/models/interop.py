@@ -29,7 +29,8 @@ wrapper; any other in-memory model is identified by its tensors' content.
 
 TransformerLens and nnsight are optional (extra ``interop``) and are never imported here: an
 object of theirs exists only once its package is loaded, so its classes are looked up in
-``sys.modules``. (``import transformer_lens`` alone takes 1-2 s and loads wandb, pandas and more.)
+``sys.modules``. (``import transformer_lens`` adds 1.6 s to torch + transformers here and loads
+pandas and datasets; nnsight 0.14 s.)
 """
 
 from __future__ import annotations
