@@ -112,6 +112,22 @@ def test_attribution_scores_equal_the_checkpoint_folders(folder, tokenizer, tmp_
         np.testing.assert_array_equal(got.loss, ref.loss, err_msg=how)
 
 
+def test_index_query_and_pipeline_take_a_bridge(folder, tokenizer, tmp_path):
+    from mda_fast.attribution.index import Index
+    from mda_fast.attribution.pipeline import Pipeline
+
+    def query(model, name):
+        mda = MDA(model, UNITS, PROBES, settings=Settings(**SETTINGS)).fit(window(n=14))
+        mda.index(window(n=14), str(tmp_path / name))
+        return Index(str(tmp_path / name), model, mda.factors, Settings(**SETTINGS)).query(["copy_target"])
+
+    ref = query(load_model(folder, load_tokenizer=False)[0], "folder")
+    got = query(bridge(fresh(), tokenizer), "bridge")
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    pipe = Pipeline(bridge(fresh(), tokenizer), window(n=14), str(tmp_path / "run"), PROBES, log=None)
+    assert weights_fingerprint(pipe.model) == weights_fingerprint(fresh())
+
+
 def test_held_models_are_identified_by_their_tensors(folder, tokenizer):
     plain = weights_fingerprint(fresh())
     for how, obj in holders(tokenizer).items():
@@ -177,6 +193,19 @@ def test_nnsight_edits_and_meta_weights_are_refused(tokenizer):
         ghost = fresh()
     with pytest.raises(ModelError, match="meta device"):
         as_hf_model(nnsight.NNsight(ghost))
+
+
+def test_nnsight_model_read_from_a_folder_once_dispatched(folder, tokenizer):
+    nnsight = pytest.importorskip("nnsight")
+    with pytest.warns(FutureWarning):
+        lm = nnsight.LanguageModel(folder, tokenizer=tokenizer)  # weights not read yet
+    with pytest.raises(ModelError, match="not dispatched"):
+        head_scores(lm, n=2, seq_len=8)
+    lm.dispatch()
+    ref = head_scores(load_model(folder, load_tokenizer=False)[0], n=4, seq_len=16, vocab_high=200)
+    got = head_scores(lm, n=4, seq_len=16, vocab_high=200)  # its sdpa model is scored eager, as the folder's
+    for name in ref.scores:
+        np.testing.assert_array_equal(got.scores[name], ref.scores[name], err_msg=name)
 
 
 @pytest.mark.parametrize("obj", ["runs/x", 3, torch.nn.Linear(2, 2)])
