@@ -89,7 +89,8 @@ def folder(tmp_path_factory):
 def test_head_scores_equal_the_checkpoint_folders(folder, tokenizer):
     ref = head_scores(load_model(folder, load_tokenizer=False)[0], n=4, seq_len=16, vocab_high=200)
     seen = holders(tokenizer)
-    assert len(seen) >= 2, "neither transformer_lens nor nnsight is installed"
+    if len(seen) < 2:
+        pytest.skip("neither transformer_lens nor nnsight is installed (pip install -e '.[interop]')")
     for how, obj in seen.items():
         got = head_scores(obj, n=4, seq_len=16, vocab_high=200)
         for name in ref.scores:
