@@ -157,8 +157,8 @@ def load_model(name_or_path: str, revision: str | None = None, dtype: torch.dtyp
     id ("EleutherAI/pythia-70m") with revision ("step1000"), or a model held in memory (a
     transformers model, a TransformerLens TransformerBridge, an nnsight wrapper: ``models.interop``)
     or named as ``package.module:name`` (a model, or a function returning one), which is moved to
-    ``device`` and ``dtype`` in place; its tokenizer is the wrapper's. The weights are converted to ``dtype``
-    whatever they are stored in (a float64 checkpoint loads as float32). local_files_only defaults
+    ``device`` and ``dtype`` in place; its tokenizer is the wrapper's. The weights are converted to
+    ``dtype`` whatever they are stored in (a float64 checkpoint loads as float32). local_files_only defaults
     to the HF_HUB_OFFLINE environment variable read at call time. Raises ModelError when the weights
     are not available offline (saying how to fetch them), are truncated or do not match the config,
     ConfigError for a device this machine does not have. The model remembers the directory it was
