@@ -28,6 +28,7 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.io import write_bytes
+from mda_fast.models.interop import as_hf_model
 from mda_fast.probes import DEFAULT_N, DEFAULT_SEED, DEFAULT_SEQ_LEN, DEFAULT_VOCAB_LOW, default_vocab_high, make_data
 
 SCORE_NAMES = ("previous_token", "duplicate_token", "induction", "prefix_matching")
@@ -233,8 +234,10 @@ def head_scores(model, *, n: int = DEFAULT_N, seq_len: int = DEFAULT_SEQ_LEN, se
     """All four scores for every head on `tokens` [n, T] (default: make_data(n, seq_len, ...)).
 
     vocab_high defaults to the real vocabulary (tokenizer, or Pythia's 50277 for a 50304 model).
-    Each sequence is scored alone and the scores averaged, as TransformerLens does.
+    Each sequence is scored alone and the scores averaged, as TransformerLens does. ``model`` may be
+    held any way ``models.interop.as_hf_model`` takes (a TransformerBridge, an nnsight wrapper).
     """
+    model = as_hf_model(model)[0]
     if vocab_high is None:
         vocab_high = default_vocab_high(model, tokenizer)
     if tokens is None:
@@ -268,6 +271,7 @@ def induction_scores(model, n: int = 32, S: int = 32, low: int = 2, high: int | 
                      seed: int = DEFAULT_SEED) -> torch.Tensor:
     """[layers, heads] mean attention from t to t - S + 1 over t in [S, 2S) on S random tokens
     repeated twice (the prefix-matching score; what `mda_fast.demo.measure` tracks)."""
+    model = as_hf_model(model)[0]
     high = default_vocab_high(model) if high is None else high
     tokens = make_data(n, 2 * S, low, high, seed)
     _check_tokens(model, tokens)
@@ -280,6 +284,7 @@ def icl_score(model, tokens: torch.Tensor, early: int = 50, late: int = 500, bat
     positions are scaled by (T - 1) / late. Loss at token i = CE of predicting tokens[i] from < i."""
     if tokens.dim() != 2 or tokens.shape[1] < 3:
         raise ConfigError(f"ICL tokens must be [n, T>=3], got shape {tuple(tokens.shape)}")
+    model = as_hf_model(model)[0]
     T = tokens.shape[1]
     if T <= late:
         scale = (T - 1) / late

@@ -43,6 +43,7 @@ from mda_fast.heads import head_scores
 from mda_fast.io import atomic_dir, read_json, write_json
 from mda_fast.lock import claim
 from mda_fast.models.fingerprint import weights_fingerprint
+from mda_fast.models.interop import as_hf_model
 
 
 class Pipeline:
@@ -56,7 +57,8 @@ class Pipeline:
     def __init__(self, model, window, out: str, probes, units="auto", tokenizer=None, settings=None,
                  heads: dict | None = None, model_name: str | None = None, revision: str | None = None,
                  probe_data: dict | None = None, log=print):
-        self.model, self.window, self.out = model, window, str(out)
+        self.model = None if model is None else as_hf_model(model)[0]  # a bridge/nnsight wrapper: its HF module
+        self.window, self.out = window, str(out)
         self.units, self.probes, self.tokenizer = units, probes, tokenizer
         self.settings = settings if isinstance(settings, Settings) else Settings.from_dict(settings)
         self.heads_cfg = {**HEAD_DEFAULTS, **(heads or {})}

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "heads", help="score every attention head (previous-token, duplicate, induction)",
         description=__doc__, formatter_class=flags.FMT)
-    flags.model(p, required=True, help="local checkpoint directory or hub id (EleutherAI/pythia-70m)")
+    flags.model(p, required=True, help="local checkpoint directory, hub id (EleutherAI/pythia-70m), or "
+                "package.module:name of a model, TransformerBridge or nnsight wrapper (or a function returning one)")
     flags.revision(p)
     # --n, --seq-len, --seed, --vocab-low, --vocab-high: from HeadSettings, the one declaration
     flags.settings(p, HeadSettings, skip=("metric", "top", "mode"), dest="heads")

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mda_fast.errors import ModelError
 from mda_fast.models.device import torch_device
 from mda_fast.models.fingerprint import remember_files
+from mda_fast.models.interop import as_hf_model, python_object, tokenizer_of
 
 # Buffers older checkpoints store that current modules recompute; their presence is harmless.
 _HARMLESS_UNEXPECTED = re.compile(r"(inv_freq|masked_bias|\.attn\.bias|\.attention\.bias)$")
@@ -152,15 +153,21 @@ def load_model(name_or_path: str, revision: str | None = None, dtype: torch.dtyp
                cache_dir: str | None = None, load_tokenizer: bool = True):
     """Load a causal LM with eager attention, in eval mode -> (model, tokenizer or None).
 
-    name_or_path: local HF directory, a directory of `step*/` checkpoints (pass revision), or a hub
-    id ("EleutherAI/pythia-70m") with revision ("step1000"). The weights are converted to ``dtype``
-    whatever they are stored in (a float64 checkpoint loads as float32). local_files_only defaults
+    name_or_path: local HF directory, a directory of `step*/` checkpoints (pass revision), a hub
+    id ("EleutherAI/pythia-70m") with revision ("step1000"), or a model held in memory (a
+    transformers model, a TransformerLens TransformerBridge, an nnsight wrapper: ``models.interop``)
+    or named as ``package.module:name`` (a model, or a function returning one), which is moved to
+    ``device`` and ``dtype`` in place; its tokenizer is the wrapper's. The weights are converted to
+    ``dtype`` whatever they are stored in (a float64 checkpoint loads as float32). local_files_only defaults
     to the HF_HUB_OFFLINE environment variable read at call time. Raises ModelError when the weights
     are not available offline (saying how to fetch them), are truncated or do not match the config,
     ConfigError for a device this machine does not have. The model remembers the directory it was
     read from, for its content fingerprint (``models.fingerprint``).
     """
     device = torch_device(device)
+    held = python_object(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else name_or_path
+    if held is not None:
+        return _held_model(held, revision, dtype, device, load_tokenizer)
     if local_files_only is None:
         local_files_only = _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
     target, hub_rev, is_local = resolve_checkpoint(name_or_path, revision)
@@ -174,6 +181,16 @@ def load_model(name_or_path: str, revision: str | None = None, dtype: torch.dtyp
     model = model.to(device).eval()
     tokenizer = _load_tokenizer(target, hub_rev, cache_dir, is_local) if load_tokenizer else None
     return model, tokenizer
+
+
+def _held_model(obj, revision: str | None, dtype: torch.dtype, device: torch.device, load_tokenizer: bool):
+    """load_model of a model object: its Hugging Face module (``models.interop``), on ``device`` in
+    ``dtype``, in eval mode, with the tokenizer a wrapper carries."""
+    if revision:
+        raise ModelError(f"revision {revision!r} names a checkpoint of a directory or hub id, not of a model "
+                         f"held in memory ({type(obj).__name__})")
+    model, _ = as_hf_model(obj)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer_of(obj) if load_tokenizer else None
 
 
 def _cached_snapshot(repo: str, revision: str | None, cache_dir: str | None) -> str | None:

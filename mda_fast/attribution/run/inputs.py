@@ -12,6 +12,7 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.models.device import torch_device
+from mda_fast.models.interop import as_hf_model
 from mda_fast.ops.backends import unusable
 from mda_fast.probes import Probe, parse_probe
 from mda_fast.units import Unit
@@ -29,7 +30,9 @@ def model_dtype(model) -> str:
 
 def prepare_model(model, settings):
     """``model`` in eval mode on ``settings.device``; ConfigError for parameters in a dtype the ops
-    do not take (float64), a device this machine lacks, or a backend that cannot run here."""
+    do not take (float64), a device this machine lacks, or a backend that cannot run here. A model
+    held as a TransformerBridge or an nnsight wrapper is first unwrapped (``models.interop``)."""
+    model = as_hf_model(model)[0]
     bad = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype not in SUPPORTED_DTYPES})
     if bad:
         raise ConfigError(f"the model's parameters are {', '.join(bad)}; attribution runs in float32, bfloat16 or "
