@@ -100,3 +100,36 @@ def test_scoring_another_window_needs_other_window_and_is_recorded(fitted, files
     assert main(["score", *args, "--other-window"]) == 0
     m = json.load(open(tmp_path / "elsewhere" / "scores" / "manifest.json"))
     assert "factors_window" in m["identity"] and "another window" in m["factors_window"]
+
+
+def test_sub_windows_stored_elsewhere_are_verified_by_content_and_merge(fitted, files, tmp_path, capsys):  # noqa: F811
+    out, common = fitted
+    single = load_scores(str(out / "scores"))
+    rows = np.load(files / "rows.npy")                      # the fitted window is rows 8..27 of this file
+    run = tmp_path / "elsewhere"
+    shutil.copytree(out / "factors", run / "factors")
+    args = [*common[:2], "--out", str(run), *common[4:], "--set", "data.steps=", "--part", "sub"]
+    for lo, hi in ((20, 28), (8, 20)):                       # two files, each holding a piece of the window
+        np.save(tmp_path / f"rows_{lo}.npy", rows[lo:hi])
+        assert main(["score", *args, "--data", str(tmp_path / f"rows_{lo}.npy"),
+                     "--set", f"data.options.row_id_offset={lo}"]) == 0
+    assert sorted(p.name for p in (run / "parts").iterdir()) == ["rows-20-27", "rows-8-19"]
+    assert main(["merge", "--out", str(run)]) == 0
+    merged = load_scores(str(run / "scores"))
+    assert np.array_equal(merged.row_ids, single.row_ids)
+    np.testing.assert_allclose(merged.scores, single.scores, rtol=0, atol=1e-6 * np.abs(single.scores).max())
+    assert merged.manifest["fingerprint"] == single.manifest["fingerprint"]
+
+    bad = rows[8:14].copy()
+    bad[3, 5] = (bad[3, 5] + 1) % 250 + 2                    # one token of row 11 changed
+    np.save(tmp_path / "bad.npy", bad)
+    run2 = tmp_path / "bad_run"
+    shutil.copytree(out / "factors", run2 / "factors")
+    args2 = [*common[:2], "--out", str(run2), *common[4:], "--set", "data.steps=", "--part", "sub",
+             "--data", str(tmp_path / "bad.npy")]
+    assert main([*["score"], *args2, "--set", "data.options.row_id_offset=8"]) == 2
+    assert "row 11" in capsys.readouterr().err and not (run2 / "parts" / "rows-8-13" / "scores.npz").exists()
+    np.save(tmp_path / "outside.npy", rows[26:32])           # rows 26..31: past the window's end
+    args2[args2.index(str(tmp_path / "bad.npy"))] = str(tmp_path / "outside.npy")
+    assert main(["score", *args2, "--set", "data.options.row_id_offset=26"]) == 2
+    assert "not a contiguous run of rows of the factors' window" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def test_attribution_scores_equal_the_checkpoint_folders(folder, tokenizer, tmp_
 
 
 def test_index_query_and_pipeline_take_a_bridge(folder, tokenizer, tmp_path):
-    from mda_fast.attribution.index import Index
+    from mda_fast.attribution.index.query import Index
     from mda_fast.attribution.pipeline import Pipeline
 
     def query(model, name):

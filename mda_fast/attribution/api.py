@@ -34,11 +34,11 @@ from mda_fast.attribution.score.scorer import (
     rank_batches,
     rotate,
 )
-from mda_fast.attribution.store.parts import parse_part, part_bounds, part_identity
+from mda_fast.attribution.store.parts import SUB, parse_part, part_bounds, part_identity, verify_sub_window
 from mda_fast.attribution.store.scores import ScoreStore, ScoreTable, load_scores
 from mda_fast.attribution.store.top import plot_cumulative, plot_histogram, top_rows
 from mda_fast.data import rank_bounds
-from mda_fast.data.fingerprint import describe_window, window_fingerprint
+from mda_fast.data.fingerprint import describe_window, sample_digests, window_fingerprint
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.lock import claim
 from mda_fast.models.fingerprint import weights_fingerprint
@@ -124,7 +124,8 @@ class MDA:
     def _fit_info(self, source) -> dict:
         """The manifest entries of factors fitted on ``source``: description, window, identity."""
         identity = self.fit_identity(source)
-        return dict(self.ctx.describe(), window=window_info(source), identity=identity, fingerprint=fingerprint(identity))
+        return dict(self.ctx.describe(), window=window_info(source), window_samples=sample_digests(source),
+                    identity=identity, fingerprint=fingerprint(identity))
 
     def _keep(self, factors: FactorSet, out_dir: str | None) -> None:
         """Use freshly fitted ``factors``, saved into ``out_dir`` by rank 0 when given."""
@@ -251,9 +252,13 @@ class MDA:
                            factors_where=self.factors_where)
 
     def _part(self, source, part) -> tuple:
-        """(rows to score, the identity's ``part`` entry or None) of ``part`` of window ``source``."""
+        """(rows to score, the identity's ``part`` entry or None) of ``part`` of window ``source``;
+        ``part="sub"``: ``source`` itself is a sub-window of the factors' window, verified by content."""
         if part is None:
             return source, None
+        if part == SUB:
+            lo, hi = verify_sub_window(self.factors.manifest, source, self.factors_where)
+            return source, part_identity(None, None, lo, hi, source.row_ids())
         i, n = parse_part(part)
         lo, hi = part_bounds(len(source), self.settings.batch_size, i, n)
         rows = source.slice(lo, hi)
@@ -266,6 +271,9 @@ class MDA:
                     other_window: bool = False) -> ScoreStore:
         """The checked store of this run (or of one ``part`` of it) in ``out_dir`` (prepared by rank 0)."""
         identity = self.score_identity(source)
+        window = window_info(source)
+        if part is not None and part["index"] is None:    # a verified sub-window: the part of the factors' window
+            identity["data"], window = self.factors.manifest["identity"]["data"], self.factors.manifest["window"]
         check_factors(self.factors.manifest, identity, {"weights": self.model_name, "data": source.name},
                       self.factors_where, same_window=not other_window)
         if other_window:
@@ -273,7 +281,7 @@ class MDA:
         self.factors.check_values(self.factors_where)
         fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")}
         manifest = dict(self.ctx.describe(), probes=[p.name for p in self.probes], columns=self.columns,
-                        window=window_info(source), fit=fit, settings_score=self.settings.probe_dict(),
+                        window=window, fit=fit, settings_score=self.settings.probe_dict(),
                         unit_blocks=self.unit_blocks, sign="positive = the row strengthens the probed behaviour",
                         identity=identity, fingerprint=fingerprint(identity))
         if part is not None:

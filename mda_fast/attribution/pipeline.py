@@ -36,7 +36,7 @@ from mda_fast.attribution.index.query import Index
 from mda_fast.attribution.run import dist
 from mda_fast.attribution.run.identity import fitted_on
 from mda_fast.attribution.run.settings import HEAD_DEFAULTS, Settings
-from mda_fast.attribution.store.parts import merge_parts, parse_part, part_dir, part_dirs
+from mda_fast.attribution.store.parts import merge_parts, part_dir, part_dirs
 from mda_fast.attribution.store.scores import load_scores
 from mda_fast.data.fingerprint import window_fingerprint
 from mda_fast.heads import head_scores
@@ -150,8 +150,9 @@ class Pipeline:
         ``units="auto"`` and no MDA built yet, the units are those the factors were fitted for (the
         identity check then refuses factors of another model or window). ``part`` ("i/n"): only
         part i of n, into ``parts/<i>-of-<n>/``, claiming only that directory (``store.parts``);
+        ``part="sub"``: the window is a sub-window of the factors' one, verified by content;
         ``other_window``: factors fitted on another window, as asked (recorded in the manifest)."""
-        out = self.path("scores") if part is None else part_dir(self.out, *parse_part(part))
+        out = self.path("scores") if part is None else part_dir(self.out, part, self.window)
         with self.claim(None if part is None else out):
             if self._mda is None and self.units == "auto":
                 manifest = self._factors_manifest(factors)

@@ -46,9 +46,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("score", help="score every row of the window (resumable)", description=__doc__, formatter_class=fmt)
     _common(p, stages=("score", "run"))
     p.add_argument("--factors", default=None, metavar="DIR", help="factor directory (default OUT/factors)")
-    p.add_argument("--part", default=None, metavar="I/N",
+    p.add_argument("--part", default=None, metavar="I/N|sub",
                    help="score only part I of N of the window (0-based; a job-array task), into OUT/parts/I-of-N/; "
-                        "`mda merge` joins the parts")
+                        "'sub': --data/--steps hold a sub-window of the factors' window (verified by content), into "
+                        "OUT/parts/rows-FIRST-LAST/; `mda merge` joins the parts")
     p.add_argument("--other-window", action="store_true",
                    help="score this window with factors fitted on another one (recorded in the manifest)")
     p.set_defaults(func=cmd_score)
@@ -158,12 +159,13 @@ def _session(args, part: str | None = None):
     """(config, Pipeline) of a fit / score / run command, --out (a part job: only its part
     directory) claimed for the whole block; the data is opened before the model is loaded (its
     errors come first and cheap)."""
-    from mda_fast.attribution.store.parts import parse_part, part_dir
+    from mda_fast.attribution.store.parts import part_dir
 
     _start()
     cfg = _config(args)
-    with _claimed(cfg, None if part is None else part_dir(cfg.out, *parse_part(part))):
-        window = _window(cfg)
+    window = _window(cfg) if part is not None else None   # a part's directory is named by its rows
+    with _claimed(cfg, None if part is None else part_dir(cfg.out, part, window)):
+        window = window if window is not None else _window(cfg)
         model, tok = _model(cfg)
         yield cfg, _pipeline(cfg, model, tok, window)
 

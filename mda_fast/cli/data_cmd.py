@@ -1,8 +1,8 @@
 """``mda data pack`` (any source -> .bin/.idx) and ``mda data show --row N`` (print one row)."""
 
 from __future__ import annotations
-# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 import argparse
 from pathlib import Path
 

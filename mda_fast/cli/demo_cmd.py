@@ -1,9 +1,8 @@
 """`mda demo`: the embedded default run, nothing downloaded (see mda_fast.demo.pipeline)."""
 
 from __future__ import annotations
+
 # Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
-
-
 from mda_fast.cli import flags
 
 
@@ -46,10 +45,9 @@ def cmd_demo(args) -> int:
     import torch
 
     from mda_fast.demo.config import load_demo_config
+    from mda_fast.demo.experiment import LDS_FRACTIONS, LDS_FRACTIONS_LONG
     from mda_fast.demo.pipeline import run_demo
     from mda_fast.errors import ConfigError
-
-    from mda_fast.demo.experiment import LDS_FRACTIONS, LDS_FRACTIONS_LONG
 
     given = args.lds_fractions or ",".join(map(str, LDS_FRACTIONS_LONG if args.long else LDS_FRACTIONS))
     try:                                   # checked before hours of training, not after

@@ -1,8 +1,8 @@
 """``mda env``: which backends can run here, and why not."""
 
 from __future__ import annotations
-# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 import json
 
 

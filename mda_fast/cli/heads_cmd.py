@@ -2,8 +2,8 @@
 head on repeated random token sequences; a table on stdout, CSV/JSON/PNG under --out."""
 
 from __future__ import annotations
-# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 from pathlib import Path
 
 from mda_fast import vocab

@@ -13,8 +13,8 @@ show the top rows' text).
 """
 
 from __future__ import annotations
-# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 from mda_fast.attribution.index.spec import IndexSpec
 from mda_fast.cli import attribution_cmd as run_cmd
 from mda_fast.cli import flags

@@ -2,8 +2,8 @@
 scores by retraining with rows removed / duplicated / inserted, and what the top rows look like."""
 
 from __future__ import annotations
-# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 
+# Handlers import their stage code inside the function: `mda --help` must not load torch (cli/__init__).
 from pathlib import Path
 
 from mda_fast import vocab

@@ -37,6 +37,15 @@ def window_fingerprint(source, samples: int = SAMPLE_ROWS) -> dict:
             "row_ids": array_digest(np.asarray(ids, np.int64)), "sample": array_digest(rows)}
 
 
+def sample_digests(source, samples: int = SAMPLE_ROWS) -> dict:
+    """{"positions": [...], "digests": [...]}: the digest of each row :func:`window_fingerprint`
+    samples (read as int64), so that a part of the window stored elsewhere can be checked row by row
+    against the rows a manifest recorded (``attribution.store.parts.verify_sub_window``)."""
+    pos = sample_positions(len(source), samples)
+    rows = source.read(pos, dtype=np.int64) if len(pos) else np.zeros((0, source.seq_len), np.int64)
+    return {"positions": [int(p) for p in pos], "digests": [array_digest(r) for r in rows]}
+
+
 def describe_window(fp: dict | None, name: str | None = None) -> str:
     """``rows 8..27 (20 rows) of NAME, content 1a2b3c4d5e6f`` for messages."""
     if not isinstance(fp, dict):

@@ -46,7 +46,9 @@ def load_tokenizer(tokenizer):
         raise ConfigError("text sources need a tokenizer (--tokenizer PATH)")
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
-    from transformers import AutoTokenizer  # imported on use: transformers takes seconds to import and most commands never need it
+    from transformers import (
+        AutoTokenizer,  # imported on use: transformers takes seconds to import and most commands never need it
+    )
 
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)

@@ -1,6 +1,7 @@
 """A window scored in parts by independent jobs (a Slurm job array, any scheduler), then merged.
 
     mda score --out RUN --part 3/8 ...   # job 3 of 8 (0-based): its rows into RUN/parts/3-of-8/
+    mda score --out RUN --part sub --data ROWS_ELSEWHERE ...   # a sub-window stored elsewhere
     mda merge --out RUN                  # every part in RUN/parts/ -> RUN/scores/, as one run writes it
 
 Every job reads the same window (``--data``, ``--steps``) and the same factors (``RUN/factors``, read
@@ -11,6 +12,13 @@ single run's identity (same weights, window, factors, probes, settings) plus ``p
 the count, its rows' positions in the window and their ids' digest); :func:`merge_parts` refuses a
 missing or doubled part, parts of another count, and parts whose identities differ beyond ``part``
 (other factors, weights, window or probes), naming the culprit.
+
+A part may also be any contiguous sub-window of the fitted window stored elsewhere (another file, a
+shard piece; ``--part sub``), verified by content (:func:`verify_sub_window`): its row ids lie in the
+fitted window's, and every row the factors recorded the digest of (``data.fingerprint.sample_digests``,
+256 rows spread over the window) that falls in the part is identical. Such a part is cut where the
+user cut it, so its batches may differ from a single run's: merged scores then equal that run's to
+float rounding, not bitwise.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError, DataError
 
 PARTS = "parts"
-_NAME = re.compile(r"^(\d+)-of-(\d+)$")
+SUB = "sub"                          # --part sub: the rows given are a sub-window of the factors' window
+_NAME = re.compile(r"^(\d+-of-\d+|rows-\d+-\d+)$")
 
 
 def parse_part(text) -> tuple[int, int]:
@@ -53,8 +62,47 @@ def part_bounds(n_rows: int, batch_size: int, index: int, count: int) -> tuple[i
     return min(b_lo * batch_size, n_rows), min(b_hi * batch_size, n_rows)
 
 
-def part_dir(run_dir: str, index: int, count: int) -> str:
+def part_dir(run_dir: str, part, source=None) -> str:
+    """``RUN/parts/<i>-of-<n>`` (``part`` "i/n"), or ``RUN/parts/rows-<first>-<last>`` (row ids) for
+    ``part="sub"`` and the sub-window ``source``."""
+    if part == SUB:
+        ids = source.row_ids()
+        if len(ids) == 0:
+            raise DataError("the sub-window to score is empty")
+        return os.path.join(run_dir, PARTS, f"rows-{int(ids[0])}-{int(ids[-1])}")
+    index, count = parse_part(part)
     return os.path.join(run_dir, PARTS, f"{index}-of-{count}")
+
+
+def verify_sub_window(manifest: dict, source, where: str) -> tuple[int, int]:
+    """[lo, hi): where ``source`` lies in the window the factors of ``manifest`` were fitted on,
+    checked by row ids and by the content of every recorded sample row inside it (ConfigError)."""
+    fitted, samples = manifest["identity"]["data"], manifest.get("window_samples")
+    if not samples:
+        raise ConfigError(f"factors {where} record no per-row digests of their window (fitted by an older "
+                          f"mda-fast); score parts of the whole window with --part I/N, or fit again")
+    first, n = fitted["first_row_id"], fitted["rows"]
+    if fitted["last_row_id"] - first + 1 != n:
+        raise ConfigError(f"the window of factors {where} has non-contiguous row ids; a sub-window of it cannot "
+                          f"be placed by its ids: score parts of the whole window with --part I/N")
+    ids = np.asarray(source.row_ids(), np.int64)
+    lo = int(ids[0]) - first if len(ids) else -1
+    if len(ids) == 0 or not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))) or lo < 0 or \
+            lo + len(ids) > n or source.seq_len != fitted["seq_len"]:
+        raise ConfigError(f"{source.name} (rows {ids[:1].tolist()}..{ids[-1:].tolist()}, {source.seq_len} tokens) "
+                          f"is not a contiguous run of rows of the factors' window, rows {first}.."
+                          f"{fitted['last_row_id']} of {fitted['seq_len']} tokens")
+    inside = [(p, d) for p, d in zip(samples["positions"], samples["digests"]) if lo <= p < lo + len(ids)]
+    if not inside:
+        raise ConfigError(f"{source.name} holds none of the {len(samples['positions'])} rows whose content the factors "
+                          f"recorded, so it cannot be verified by content; give a longer sub-window (at least "
+                          f"{-(-n // max(len(samples['positions']) - 1, 1))} rows) or use --part I/N")
+    rows = source.read(np.array([p - lo for p, _ in inside]), dtype=np.int64)
+    for (p, d), row in zip(inside, rows):
+        if array_digest(row) != d:
+            raise ConfigError(f"row {first + p} of {source.name} is not the row the factors {where} were fitted "
+                              f"on (its content differs): this is not a sub-window of that window")
+    return lo, lo + len(ids)
 
 
 def part_identity(index: int, count: int, lo: int, hi: int, row_ids: np.ndarray) -> dict:
@@ -68,8 +116,27 @@ def part_dirs(run_dir: str) -> list[str]:
 
 
 def _check_cover(tables: list[ScoreTable], dirs: list[str]) -> None:
-    """DataError unless the parts are each of one count, each index once, tiling the window."""
+    """DataError unless the parts tile the window: each row in exactly one part (a split's parts:
+    each index of one count once)."""
     parts = [t.manifest["identity"]["part"] for t in tables]
+    if all(p["count"] is not None for p in parts):
+        _check_split(parts, dirs)
+    rows = tables[0].manifest["window"]["rows"]
+    spans = sorted((tuple(p["positions"]), d) for p, d in zip(parts, dirs))
+    end, end_dir = 0, None
+    for (lo, hi), d in spans:
+        if lo < end:
+            raise DataError(f"parts {end_dir} and {d} both hold window rows {lo}..{min(hi, end) - 1} (a part "
+                            f"doubled?); merge each row's part once")
+        if lo > end:
+            raise DataError(f"window rows {end}..{lo - 1} are in no part; score them before merging")
+        end, end_dir = hi, d
+    if end != rows:
+        raise DataError(f"window rows {end}..{rows - 1} are in no part; score them before merging")
+
+
+def _check_split(parts: list[dict], dirs: list[str]) -> None:
+    """DataError unless ``parts`` are one split's, each index once (named by index)."""
     counts = sorted({p["count"] for p in parts})
     if len(counts) != 1:
         raise DataError(f"the parts are of different splits ({', '.join(f'of {c}' for c in counts)}): "
@@ -83,12 +150,6 @@ def _check_cover(tables: list[ScoreTable], dirs: list[str]) -> None:
     if missing:
         raise DataError(f"parts {', '.join(map(str, missing))} of {counts[0]} are missing; score them "
                         f"(`mda score --part I/{counts[0]}`) before merging")
-    bounds = [tuple(p["positions"]) for p in sorted(parts, key=lambda p: p["index"])]
-    rows = tables[0].manifest["window"]["rows"]
-    ends = [0] + [hi for _, hi in bounds]
-    if any(lo != ends[i] for i, (lo, _) in enumerate(bounds)) or ends[-1] != rows:
-        raise DataError(f"the parts' rows {bounds} do not tile the window's {rows} rows (scored with "
-                        f"another batch size?); score the parts again with one --batch-size")
 
 
 def _whole_identity(tables: list[ScoreTable], dirs: list[str]) -> dict:
