@@ -93,13 +93,14 @@ def heads(model, layers=None) -> list[str]:
             for h in range(c.num_attention_heads)]
 
 
-def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1, fisher: str = "true") -> np.ndarray:
-    """fit + score (Pipeline.run's path: a whole-window fit shares pass 2 with scoring); scores [N, C]."""
+def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1, **settings) -> np.ndarray:
+    """fit + score (Pipeline.run's path: a whole-window fit shares pass 2 with scoring); scores [N, C].
+    settings: more Settings (fisher, damping_floor, ...)."""
     from mda_fast.attribution import MDA, Settings
 
     out = tempfile.mkdtemp(prefix="mda_peers_")
     try:
-        s = Settings(batch_size=bs, progress=False, chunk_rows=4096, fit_fraction=fit_fraction, fisher=fisher)
+        s = Settings(batch_size=bs, progress=False, chunk_rows=4096, fit_fraction=fit_fraction, **settings)
         mda = MDA(model, units, [PROBE], settings=s)
         if mda.whole_window(src):
             return mda.fit_and_score(src, out).scores
@@ -198,7 +199,8 @@ def test_mda_modules_equal_kronfluence():
     torch.manual_seed(0)
     model, src = make_model(SMALL[0]), make_rows(*SMALL[1:3])
     probe = probe_set(model)
-    ours = mda_run(model, src, SMALL[3], MODULES, fit_fraction=1.0, fisher="empirical").sum(1)
+    # kronfluence's damping is 0.1 x mean Lambda with no floor: a floor of 1e-30 (Settings needs one > 0)
+    ours = mda_run(model, src, SMALL[3], MODULES, fit_fraction=1.0, fisher="empirical", damping_floor=1e-30).sum(1)
     for precise, tol in ((False, 1e-4), (True, 1e-5)):
         kf = kronfluence_run(make_model(SMALL[0]), src, SMALL[3], probe, labels="data", precise=precise)
         err = np.abs(ours - kf).max() / np.abs(kf).max()

@@ -20,7 +20,8 @@ from oracles import module_ekfac_scores
 
 # unit -> (module path in the layer, bias in the block); layer 1 of the tiny models
 UNITS = {"neox": ["L1.attention.query_key_value", "gpt_neox.layers.1.attention.dense", "L1.mlp.dense_4h_to_h.nobias"],
-         "gpt2": ["L1.attn.c_attn", "L1.attn.c_proj", "transformer.h.1.mlp.c_fc"]}
+         "gpt2": ["L1.attn.c_attn", "L1.attn.c_proj", "transformer.h.1.mlp.c_fc"],
+         "llama": ["L1.self_attn.k_proj", "model.layers.1.mlp.gate_proj", "L1.self_attn.o_proj"]}  # GQA k; no MLP bias
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,8 @@ def one_thread():
 
 
 def tiny(arch):
-    kw = dict(hidden_size=32, intermediate_size=64) if arch == "neox" else dict(n_embd=32, n_inner=64)
+    kw = {"neox": dict(hidden_size=32, intermediate_size=64), "gpt2": dict(n_embd=32, n_inner=64),
+          "llama": dict(hidden_size=32, intermediate_size=64, attention_bias=True)}[arch]
     return make_tiny_model(arch, seed=1, **kw).eval()
 
 
@@ -58,15 +60,16 @@ def test_parse_module_units():
             Unit.parse(bad)
 
 
-@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2", "llama"])
 def test_module_blocks_shapes_and_errors(arch):
     model = tiny(arch)
     adapter = get_adapter(model)
     blocks = [b for u in UNITS[arch] for b in Unit.parse(u).blocks(adapter)]
     d, f = 32, 64
-    want = {"neox": [(3 * d, d + 1), (d, d + 1), (d, f)], "gpt2": [(3 * d, d + 1), (d, d + 1), (f, d + 1)]}[arch]
+    want = {"neox": [(3 * d, d + 1), (d, d + 1), (d, f)], "gpt2": [(3 * d, d + 1), (d, d + 1), (f, d + 1)],
+            "llama": [(d // 2, d + 1), (f, d), (d, d + 1)]}[arch]  # k_proj: 2 of 4 heads (GQA)
     assert [(b.out_dim, b.in_dim) for b in blocks] == want
-    assert [b.bias for b in blocks] == [True, True, arch == "gpt2"]
+    assert [b.bias for b in blocks] == {"neox": [True, True, False], "gpt2": [True] * 3, "llama": [True, False, True]}[arch]
     with pytest.raises(ConfigError, match="has no linear module .*layers.1.attention.nope|has no linear module .*h.1"):
         Unit.parse("L1.attention.nope").blocks(adapter)
     with pytest.raises(ConfigError, match="layer 9 is out of range"):
@@ -76,7 +79,7 @@ def test_module_blocks_shapes_and_errors(arch):
         Unit.parse(other).blocks(adapter)
 
 
-@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2", "llama"])
 def test_captured_gradient_and_weight_views_include_the_bias(arch):
     """G = sum_t g_t [a_t; 1]^T equals the autograd [W.grad | b.grad]; add_to_weight writes [W | b]."""
     model = tiny(arch)
@@ -108,12 +111,14 @@ def reference(model, arch, src, probe, probe_data) -> np.ndarray:
     return module_ekfac_scores(model, mods, torch.as_tensor(src.read(np.arange(len(src)))), f).numpy()
 
 
-@pytest.mark.parametrize("arch", ["neox", "gpt2"])
+@pytest.mark.parametrize("arch", ["neox", "gpt2", "llama"])
 def test_module_scores_equal_float64_reference_ekfac(arch, tmp_path):
-    """Empirical Fisher on the whole window, damping 0.1 x mean Lambda: both mda-fast paths (fit + score,
-    and the whole-window pass) equal the from-scratch EK-FAC on [W | b] to 1e-4 relative."""
+    """Empirical Fisher on the whole window, damping 0.1 x mean Lambda with no floor (kronfluence has
+    none; llama's k_proj here has 0.1 x mean Lambda < the default floor 1e-5): both mda-fast paths
+    (fit + score, and the whole-window pass) equal the from-scratch EK-FAC on [W | b] to 1e-4 relative."""
     model, src = tiny(arch), window()
-    s = Settings(fit_fraction=1.0, fisher="empirical", batch_size=5, progress=False, probe_n=6, probe_seq_len=16)
+    s = Settings(fit_fraction=1.0, fisher="empirical", damping_floor=1e-30, batch_size=5, progress=False, probe_n=6,
+                 probe_seq_len=16)
     mda = MDA(model, UNITS[arch], [CopyTargetProbe()], settings=s)
     ref = reference(model, arch, src, CopyTargetProbe(), mda.probe_data["copy_target"])
     two_pass = mda.fit(src).score(src, str(tmp_path / "a")).scores
