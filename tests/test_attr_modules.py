@@ -138,3 +138,17 @@ def test_module_index_equals_scores(tmp_path):
     idx = mda.index(src, str(tmp_path / "i"), IndexSpec(k="full", dtype="float32"), units="auto")
     got = idx.query([CopyTargetProbe()]).scores
     assert np.abs(got - scores).max() <= 1e-4 * np.abs(scores).max()
+
+
+def test_head_only_commands_refuse_module_units():
+    """mda intervene tracks a head: a whole-module unit is one ConfigError; a scores manifest holding
+    module units is checked on its head units only."""
+    from mda_fast.cli.intervene_cmd import _unit
+    from mda_fast.intervene.validate import check_scores_match
+
+    assert _unit("L1.H3") == (1, 3)
+    with pytest.raises(ConfigError, match="names a whole module"):
+        _unit("L1.attention.dense")
+    check_scores_match({"units": ["L1.attention.dense", "L1.H3.qk"]}, unit=(1, 3))
+    with pytest.raises(ConfigError, match="not the tracked unit L1.H2"):
+        check_scores_match({"units": ["L1.attention.dense", "L1.H3.qk"]}, unit=(1, 2))
