@@ -14,6 +14,9 @@ RSS is its own):
     all_heads    mda-fast, every head of the model (qkvo) in one run
     whole        mda-fast fit on the whole window (fit_fraction 1: pass 2 shared with scoring)
     layer        mda-fast, every head of layer 3 (qkvo), whole window: the parameters kronfluence sees
+                 minus the biases, block-diagonal by head
+    modules      mda-fast on kronfluence's exact parameters: units L3.attention.query_key_value and
+                 L3.attention.dense (whole modules with their biases), whole window, true Fisher
     kronfluence  EK-FAC (whole window, true Fisher) on layer 3's attention modules
                  (query_key_value, dense), 1 query = the probe set; only when kronfluence imports
     bergson      Bergson's EK-FAC (bergson.hessians: KFAC + eigenvalue correction, whole window,
@@ -24,11 +27,13 @@ RSS is its own):
 
 Nothing is installed here: a peer that does not import is skipped (peers.py says how to install
 them and what exactly each one computes).
-Spearman correlations compare each peer's scores with ``whole`` (one head) and with ``layer``
-(sum of layer 3's head columns: the same parameters, minus biases, block-diagonal by head), and
-the two peers with each other.
+Spearman correlations compare each peer's scores with ``whole`` (one head), with ``layer``
+(sum of layer 3's head columns: the same parameters, minus biases, block-diagonal by head) and
+with ``modules`` (the same parameters, biases included: with true-Fisher labels the tools differ
+only in their label draws), and the two peers with each other.
 test_peer_matches_reference_ekfac checks both peers, with data labels (deterministic), against
-``reference_ekfac``, the same workload from scratch in float64.
+``reference_ekfac``, the same workload from scratch in float64; test_mda_modules_equal_kronfluence
+checks mda-fast's ``modules`` units against kronfluence itself (data labels, deterministic).
 
 Run:  python benchmarks/bench_peers.py --model pythia-14m --rows 16 --len 2049 --batch 8
       python benchmarks/bench_peers.py --one one_head ...    # one run, prints its JSON
@@ -54,8 +59,9 @@ import torch.nn.functional as F
 
 from peers import LAYER, PEERS, PROBE, UNIT, bergson_run, kronfluence_run, reference_ekfac
 
-RUNS = ("plain", "plain_sdpa", "one_head", "one_head_l0", "all_heads", "whole", "layer", "kronfluence", "bergson",
-        "pass")
+RUNS = ("plain", "plain_sdpa", "one_head", "one_head_l0", "all_heads", "whole", "layer", "modules", "kronfluence",
+        "bergson", "pass")
+MODULES = [f"L{LAYER}.attention.query_key_value", f"L{LAYER}.attention.dense"]  # kronfluence's modules, with biases
 
 
 def make_model(name: str):
@@ -87,13 +93,14 @@ def heads(model, layers=None) -> list[str]:
             for h in range(c.num_attention_heads)]
 
 
-def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1) -> np.ndarray:
-    """fit + score (Pipeline.run's path: a whole-window fit shares pass 2 with scoring); scores [N, C]."""
+def mda_run(model, src, bs: int, units, fit_fraction: float = 0.1, **settings) -> np.ndarray:
+    """fit + score (Pipeline.run's path: a whole-window fit shares pass 2 with scoring); scores [N, C].
+    settings: more Settings (fisher, damping_floor, ...)."""
     from mda_fast.attribution import MDA, Settings
 
     out = tempfile.mkdtemp(prefix="mda_peers_")
     try:
-        s = Settings(batch_size=bs, progress=False, chunk_rows=4096, fit_fraction=fit_fraction)
+        s = Settings(batch_size=bs, progress=False, chunk_rows=4096, fit_fraction=fit_fraction, **settings)
         mda = MDA(model, units, [PROBE], settings=s)
         if mda.whole_window(src):
             return mda.fit_and_score(src, out).scores
@@ -113,6 +120,7 @@ def run_one(what: str, model_name: str, n: int, L: int, bs: int) -> dict:
            "all_heads": lambda: mda_run(model, src, bs, heads(model)),
            "whole": lambda: mda_run(model, src, bs, [UNIT], fit_fraction=1.0),
            "layer": lambda: mda_run(model, src, bs, heads(model, [LAYER]), fit_fraction=1.0).sum(1),
+           "modules": lambda: mda_run(model, src, bs, MODULES, fit_fraction=1.0).sum(1),
            "kronfluence": lambda: kronfluence_run(model, src, bs, probe_set(model)),
            "bergson": lambda: bergson_run(model, src, bs, probe_set(model)),
            "pass": lambda: one_pass(model, src, bs)}
@@ -183,6 +191,23 @@ def test_peer_matches_reference_ekfac(peer):
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max(), (got, ref)
 
 
+def test_mda_modules_equal_kronfluence():
+    """With data labels mda-fast's scores on kronfluence's modules (query_key_value and dense of layer
+    3, with biases) equal kronfluence 1.0.1's EK-FAC pairwise scores: to 1e-4 relative with
+    kronfluence's float32 defaults (the timed configuration), to 1e-5 with its float64 options."""
+    pytest.importorskip("kronfluence")
+    torch.manual_seed(0)
+    model, src = make_model(SMALL[0]), make_rows(*SMALL[1:3])
+    probe = probe_set(model)
+    # kronfluence's damping is 0.1 x mean Lambda with no floor: a floor of 1e-30 (Settings needs one > 0)
+    ours = mda_run(model, src, SMALL[3], MODULES, fit_fraction=1.0, fisher="empirical", damping_floor=1e-30).sum(1)
+    for precise, tol in ((False, 1e-4), (True, 1e-5)):
+        kf = kronfluence_run(make_model(SMALL[0]), src, SMALL[3], probe, labels="data", precise=precise)
+        err = np.abs(ours - kf).max() / np.abs(kf).max()
+        print(f"mda-fast vs kronfluence (precise={precise}): max relative difference {err:.2e}")
+        assert err <= tol, (ours, kf)
+
+
 # -- the side-by-side table -------------------------------------------------------------------------
 def _subprocess(what: str, a) -> dict:
     cmd = [sys.executable, __file__, "--one", what, "--model", a.model, "--rows", str(a.rows), "--len", str(a.len),
@@ -214,12 +239,14 @@ def table(a) -> None:
         print(f"| {what} | {r['seconds']:.1f} | {ratio(t0)} | {ratio(ts)} | {r['peak_rss_gb']:.2f} |")
     scores = lambda what: res.get(what, {}).get("scores")  # noqa: E731
     for peer in PEERS:
-        for other in ("whole", "layer") + tuple(PEERS)[:tuple(PEERS).index(peer)]:  # then each earlier peer
+        for other in ("whole", "layer", "modules") + tuple(PEERS)[:tuple(PEERS).index(peer)]:  # then each earlier peer
             if scores(peer) and scores(other):
                 print(f"Spearman({peer}, {other}) = {spearman(scores(peer), scores(other)):.3f}")
     for peer in PEERS:
-        if "seconds" in res.get(peer, {}) and "seconds" in res.get("whole", {}):
-            print(f"{peer} / whole-window mda-fast = {res[peer]['seconds'] / res['whole']['seconds']:.2f}")
+        for ours in ("whole", "modules"):
+            if "seconds" in res.get(peer, {}) and "seconds" in res.get(ours, {}):
+                print(f"{peer} / mda-fast {ours}: time {res[peer]['seconds'] / res[ours]['seconds']:.2f}x, "
+                      f"peak RSS {res[peer]['peak_rss_gb'] / res[ours]['peak_rss_gb']:.2f}x")
 
 
 def main(argv=None) -> None:

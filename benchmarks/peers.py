@@ -37,9 +37,12 @@ PEERS = {"kronfluence": "bash scripts/install_peers.sh",  # run -> how to get it
          "bergson": "install it beside the environment and set PYTHONPATH: see benchmarks/peers.py"}
 
 
-def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled") -> np.ndarray:
+def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str = "sampled",
+                    precise: bool = False) -> np.ndarray:
     """kronfluence EK-FAC on layer LAYER's attention modules, whole window, damping 0.1 x mean
-    eigenvalue (as mda-fast); scores [N] in mda-fast's sign. labels "data": empirical Fisher."""
+    eigenvalue (as mda-fast); scores [N] in mda-fast's sign. labels "data": empirical Fisher.
+    precise: kronfluence's float32 covariances, per-sample gradients, Lambda, preconditioning and
+    scores in float64 instead (its defaults, used for timing, are float32; eigh is float64 in both)."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -72,15 +75,19 @@ def kronfluence_run(model, src, bs: int, probe_tokens: torch.Tensor, labels: str
     out = tempfile.mkdtemp(prefix="kf_peers_")
     try:
         an = Analyzer("bench", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=out)
+        f64 = dict.fromkeys(("activation_covariance_dtype", "gradient_covariance_dtype", "per_sample_gradient_dtype",
+                             "lambda_dtype"), torch.float64) if precise else {}
         fargs = FactorArguments(strategy="ekfac", covariance_max_examples=None, lambda_max_examples=None,
-                                use_empirical_fisher=labels == "data")
+                                use_empirical_fisher=labels == "data", **f64)
+        sargs = ScoreArguments(damping_factor=None, **(dict.fromkeys(
+            ("per_sample_gradient_dtype", "precondition_dtype", "score_dtype"), torch.float64) if precise else {}))
         an.fit_all_factors("ekfac", dataset=rows, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
         queries = list(probe_tokens)  # one query per probe row: kronfluence splits per-sample gradients
         # along the model's batch dimension, so a whole [32, 64] probe batch as one query would count
         # only its first row; the influence on the mean f over rows is the mean of the row scores
         an.compute_pairwise_scores("s", factors_name="ekfac", query_dataset=queries, train_dataset=rows,
                                    per_device_query_batch_size=len(queries), per_device_train_batch_size=bs,
-                                   score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
+                                   score_args=sargs, overwrite_output_dir=True)
         # kronfluence scores grad f^T H^-1 grad L (positive: up-weighting the row lowers f); mda-fast's
         # sign is the opposite (positive: the row strengthens f), so negate to compare
         return -an.load_pairwise_scores("s")["all_modules"].double().mean(0).numpy()  # f: the probe's mean

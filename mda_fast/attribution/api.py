@@ -45,9 +45,9 @@ from mda_fast.models.fingerprint import weights_fingerprint
 
 
 class MDA:
-    """Attribute units (heads) of ``model`` to training rows through probe functions.
+    """Attribute units (heads, or whole linear modules) of ``model`` to training rows through probe functions.
 
-    units: Unit, "L1.H3.qk" strings or lists of them; probes: Probe objects or strings
+    units: Unit, ModuleUnit, "L1.H3.qk" / "L3.attention.dense" strings or lists of them; probes: Probe objects or strings
     ("copy_target", "prev_attn:L1.H3", "module:function"); probe_data: optional
     {probe name: LongTensor[n, L]} overriding the generated probe sets. The model is put in eval
     mode (dropout would make scores random). Every input is checked here or before any pass: the

@@ -5,7 +5,8 @@
     --data       training rows: .bin/.idx prefix or piece, .npy, parquet, text files
     --steps A:B  a window of optimizer steps [A, B); rows [rps*A, rps*B)
     --rows-per-step  rows per optimizer step (Pythia: 1024)
-    --units      heads: L1.H3 (attribution commands: L1.H3.<mode>, mode qk | v | o | qkvo, default qk),
+    --units      heads: L1.H3 (attribution commands: L1.H3.<mode>, mode qk | v | o | qkvo, default qk;
+                 or a whole linear module with its bias: L3.attention.dense, L3.mlp.dense_4h_to_h[.nobias]),
                  or 'auto' where a command can choose them
     --probes     copy_target, copy_target2, prev_attn:L1.H3, module:function (a probe is a query
                  loss, not a head metric: metrics are previous_token, induction, ...; mda_fast.vocab)
@@ -80,7 +81,8 @@ def rows_per_step(p, default: int | None = None) -> None:
     p.add_argument("--rows-per-step", type=int, default=default, help="rows per optimizer step (Pythia: 1024)")
 
 
-def units(p, help: str = "heads: L1.H3 ... (block mode suffix .qk | .v | .o | .qkvo, default qk) or 'auto'") -> None:
+def units(p, help: str = "heads: L1.H3 ... (block mode suffix .qk | .v | .o | .qkvo, default qk), whole modules: "
+                         "L3.attention.dense ... (with the bias; .nobias: without), or 'auto'") -> None:
     p.add_argument("--units", nargs="+", default=None, metavar="UNIT", help=help)
 
 

@@ -19,6 +19,8 @@ def _unit(text: str | None):
     if text is None:
         return None
     u = Unit.parse(text)
+    if u.head is None:
+        raise ConfigError(f"--unit {text!r} names a whole module; mda intervene tracks a head, e.g. L1.H3")
     return u.layer, u.head
 
 

@@ -71,7 +71,7 @@ def check_scores_match(manifest: dict, *, checkpoints: dict | None = None, data:
         if tuple(rows) != want:
             raise ConfigError(f"{where} covers rows [{rows[0]}, {rows[1]}), not the retraining window "
                               f"{list(window)} (rows [{want[0]}, {want[1]}) at {rows_per_step} rows per step)")
-    heads = [(u.layer, u.head) for u in manifest_units(manifest)]
+    heads = [(u.layer, u.head) for u in manifest_units(manifest) if u.head is not None]  # not module units
     if unit is not None and heads and tuple(unit[:2]) not in heads:
         raise ConfigError(f"{where} scores units {['L%d.H%d' % u for u in heads]}, not the tracked "
                           f"unit L{unit[0]}.H{unit[1]}")

@@ -45,9 +45,10 @@ def _span(sl: slice | None):
 
 def input_key(block) -> tuple:
     """Blocks with equal keys read the same input a (e.g. every head's qk and v block of a layer:
-    the layer's attention input), so they share A and its eigenbasis."""
+    the layer's attention input), so they share A and its eigenbasis (a block with ``bias`` reads
+    the input plus a column of ones: another A)."""
     p = block.pieces[0]
-    return p.module, _span(p.in_cols)
+    return p.module, _span(p.in_cols), block.bias
 
 
 def output_key(block) -> tuple:

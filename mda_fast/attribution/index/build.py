@@ -48,11 +48,11 @@ from mda_fast.units import Unit, get_adapter
 
 
 def index_units(factors: FactorSet, adapter) -> list[str]:
-    """The default units of an index: every head of the factors' units' layers, in their modes,
-    whose blocks the factors hold."""
+    """The default units of an index: every head of the factors' head units' layers, in their modes,
+    whose blocks the factors hold, and the factors' whole-module units."""
     fitted = [Unit.parse(u) for u in factors.manifest.get("units") or []]
-    out = []
-    for layer, mode in dict.fromkeys((u.layer, u.mode) for u in fitted):
+    out = [u.name for u in fitted if u.head is None]
+    for layer, mode in dict.fromkeys((u.layer, u.mode) for u in fitted if u.head is not None):
         for head in range(adapter.n_heads):
             unit = Unit(layer, head, mode)
             if all(b.name in factors.blocks for b in unit.blocks(adapter)):
