@@ -69,6 +69,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="heads -> fit -> score -> top in one go", description=__doc__, formatter_class=fmt)
     _common(p)
     flags.top_k(p)
+    p.add_argument("--segments", type=int, default=1, metavar="S",
+                   help="trajectory-aware MDA: cut --steps into S segments ending at saved checkpoints of the "
+                        "--model run directory; each segment's rows scored at its own end checkpoint "
+                        "(attribution.trajectory)")
     p.set_defaults(func=cmd_run)
 
 
@@ -213,8 +217,32 @@ def _tokenizer(model: str, revision: str | None):
 
 
 def cmd_run(args) -> int:
+    if args.segments > 1:
+        return _run_segments(args)
     with _session(args) as (cfg, p):
         _say(f"window: {len(p.window)} rows of {p.window.seq_len} tokens from {cfg.data['source']}")
         p.run(cfg.top_k)
     _print_top(p.reports)
+    return 0
+
+
+def _run_segments(args) -> int:
+    """`mda run --segments S`: a TrajectoryRun over the window's steps, --model a run directory."""
+    from mda_fast.attribution.trajectory import TrajectoryRun
+    from mda_fast.data import open_source
+    from mda_fast.models import load_model
+    from mda_fast.training import list_checkpoints
+
+    _start()
+    cfg = _config(args)
+    cfg.require("model")
+    cfg.require("data.steps")
+    saved = list(list_checkpoints(cfg.model))
+    with _claimed(cfg):
+        src = open_source(cfg.data["source"], **(cfg.data.get("options") or {}))
+        run = TrajectoryRun(lambda step: load_model(cfg.model, f"step{step}", device=_device(cfg)), src,
+                            cfg.data["steps"], cfg.data["rows_per_step"], cfg.out, cfg.probes, cfg.units,
+                            args.segments, saved, cfg.settings, log=_say)
+        table = run.run()
+    _say(f"{len(run.spans)} segments {run.spans}: {len(table.row_ids)} rows -> {cfg.out}/scores/scores.npz")
     return 0
