@@ -152,18 +152,26 @@ def test_oracle_matches_finite_differences_of_real_retraining():
 
 
 def test_replayed_update_equals_the_training_step():
-    """The differentiable update (step_vjp.update) reproduces the loop's real step from a replayed state."""
+    """The differentiable update (step_vjp.update) reproduces the loop's real step from a replayed state.
+
+    The key bias has no effect on any output (softmax shift), so its true gradient is 0 and plain
+    Adam turns the float32 CE's rounding noise there into O(lr) steps that differ between attention
+    kernels: it is checked through the model's outputs instead of entry by entry."""
     for smooth in (False, True):
         model = _model()
         rep = Replayer(model, _rows(), (0, STEPS), RPS, _optim(smooth), micro_batch=2)
-        states = rep.run_to(rep.snapshot(0), 3, keep_every=1)
+        st = rep.run_to(rep.snapshot(0), 3, keep_every=1)[-1]
         after = rep.snapshot(3)
-        st = states[-1]
         theta, m0, v0, ones = leaves(st, RPS)
         p, m, v = update(model, st, theta, m0, v0, ones, rep.batch(2)[1], _lr(rep.optim, 2), rep.optim, 2)
-        for got, want in zip(p + m + v, after.params + after.exp_avg + after.exp_avg_sq):
-            torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-8)   # float32 CE
-        assert any(float((a - b).abs().max()) > 1e-4 for a, b in zip(after.params, st.params))
+        names = [n for n, _ in model.named_parameters()]
+        for name, got, want in zip(names * 3, p + m + v, after.params + after.exp_avg + after.exp_avg_sq):
+            if not (got is p[names.index(name)] and name.endswith("query_key_value.bias")):
+                torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-8)   # float32 CE
+        outs = [functional_call(model, dict(zip(names, ps)), (_rows()[:, :-1],)).logits.detach()
+                for ps in (p, after.params, st.params)]
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-9)
+        assert (outs[1] - outs[2]).abs().max() > 1e-3                     # the step did move the model
 
 
 def test_snapshot_interval_does_not_change_the_result():
