@@ -217,3 +217,15 @@ def test_smooth_adam_option_keeps_existing_identities():
     model = copy.deepcopy(_model())
     res = train(model, _rows(), (0, 2), RPS, _optim(True))
     assert all(math.isfinite(h["loss"]) for h in res.history)
+
+
+def test_window_starting_at_a_checkpoint_gives_the_same_later_rows(tmp_path):
+    """From a checkpoint of training.train at step 1 (weights + Adam moments, restored with its
+    optimizer groups), the rows of steps 1.. get the metagradient of the run from step 0."""
+    full = oracle()
+    model = _model()
+    train(model, _rows(), (0, 1), RPS, _optim(), out_dir=tmp_path / "ck", save_steps=[1], micro_batch=2)
+    late = exact_metagradient(_model(), _rows(), (1, STEPS), RPS, _optim(), logprob_target, micro_batch=2,
+                              init_from=tmp_path / "ck" / "step1")
+    np.testing.assert_allclose(late.weight_grad, full.weight_grad[RPS:], rtol=1e-9, atol=1e-12)
+    assert late.target == pytest.approx(full.target, rel=1e-12)

@@ -29,7 +29,7 @@ import torch
 
 from mda_fast.errors import ConfigError
 from mda_fast.lock import claim
-from mda_fast.oracle.step_vjp import Adjoint, step_vjp
+from mda_fast.oracle.step_vjp import Adjoint, group_settings, step_vjp
 from mda_fast.oracle.sweep_store import SweepStore, sweep_identity
 from mda_fast.oracle.train_state import Replayer, TrainState, trainable
 from mda_fast.training.checkpoints import read_state, restore
@@ -120,6 +120,7 @@ def _sweep(rep: Replayer, start: TrainState, target: Target, every: int, store, 
     final = rep.snapshot(b)
     t_forward = time.perf_counter() - t0
     value, adj = target_adjoint(rep.model, target, b)
+    groups = group_settings(rep.model, rep.optimizer)
     grad, row_ids = np.zeros((b - a) * rps), np.zeros((b - a) * rps, np.int64)
     prog = store.load_progress() if store else None
     if prog is not None:
@@ -128,7 +129,8 @@ def _sweep(rep: Replayer, start: TrainState, target: Target, every: int, store, 
         end = min(snap.step + every, adj.step)
         for st in reversed(rep.run_to(snap, end, keep_every=1) if end > snap.step else []):
             row, tokens = rep.batch(st.step)
-            adj, wg = step_vjp(rep.model, st, tokens, lr_at(rep.optim, st.step), rep.optim, adj, rep.micro_batch)
+            adj, wg = step_vjp(rep.model, st, tokens, lr_at(rep.optim, st.step), rep.optim, adj, rep.micro_batch,
+                               groups)
             i = (st.step - a) * rps
             grad[i:i + rps], row_ids[i:i + rps] = wg.double().numpy(), row.numpy()
             if on_step is not None:

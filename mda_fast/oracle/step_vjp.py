@@ -66,21 +66,31 @@ def clip_gradient(grads: list, clip: float | None) -> list:
     return [None if g is None else g * coef for g in grads]
 
 
+def group_settings(model, optimizer) -> list[dict]:
+    """Per trainable parameter (``model.parameters()`` order) its optimizer group (betas, eps,
+    weight decay): what the live optimizer uses (a restored checkpoint's groups override the config)."""
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    return [by_param[id(p)] for _, p in trainable(model)]
+
+
 def update(model, state: TrainState, theta, m, v, w, tokens, lr: float, optim: OptimConfig,
-           micro_batch: int | None):
-    """(theta', m', v') of the update at ``state`` as functions of the given leaves (lists)."""
+           micro_batch: int | None, groups: list[dict] | None = None):
+    """(theta', m', v') of the update at ``state`` as functions of the given leaves (lists).
+    ``groups``: per parameter the optimizer's settings (``group_settings``); None: from ``optim``
+    with training.optim.build_optimizer's grouping (weight decay only on tensors of ndim >= 2)."""
     names = [n for n, _ in trainable(model)]
     with eager_attention(model):
         grads = clip_gradient(batch_gradient(model, names, theta, tokens, w, micro_batch), optim.clip)
+    groups = groups or [{"weight_decay": optim.weight_decay if p.ndim >= 2 else 0.0, "betas": optim.betas,
+                         "eps": optim.eps} for p in theta]
     out_p, out_m, out_v = [], [], []
-    for p, g, mi, vi, n in zip(theta, grads, m, v, state.count):
+    for p, g, mi, vi, n, gr in zip(theta, grads, m, v, state.count, groups):
         if g is None:                                    # no gradient: torch's AdamW leaves it alone
             out_p.append(p), out_m.append(mi), out_v.append(vi)
             continue
         count = 1 if n is None else int(n.item()) + 1
-        wd = optim.weight_decay if p.ndim >= 2 else 0.0   # training.optim.build_optimizer's groups
-        new = adamw_update(p, g, mi, vi, count, lr=lr, weight_decay=wd, betas=optim.betas, eps=optim.eps,
-                           smooth=optim.smooth_adam)
+        new = adamw_update(p, g, mi, vi, count, lr=lr, weight_decay=gr["weight_decay"], betas=tuple(gr["betas"]),
+                           eps=gr["eps"], smooth=optim.smooth_adam)
         out_p.append(new[0]), out_m.append(new[1]), out_v.append(new[2])
     return out_p, out_m, out_v
 
@@ -97,12 +107,12 @@ def leaves(state: TrainState, batch_rows: int) -> tuple[list, list, list, torch.
 
 
 def step_vjp(model, state: TrainState, tokens, lr: float, optim: OptimConfig, after: Adjoint,
-             micro_batch: int | None = None) -> tuple[Adjoint, torch.Tensor]:
+             micro_batch: int | None = None, groups: list[dict] | None = None) -> tuple[Adjoint, torch.Tensor]:
     """Pull the adjoint of the state after update ``state.step`` back through that update.
 
     Returns (the adjoint of ``state``, d target / d w [B] for the step's rows)."""
     theta, m, v, w = leaves(state, tokens.shape[0])
-    out_p, out_m, out_v = update(model, state, theta, m, v, w, tokens, lr, optim, micro_batch)
+    out_p, out_m, out_v = update(model, state, theta, m, v, w, tokens, lr, optim, micro_batch, groups)
     outs, cots = [], []
     for o, c in zip(out_p + out_m + out_v, after.theta + after.m + after.v):
         if o.requires_grad and bool(c.any()):             # zero cotangents (m, v at the end) add nothing
