@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -40,19 +41,34 @@ def setup(demo: Path):
     return cfg, source, target, summary
 
 
-def model_at(cfg, demo: Path, step: int):
+def model_at(cfg, start: Path):
     model = new_model(cfg)
-    load_weights(step_dir(demo / "checkpoints", step), model)
+    load_weights(start, model)
     return model
 
 
-def retrain(cfg, demo, source, optim, window, target, weights: np.ndarray | None) -> tuple[float, float]:
+def start_checkpoint(demo: Path, step: int, eps: float | None, scratch: Path) -> Path:
+    """The demo's checkpoint at ``step``; with ``eps``, a copy whose optimizer groups use that eps
+    (a restored checkpoint's groups override OptimConfig, in training and in the oracle alike)."""
+    src = step_dir(demo / "checkpoints", step)
+    if eps is None:
+        return src
+    dst = scratch / f"step{step}_eps{eps:g}"
+    if not dst.is_dir():
+        shutil.copytree(src, dst)
+        sd = torch.load(dst / "optimizer.pt", weights_only=True)
+        for g in sd["param_groups"]:
+            g["eps"] = eps
+        torch.save(sd, dst / "optimizer.pt")
+    return dst
+
+
+def retrain(cfg, start, source, optim, window, target, weights: np.ndarray | None) -> tuple[float, float]:
     """(target after retraining the window with row weights ``weights`` [n_rows] or None, seconds)."""
-    model = model_at(cfg, demo, window[0])
+    model = model_at(cfg, start)
     rw = None if weights is None else (lambda ids: torch.as_tensor(weights[ids.numpy()]))
     t0 = time.perf_counter()
-    train(model, source, window, cfg.rows_per_step, optim, row_weights=rw,
-          init_from=step_dir(demo / "checkpoints", window[0]))
+    train(model, source, window, cfg.rows_per_step, optim, row_weights=rw, init_from=start)
     sec = time.perf_counter() - t0
     with torch.no_grad():
         return float(target(model)), sec
@@ -119,11 +135,10 @@ def main(argv=None):
     optim.smooth_adam = args.smooth
     optim.eps = args.eps if args.eps is not None else optim.eps
     window, rps = (args.start, args.end), cfg.rows_per_step
-    ctx = (cfg, args.demo, source, optim, window, target)
+    start = start_checkpoint(args.demo, args.start, args.eps, args.out.parent)
+    ctx = (cfg, start, source, optim, window, target)
     base, t_train = retrain(*ctx, None)
-    model = model_at(cfg, args.demo, args.start)
-    mg = exact_metagradient(model, source, window, rps, optim, target,
-                            init_from=step_dir(args.demo / "checkpoints", args.start))
+    mg = exact_metagradient(model_at(cfg, start), source, window, rps, optim, target, init_from=start)
     g_full = np.zeros(len(source))
     g_full[mg.row_ids] = mg.weight_grad
     res = {"window": window, "unit": [summary["layer"], summary["head"]], "smooth_adam": args.smooth,
