@@ -30,11 +30,17 @@ from mda_fast.io import read_json, write_json
 from mda_fast.oracle import InductionScore, exact_metagradient
 from mda_fast.probes import make_data
 from mda_fast.training import load_weights, step_dir, train
+from mda_fast.units import Unit
 
 
-def setup(demo: Path):
-    summary = read_json(demo / "induction.json")
-    cfg = DemoConfig(**{k: v for k, v in summary["config"].items()})
+def setup(demo: Path, unit: str | None):
+    """(config, source, target, unit (layer, head)): the demo's unit unless ``unit`` (L1.H2) is given."""
+    done = (demo / "induction.json").is_file()
+    summary = read_json(demo / "induction.json") if done else {}
+    cfg = DemoConfig(**summary["config"]) if done else DemoConfig()
+    if unit:
+        u = Unit.parse(unit)
+        summary.update(layer=u.layer, head=u.head)
     source = MMIdxSource(corpus_prefix(demo), seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     tokens = make_data(cfg.probe_n, 2 * cfg.probe_len, cfg.probe_low, cfg.probe_high, cfg.probe_seed)
     target = InductionScore(summary["layer"], summary["head"], tokens)
@@ -122,6 +128,7 @@ def main(argv=None):
     ap.add_argument("--demo", type=Path, required=True)
     ap.add_argument("--start", type=int, required=True)
     ap.add_argument("--end", type=int, required=True)
+    ap.add_argument("--unit", default=None, help="L<layer>.H<head> (default: the demo's unit)")
     ap.add_argument("--smooth", action="store_true")
     ap.add_argument("--eps", type=float, default=None)
     ap.add_argument("--directions", type=int, default=3)
@@ -130,7 +137,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg, source, target, summary = setup(args.demo)
+    cfg, source, target, summary = setup(args.demo, args.unit)
     optim = cfg.optim_config()
     optim.smooth_adam = args.smooth
     optim.eps = args.eps if args.eps is not None else optim.eps
