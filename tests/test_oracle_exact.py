@@ -180,17 +180,18 @@ def test_snapshot_interval_does_not_change_the_result():
         np.testing.assert_array_equal(oracle(every=k).weight_grad, base)
 
 
-def test_killed_sweep_resumes_bitwise(tmp_path):
-    full = oracle(every=2)
+@pytest.mark.parametrize("every", [2, 4])          # progress at a snapshot / inside a segment
+def test_killed_sweep_resumes_bitwise(tmp_path, every):
+    full = oracle(every=every)
 
     def kill(step):
         if step == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        oracle(every=2, out_dir=tmp_path, save_every=1, on_step=kill)
+        oracle(every=every, out_dir=tmp_path, save_every=1, on_step=kill)
     assert (tmp_path / "progress.pt").is_file() and not (tmp_path / "manifest.json").exists()
-    resumed = oracle(every=2, out_dir=tmp_path, save_every=1)
+    resumed = oracle(every=every, out_dir=tmp_path, save_every=1)
     assert resumed.info["resumed_from"] == 2
     np.testing.assert_array_equal(resumed.weight_grad, full.weight_grad)
     assert resumed.target == full.target
