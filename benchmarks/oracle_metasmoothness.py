@@ -8,7 +8,7 @@ The demo run (``mda_fast.demo.train_demo``) supplies the corpus, the checkpoint 
 the demo's optimizer (``--smooth``: SmoothAdamW, a new trajectory for the window), the oracle gives
 g_i = d induction(theta_end) / d w_i, and for random directions d (+-1 on a random 10% of rows) the
 retrained change target(1 + h d) - target(1) is compared with h <g, d>. ``--lds``: random 10%
-removals (w = 0), predicted -sum g_i over the removed rows vs the retrained change (Spearman).
+removals (w = 0; ``--lds-fraction``), predicted -sum g_i over the removed rows vs the retrained change (Spearman).
 """
 
 from __future__ import annotations
@@ -108,12 +108,12 @@ def smoothness(ctx, g_full, base, dirs, hs):
     return rows
 
 
-def lds(ctx, g_full, base, window, rps, count, seed=1):
+def lds(ctx, g_full, base, window, rps, count, fraction=0.1, seed=1):
     rng = np.random.default_rng(seed)
     rows = np.arange(window[0] * rps, window[1] * rps)
     actual, pred = [], []
     for _ in range(count):
-        drop = rng.choice(rows, size=len(rows) // 10, replace=False)
+        drop = rng.choice(rows, size=max(1, round(len(rows) * fraction)), replace=False)
         w = np.ones(len(g_full), np.float32)
         w[drop] = 0.0
         actual.append(retrain(*ctx, w)[0] - base)
@@ -134,6 +134,7 @@ def main(argv=None):
     ap.add_argument("--directions", type=int, default=3)
     ap.add_argument("--hs", default="0.01,0.03,0.1,0.3")
     ap.add_argument("--lds", type=int, default=0)
+    ap.add_argument("--lds-fraction", type=float, default=0.1)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -158,7 +159,8 @@ def main(argv=None):
     hs = sorted(hs + [-h for h in hs])
     dirs = directions(len(source), window, rps, args.directions)
     res["smoothness"] = smoothness(ctx, g_full, base, dirs, hs) if res["grad_finite"] else []
-    res["lds"] = lds(ctx, g_full, base, window, rps, args.lds) if args.lds and res["grad_finite"] else None
+    res["lds_fraction"] = args.lds_fraction
+    res["lds"] = lds(ctx, g_full, base, window, rps, args.lds, args.lds_fraction) if args.lds and res["grad_finite"] else None
     write_json(args.out, res)
     np.save(args.out.with_suffix(".grad.npy"), mg.weight_grad)
 
