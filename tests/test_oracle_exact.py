@@ -242,7 +242,7 @@ def test_run_exact_reads_the_window_and_settings_from_a_run(tmp_path):
     model = _model().float()
     train(model, rows, (0, 2), RPS, _optim(), out_dir=tmp_path / "ck", save_steps=[1])
     mg = run_exact(tmp_path / "ck", str(tmp_path / "rows.npy"), 1, 3, "induction:L1.H0", tmp_path / "exact",
-                   probe_n=2, probe_half=4, vocab_low=0, vocab_high=V)
+                   probe_n=2, probe_half=4, vocab_low=0, vocab_high=V, attention="sdpa")
     with np.load(tmp_path / "exact" / "metagrad.npz") as z:
         np.testing.assert_array_equal(z["weight_grad"], mg.weight_grad)
         np.testing.assert_array_equal(z["row_ids"], np.arange(RPS, 3 * RPS))

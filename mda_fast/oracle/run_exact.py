@@ -37,9 +37,13 @@ def parse_target(spec: str, n: int, half: int, vocab_low: int, vocab_high: int, 
 
 def run_exact(checkpoints, data, start: int, end: int, target: str, out, *, every: int | None = None,
               save_every: int = 25, micro_batch: int | None = None, probe_n: int = 32, probe_half: int = 32,
-              vocab_low: int = 32, vocab_high: int = 127, probe_seed: int = 12345) -> MetaGradient:
+              vocab_low: int = 32, vocab_high: int = 127, probe_seed: int = 12345,
+              attention: str | None = None) -> MetaGradient:
     """Exact metagradient of ``target`` at step ``end`` w.r.t. the weights of the rows of steps
-    [start, end) of ``data`` (rows per step and optimizer settings from checkpoint ``step{start}``)."""
+    [start, end) of ``data`` (rows per step and optimizer settings from checkpoint ``step{start}``).
+    ``attention``: the attention implementation training ran ("sdpa" for the demo), so the replayed
+    states are bitwise the trained ones; None keeps load_model's eager attention (same function,
+    other rounding)."""
     ckpt = step_dir(checkpoints, start)
     if not Path(ckpt).is_dir():
         raise ConfigError(f"no checkpoint {ckpt}; the window must start at a saved step.")
@@ -47,8 +51,8 @@ def run_exact(checkpoints, data, start: int, end: int, target: str, out, *, ever
     if "optim" not in state or "rows_per_step" not in state:
         raise ConfigError(f"checkpoint {ckpt} records no optimizer settings; it was not written by training.train.")
     model, _ = load_model(str(ckpt), load_tokenizer=False)
-    # the checkpoint's model runs eager attention here (load_model); demo training ran sdpa: the
-    # same function, rounded differently
+    if attention is not None:
+        model.set_attn_implementation(attention)
     source = open_source(data, seq_len=None, vocab_size=int(model.config.vocab_size))
     tgt = parse_target(target, probe_n, probe_half, vocab_low, vocab_high, probe_seed)
     optim = OptimConfig.from_dict(state["optim"])
