@@ -117,7 +117,8 @@ def step_vjp(model, state: TrainState, tokens, lr: float, optim: OptimConfig, af
     for o, c in zip(out_p + out_m + out_v, after.theta + after.m + after.v):
         if o.requires_grad and bool(c.any()):             # zero cotangents (m, v at the end) add nothing
             outs.append(o), cots.append(c)
-    got = torch.autograd.grad(outs, theta + m + v + [w], cots, allow_unused=True)
-    got = [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(theta + m + v + [w], got)]
+    ins = theta + m + v + [w]
+    got = torch.autograd.grad(outs, ins, cots, allow_unused=True) if outs else [None] * len(ins)
+    got = [torch.zeros_like(x) if g is None else g.detach() for x, g in zip(ins, got)]
     k = len(theta)
     return Adjoint(state.step, got[:k], got[k:2 * k], got[2 * k:3 * k]), got[-1]
