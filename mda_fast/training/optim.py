@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from mda_fast.errors import ConfigError
+from mda_fast.training.adam_math import SmoothAdamW
 
 # Pythia's published configs (EleutherAI/pythia models/*/pythia-*.yml): Adam(0.9, 0.95), eps 1e-8,
 # weight decay 0.1, clip 1.0, warmup 1% of 143k steps, cosine to 0.1 * lr over 143k steps.
@@ -43,6 +44,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"
     extra: dict = field(default_factory=dict)  # free-form notes saved with checkpoints
+    # eps inside the square root (training.adam_math.SmoothAdamW): differentiable enough for the
+    # exact oracle (mda_fast.oracle). Left out of to_dict() when False, so the identity of every
+    # existing run and checkpoint (which fingerprints to_dict()) is unchanged.
+    smooth_adam: bool = False
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -61,6 +66,8 @@ class OptimConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        if not self.smooth_adam:
+            del d["smooth_adam"]
         return d
 
     @classmethod
@@ -96,14 +103,17 @@ def lr_at(cfg: OptimConfig, step: int) -> float:
     return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with GPT-NeoX's grouping: no weight decay on biases and norm weights (ndim < 2)."""
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW with GPT-NeoX's grouping: no weight decay on biases and norm weights (ndim < 2);
+    ``SmoothAdamW`` (same state, eps inside the square root) when ``cfg.smooth_adam``."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.smooth_adam:
+        return SmoothAdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
