@@ -250,6 +250,15 @@ def test_run_exact_reads_the_window_and_settings_from_a_run(tmp_path):
                                 RPS, _optim(), mg_target(), init_from=tmp_path / "ck" / "step1")
     np.testing.assert_allclose(direct.weight_grad, mg.weight_grad, rtol=1e-6, atol=1e-9)
     assert np.abs(mg.weight_grad).max() > 0
+    from mda_fast.cli import main                  # `mda exact` is this handler
+
+    assert main(["exact", "--checkpoints", str(tmp_path / "ck"), "--data", str(tmp_path / "rows.npy"), "--steps", "1:3",
+                 "--target", "induction:L1.H0", "--out", str(tmp_path / "cli"), "--probe-n", "2", "--probe-half", "4",
+                 "--vocab-low", "0", "--vocab-high", str(V), "--attention", "sdpa"]) == 0
+    with np.load(tmp_path / "cli" / "metagrad.npz") as z:
+        np.testing.assert_array_equal(z["weight_grad"], mg.weight_grad)
+    assert main(["exact", "--checkpoints", str(tmp_path / "ck"), "--data", str(tmp_path / "rows.npy"), "--steps", "2:3",
+                 "--out", str(tmp_path / "none")]) == 2      # no checkpoint at step 2
 
 
 def mg_target():

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "mda_fast.cli.heads_cmd",
     "mda_fast.cli.attribution_cmd",
     "mda_fast.cli.index_cmd",
+    "mda_fast.cli.exact_cmd",
     "mda_fast.cli.demo_cmd",
     "mda_fast.cli.intervene_cmd",
 )
