@@ -17,20 +17,13 @@ from mda_fast.models import make_tiny_model
 from mda_fast.probes import CopyTargetProbe
 from mda_fast.units import Capture, ModuleUnit, Unit, get_adapter
 from oracles import module_ekfac_scores
+from test_attr_bruteforce import one_thread  # noqa: F401  (autouse fixture: one thread)
 
 # unit -> (module path in the layer, bias in the block); layer 1 of the tiny models
 UNITS = {"neox": ["L1.attention.query_key_value", "gpt_neox.layers.1.attention.dense", "L1.mlp.dense_4h_to_h.nobias"],
          "gpt2": ["L1.attn.c_attn", "L1.attn.c_proj", "transformer.h.1.mlp.c_fc"],
          "llama": ["L1.self_attn.k_proj", "model.layers.1.mlp.gate_proj", "L1.self_attn.o_proj"]}  # GQA k; no MLP bias
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread avoids OpenMP oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(arch):

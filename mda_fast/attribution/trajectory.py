@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.attribution.run.identity import fingerprint
-from mda_fast.attribution.store.scores import ScoreStore, ScoreTable, load_scores
+from mda_fast.attribution.store.scores import ScoreTable, store_tables
 from mda_fast.data import select_steps
 from mda_fast.errors import ConfigError
 
@@ -92,11 +91,4 @@ def join_segments(tables: list[ScoreTable], spans: list[tuple[int, int]], out_di
                                                                                  "rows", "world_size", "window")},
                     trajectory=f"{len(spans)} segments, each scored at its end checkpoint",
                     identity=identity, fingerprint=fingerprint(identity))
-    store = ScoreStore(out_dir, manifest, 0, 1)
-    store.prepare(replace=True)
-    if store.is_complete():
-        return load_scores(out_dir)
-    for t in tables:
-        store.add(t.row_ids, t.scores, t.loss)
-    store.flush()
-    return store.merge(np.concatenate([t.row_ids for t in tables]))
+    return store_tables(out_dir, manifest, tables, replace=True)

@@ -30,7 +30,7 @@ import re
 import numpy as np
 
 from mda_fast.attribution.run.identity import difference, fingerprint, names_of
-from mda_fast.attribution.store.scores import ScoreStore, ScoreTable, load_scores
+from mda_fast.attribution.store.scores import ScoreTable, load_scores, store_tables
 from mda_fast.data import rank_bounds
 from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError, DataError
@@ -180,11 +180,4 @@ def merge_parts(dirs: list[str], out_dir: str, replace: bool = False, chunk_rows
     manifest.update(identity=identity, fingerprint=fingerprint(identity),
                     merged_from=[{"dir": os.path.abspath(d), **t.manifest["identity"]["part"]}
                                  for d, t in zip(dirs, tables)])
-    store = ScoreStore(out_dir, manifest, 0, 1, chunk_rows)
-    store.prepare(replace=replace)
-    if store.is_complete():
-        return load_scores(out_dir)
-    for t in tables:
-        store.add(t.row_ids, t.scores, t.loss)
-    store.flush()
-    return store.merge(np.concatenate([t.row_ids for t in tables]))
+    return store_tables(out_dir, manifest, tables, replace, chunk_rows)

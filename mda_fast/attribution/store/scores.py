@@ -222,6 +222,20 @@ class ScoreStore:
         return ScoreTable(ids, sc, list(self.manifest["columns"]), lo, self.manifest)
 
 
+def store_tables(out_dir: str, manifest: dict, tables: list[ScoreTable], replace: bool = False,
+                 chunk_rows: int = 1024) -> ScoreTable:
+    """A score directory holding the rows of complete ``tables`` (parts or segments of one run)
+    under ``manifest``: reused when complete with the same identity, else written and merged."""
+    store = ScoreStore(out_dir, manifest, 0, 1, chunk_rows)
+    store.prepare(replace=replace)
+    if store.is_complete():
+        return load_scores(out_dir)
+    for t in tables:
+        store.add(t.row_ids, t.scores, t.loss)
+    store.flush()
+    return store.merge(np.concatenate([t.row_ids for t in tables]))
+
+
 def load_scores(path: str) -> ScoreTable:
     """The merged scores of a complete run directory."""
     mpath, spath = os.path.join(path, "manifest.json"), os.path.join(path, "scores.npz")
