@@ -11,7 +11,8 @@ The folders are the stages (a module imports only from those after it in this li
                   pass with scoring), factors (a block's EK-FAC factors: math, file format)
     score/        queries (probe gradients, preconditioned), scorer (the one inner-product scorer: one
                   batch loop, one scatter, one store path; op 1 and op 2), forward (one captured pass)
-    store/        scores (the resumable score store, ScoreTable), top (top rows decoded, figures)
+    store/        scores (the resumable score store, ScoreTable), top (top rows decoded, figures),
+                  parts (a window scored in parts by independent jobs, then merged)
     run/          context (RunContext, built once by build_context), inputs (checks), settings (every
                   knob, by stage), identity (what each output was computed from), dist (ranks)
 
