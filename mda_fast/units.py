@@ -17,7 +17,8 @@ A :class:`ModuleUnit` is one whole linear module of a layer (``L3.attention.dens
 one block of the module's whole weight ``W [O, I]`` plus, when the module has a bias, the bias as
 the last column ``[W | b] [O, I + 1]``, its input ``a`` given a trailing column of ones (so
 ``G = sum_t g_t [a_t; 1]^T`` holds the bias gradient ``sum_t g_t`` in its last column). The suffix
-``.nobias`` (``L3.attention.dense.nobias``) leaves the bias out.
+``.nobias`` (``L3.attention.dense.nobias``) leaves the bias out; ``.bias`` asks for it explicitly
+(a module without a bias is then refused instead of attributed on its weight alone).
 
     GPT-NeoX   attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h
     GPT-2      attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (Conv1D, weight [in, out])
@@ -41,6 +42,7 @@ from mda_fast.errors import ConfigError
 
 MODES = {"qk": ("qk",), "v": ("v",), "o": ("o",), "qkvo": ("qk", "v", "o")}
 NOBIAS = ".nobias"  # module-unit suffix: the weight only
+WITHBIAS = ".bias"  # module-unit suffix: weight and bias, refused for a bias-less module
 _HEAD = re.compile(r"^[Ll](\d+)\.[Hh]?(\d+)(?:\.(\w+))?$|^(\d+):(\d+)(?::(\w+))?$")  # L1.H3[.mode], 1:3[:mode]
 _MODULE = re.compile(r"^[Ll](\d+)\.([A-Za-z_][\w.]*)$")  # L3.attention.dense[.nobias]
 _PATH = re.compile(r"^([A-Za-z_][\w.]*?)\.(\d+)\.([A-Za-z_][\w.]*)$")  # gpt_neox.layers.3.attention.dense
@@ -107,8 +109,9 @@ class Unit:
             return cls(int(layer), int(head), mode or "qk")
         m = _MODULE.match(t)
         prefix, layer, path = (None, m.group(1), m.group(2)) if m else (_PATH.match(t) or _no_unit(text)).groups()
-        bias = not path.endswith(NOBIAS)
-        return ModuleUnit(int(layer), path if bias else path[: -len(NOBIAS)], bias, prefix)
+        bias, required = not path.endswith(NOBIAS), path.endswith(WITHBIAS)
+        path = path[: -len(NOBIAS)] if not bias else path[: -len(WITHBIAS)] if required else path
+        return ModuleUnit(int(layer), path, bias, prefix, required)
 
 
 def _no_unit(text: str):
@@ -125,6 +128,7 @@ class ModuleUnit:
     module: str  # e.g. "attention.dense", "mlp.dense_4h_to_h"
     bias: bool = True  # include the module's bias (when it has one)
     prefix: str | None = field(default=None, compare=False)  # layers' path as written ("gpt_neox.layers"), or None
+    bias_required: bool = field(default=False, compare=False)  # ".bias": a module without one is refused
     head = None  # not a head: head-only commands (mda intervene) refuse it
     mode = "module"
 
@@ -133,7 +137,11 @@ class ModuleUnit:
         return f"L{self.layer}.{self.module}" + ("" if self.bias else NOBIAS)
 
     def blocks(self, adapter: "Adapter") -> list[BlockSpec]:
-        return [adapter.module_block(self.layer, self.module, self.bias, self.prefix, self.name)]
+        block = adapter.module_block(self.layer, self.module, self.bias, self.prefix, self.name)
+        if self.bias_required and not block.bias:
+            raise ConfigError(f"unit {self.name}{WITHBIAS}: the model's {block.pieces[0].module} has no bias; "
+                              f"write {self.name} (its weight) without {WITHBIAS}")
+        return [block]
 
 
 class Adapter:

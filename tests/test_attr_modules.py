@@ -53,6 +53,24 @@ def test_parse_module_units():
             Unit.parse(bad)
 
 
+def test_asking_for_the_bias_of_a_biasless_module_is_refused(tmp_path):
+    """``.bias``: the bias asked for explicitly; a module without one is one clear error, nothing written."""
+    assert Unit.parse("L1.attention.dense.bias") == Unit.parse("L1.attention.dense")
+    llama = tiny("llama")
+    adapter = get_adapter(llama)
+    assert Unit.parse("L1.self_attn.k_proj.bias").blocks(adapter)[0].bias     # has one: the default block
+    with pytest.raises(ConfigError, match=r"unit L1.mlp.gate_proj.bias: .*mlp.gate_proj has no bias"):
+        Unit.parse("L1.mlp.gate_proj.bias").blocks(adapter)
+    llama.save_pretrained(tmp_path / "ckpt")
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).integers(2, 100, size=(16, 9)))
+    from mda_fast.cli import main
+
+    out = tmp_path / "out"
+    assert main(["fit", "--model", str(tmp_path / "ckpt"), "--data", str(tmp_path / "rows.npy"), "--rows-per-step", "4",
+                 "--units", "L1.mlp.gate_proj.bias", "--probes", "copy_target", "--out", str(out)]) == 2
+    assert not (out / "factors").exists()
+
+
 @pytest.mark.parametrize("arch", ["neox", "gpt2", "llama"])
 def test_module_blocks_shapes_and_errors(arch):
     model = tiny(arch)
