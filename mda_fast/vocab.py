@@ -7,7 +7,8 @@
     units          ``L1.H3`` names a head everywhere; ``L1.H3.qk`` adds the block mode where a
                    command attributes to blocks (default ``qk``); ``mda intervene`` tracks heads and
                    ignores a mode. ``L3.attention.dense`` names a whole linear module of layer 3 (its
-                   path inside the layer; weight and bias, ``.nobias``: the weight only) where a
+                   path inside the layer; weight and bias, ``.nobias``: the weight only, ``.bias``: the bias
+                   required) where a
                    command attributes to blocks; the full module path ``gpt_neox.layers.3.attention.dense``
                    is read as the same unit (``units.Unit.parse``, the one parser).
     -k / --top-k   a count (``20``) or a percentage of the rows (or heads) on offer (``10%``);
