@@ -64,7 +64,7 @@ def nvcc_version() -> str | None:
 
 def _backends() -> dict[str, tuple[bool, str]]:
     """The ops' own status (mda_fast.ops.backends.report): what the ops' backend choice sees, same reasons."""
-    try:
+    try:  # imported inside the try: an ops package that cannot load is reported, not raised
         from mda_fast.ops import backends
 
         return backends.report()
@@ -75,7 +75,8 @@ def _backends() -> dict[str, tuple[bool, str]]:
 
 def env_report() -> dict:
     """Everything ``mda env`` prints, as plain JSON-able data."""
-    import torch  # imported on use: torch (and `mda env` must report a broken torch, not crash) takes seconds to import and most commands never need it
+    # imported here, not at the top: `mda env` must report a missing or broken torch, not fail to import
+    import torch
 
     from mda_fast import __version__
 

@@ -46,9 +46,8 @@ def load_tokenizer(tokenizer):
         raise ConfigError("text sources need a tokenizer (--tokenizer PATH)")
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
-    from transformers import (
-        AutoTokenizer,  # imported on use: transformers takes seconds to import and most commands never need it
-    )
+    # imported on use: transformers takes seconds to import and most commands never need it
+    from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)

@@ -100,9 +100,8 @@ class DemoConfig:
 
     def model_config(self):
         """The ``GPTNeoXConfig`` of the demo model."""
-        from transformers import (
-            GPTNeoXConfig,  # imported on use: transformers takes seconds to import and most commands never need it
-        )
+        # imported on use: transformers takes seconds to import and most commands never need it
+        from transformers import GPTNeoXConfig
 
         return GPTNeoXConfig(
             vocab_size=self.vocab_size, hidden_size=self.d_model, num_hidden_layers=self.layers,
