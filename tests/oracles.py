@@ -36,7 +36,7 @@ def blocks_of(units, adapter) -> list:
 
 
 def per_sample_grads(cap) -> dict[str, torch.Tensor]:
-    """Block name -> ``G [B, O, I]`` materialized from a ``units.Capture`` (small blocks only)."""
+    """Block name -> ``G [B, O, I]`` materialized from a ``capture.Capture`` (small blocks only)."""
     a, g = cap.a, cap.g
     up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731  fp32 accumulation
     return {n: torch.einsum("bto,bti->boi", up(g[n]), up(a[n])) for n in a}

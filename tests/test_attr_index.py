@@ -26,7 +26,8 @@ from mda_fast.attribution.index.store import IndexFiles
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.errors import ConfigError, DataError
 from mda_fast.probes import CallableProbe
-from mda_fast.units import Capture, get_adapter
+from mda_fast.capture import Capture
+from mda_fast.units import get_adapter
 
 from oracles import RecordingWindow
 from test_attr_bruteforce import target_probe, tiny, window

@@ -15,7 +15,8 @@ from mda_fast.data import ArraySource
 from mda_fast.errors import ConfigError
 from mda_fast.models import make_tiny_model
 from mda_fast.probes import CopyTargetProbe
-from mda_fast.units import Capture, ModuleUnit, Unit, get_adapter
+from mda_fast.capture import Capture
+from mda_fast.units import ModuleUnit, Unit, get_adapter
 from oracles import module_ekfac_scores
 from test_attr_bruteforce import one_thread  # noqa: F401  (autouse fixture: one thread)
 

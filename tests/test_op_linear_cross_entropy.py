@@ -128,7 +128,7 @@ def test_captured_pass_forms_no_vocabulary_sized_tensor(labels, monkeypatch):
 def test_captured_pass_equals_the_plain_eager_pass(arch, dtype):
     """Chunked head + fused attention give the captures of the plain path (eager attention, full
     logits, F.cross_entropy); the model keeps its eager attention afterwards."""
-    from mda_fast.units import Capture
+    from mda_fast.capture import Capture
 
     model = make_tiny_model(arch, seed=1).to(dtype)
     adapter = get_adapter(model)

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
 
 from mda_fast.errors import ConfigError
-from mda_fast.units import Capture, Unit, get_adapter
+from mda_fast.capture import Capture
+from mda_fast.units import Unit, get_adapter
 from oracles import blocks_of, per_sample_grads
 
 CONFIGS = {

@@ -270,26 +270,24 @@ class MDA:
     def _open_store(self, source, out_dir: str, replace: bool, part: dict | None = None,
                     other_window: bool = False) -> ScoreStore:
         """The checked store of this run (or of one ``part`` of it) in ``out_dir`` (prepared by rank 0)."""
-        identity = self.score_identity(source)
-        window = window_info(source)
-        if part is not None and part["index"] is None:    # a verified sub-window: the part of the factors' window
-            identity["data"], window = self.factors.manifest["identity"]["data"], self.factors.manifest["window"]
-        check_factors(self.factors.manifest, identity, {"weights": self.model_name, "data": source.name},
-                      self.factors_where, same_window=not other_window)
-        if other_window:
-            identity["factors_window"] = self.factors.manifest["identity"].get("data")
+        identity, window, fitted = self.score_identity(source), window_info(source), self.factors.manifest
+        if part is not None and part["index"] is None:    # a verified sub-window: a part of the factors' window
+            identity["data"], window = fitted["identity"]["data"], fitted["window"]
+        check_factors(fitted, identity, {"weights": self.model_name, "data": source.name}, self.factors_where,
+                      same_window=not other_window)
         self.factors.check_values(self.factors_where)
-        fit = {k: self.factors.manifest.get(k) for k in ("settings", "rows_used", "window")}
+        extra = {}
+        if part is not None:
+            identity["part"] = part
+        if other_window:
+            identity["factors_window"] = fitted["identity"].get("data")
+            extra["factors_window"] = describe_window(identity["factors_window"], "the factors' window") + \
+                " (scored with factors of another window, as asked: other_window=True)"
+        fit = {k: fitted.get(k) for k in ("settings", "rows_used", "window")}
         manifest = dict(self.ctx.describe(), probes=[p.name for p in self.probes], columns=self.columns,
                         window=window, fit=fit, settings_score=self.settings.probe_dict(),
                         unit_blocks=self.unit_blocks, sign="positive = the row strengthens the probed behaviour",
-                        identity=identity, fingerprint=fingerprint(identity))
-        if part is not None:
-            identity = dict(identity, part=part)
-            manifest.update(identity=identity, fingerprint=fingerprint(identity))
-        if other_window:
-            manifest["factors_window"] = describe_window(identity["factors_window"], "the factors' window") + \
-                " (scored with factors of another window, as asked: other_window=True)"
+                        identity=identity, fingerprint=fingerprint(identity), **extra)
         store = ScoreStore(out_dir, manifest, dist.rank(), dist.world_size(), self.settings.chunk_rows)
         if dist.rank() == 0:
             store.prepare(replace=replace)

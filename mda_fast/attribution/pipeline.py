@@ -216,10 +216,11 @@ class Pipeline:
             self.top(top_k, columns)
         return self.table
 
-    def run(self, top_k: int | str = 20, refit: bool = False, columns: list[str] | None = None):
+    def run(self, top_k: int | str | None = 20, refit: bool = False, columns: list[str] | None = None):
         """fit (unless ``factors/`` holds this run's factors, or with ``refit``) -> score (replacing
-        scores of other inputs) -> top (of ``columns``, default all); returns the score table. A fit
-        on the whole window (``fit_fraction 1``) shares its pass 2 with the score pass."""
+        scores of other inputs) -> top (of ``columns``, default all; none with ``top_k=None``); returns
+        the score table. A fit on the whole window (``fit_fraction 1``) shares its pass 2 with the
+        score pass."""
         with self.claim():
             if (refit or not self.factors_current()) and self.mda.whole_window(self.window):
                 self.fit_and_score()
@@ -227,5 +228,6 @@ class Pipeline:
                 if refit or not self.factors_current():
                     self.fit()
                 self.score(replace=True)
-            self.top(top_k, columns)
+            if top_k is not None:         # None: scores only (a trajectory segment)
+                self.top(top_k, columns)
         return self.table

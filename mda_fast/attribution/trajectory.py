@@ -41,7 +41,7 @@ def segment_spans(a: int, b: int, count: int, saved: list[int]) -> list[tuple[in
     ends = []
     for k in range(1, count):
         target = a + (b - a) * k / count
-        free = [s for s in inside if s not in ends and (not ends or s > ends[-1])]
+        free = [s for s in inside if not ends or s > ends[-1]]
         if not free:
             raise ConfigError(f"only {len(inside)} checkpoints inside steps {a}..{b}: at most "
                               f"{len(inside) + 1} segments, not {count}")
@@ -71,7 +71,7 @@ class TrajectoryRun:
         p = Pipeline(model, select_steps(self.source, a, b, self.rps), os.path.join(self.out, "segments", f"{a}-{b}"),
                      self.probes, units=self.units, tokenizer=tok, settings=self.settings, log=self._log,
                      model_name=f"step{b}")
-        return p.run()
+        return p.run(top_k=None)
 
     def run(self) -> ScoreTable:
         """Every segment, then the joined table in ``out/scores`` (replacing an earlier join)."""

@@ -84,7 +84,7 @@ def _config(args):
             "device": getattr(args, "device", None), "data.source": getattr(args, "data", None),
             "data.steps": getattr(args, "steps", None), "data.rows_per_step": getattr(args, "rows_per_step", None),
             "probes": getattr(args, "probes", None), "top_k": getattr(args, "top_k", None),
-            **flags.given_settings(args)}
+            **{f"settings.{k}": v for k, v in flags.given_settings(args).items()}}
     units = getattr(args, "units", None)
     base["units"] = (units[0] if units == ["auto"] else units) if units else None
     if getattr(args, "no_progress", False):

@@ -45,7 +45,7 @@ def settings(p, cls, stages=None, skip=(), dest: str = "settings") -> None:
     """One flag per field of the settings dataclass ``cls`` (``--fit-fraction`` for ``fit_fraction``),
     of the given ``stages`` (default all), its type, help and default from the field's one
     declaration (``attribution.run.settings.setting``). The flags default to None so that a run
-    config's value stands unless the flag is given; :func:`given_settings` collects them."""
+    config's value stands unless the flag is given; :func:`given_settings` collects those given."""
     for name, annotation, default, stage, doc in documented(cls):
         if name in skip or (stages is not None and stage not in stages):
             continue
@@ -56,9 +56,9 @@ def settings(p, cls, stages=None, skip=(), dest: str = "settings") -> None:
 
 
 def given_settings(args, dest: str = "settings") -> dict:
-    """{"<dest>.<name>": value} of the settings flags given on the command line (see :func:`settings`)."""
+    """{name: value} of the settings flags given on the command line (see :func:`settings`)."""
     prefix = f"{dest}__"
-    return {f"{dest}.{k[len(prefix):]}": v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
 def model(p, required: bool = False, help: str = "checkpoint directory or hub id") -> None:
@@ -82,7 +82,7 @@ def rows_per_step(p, default: int | None = None) -> None:
 
 
 def units(p, help: str = "heads: L1.H3 ... (block mode suffix .qk | .v | .o | .qkvo, default qk), whole modules: "
-                         "L3.attention.dense ... (with the bias; .nobias: without), or 'auto'") -> None:
+                         "L3.attention.dense ... (with the bias; .nobias: without; .bias: required), or 'auto'") -> None:
     p.add_argument("--units", nargs="+", default=None, metavar="UNIT", help=help)
 
 

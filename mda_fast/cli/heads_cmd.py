@@ -33,7 +33,7 @@ def cmd_heads(args) -> int:
     from mda_fast.models import load_model
     from mda_fast.vocab import resolve_count
 
-    h = {**HEAD_DEFAULTS, **{k.split(".", 1)[1]: v for k, v in flags.given_settings(args, "heads").items()}}
+    h = {**HEAD_DEFAULTS, **flags.given_settings(args, "heads")}
     model, tokenizer = load_model(args.model, revision=args.revision, device=args.device)
     res = head_scores(model, n=h["n"], seq_len=h["seq_len"], seed=h["seed"], vocab_low=h["vocab_low"],
                       vocab_high=h["vocab_high"], batch_size=args.batch_size, tokenizer=tokenizer,

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 
 def _spec(args):
-    return IndexSpec(**{k.split(".", 1)[1]: v for k, v in flags.given_settings(args, "index").items()})
+    return IndexSpec(**flags.given_settings(args, "index"))
 
 
 def cmd_index(args) -> int:

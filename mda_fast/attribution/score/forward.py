@@ -16,7 +16,7 @@ from mda_fast.errors import DataError
 from mda_fast.models.attention import fused_attention
 from mda_fast.models.loss import final_hidden, lm_head, split_rows
 from mda_fast.ops import op_linear_cross_entropy as lce
-from mda_fast.units import Capture
+from mda_fast.capture import Capture
 
 _MIX = 0x9E3779B97F4A7C15  # row-seed mixing constant (golden ratio, 64 bit)
 

@@ -13,7 +13,7 @@ from mda_fast import ops
 from mda_fast.attribution.fit.factors import FactorSet, check_finite
 from mda_fast.errors import ConfigError
 from mda_fast.probes import probe_forward
-from mda_fast.units import Capture
+from mda_fast.capture import Capture
 
 
 def _probe_value(model, probe, tokens) -> torch.Tensor:
