@@ -1,100 +1,434 @@
-"""Issue 20's table, first cut: practical attributors against the exact oracle on the subsets the
-oracle experiment retrained (``benchmarks/oracle_metasmoothness.py --lds N [--lds-fraction F]``).
+"""Issue 20's table: every attributor against the exact oracle, on the same retrained subsets.
 
-The oracle benchmark removes seeded random subsets (numpy default_rng(1), ``rng.choice(rows,
-round(len(rows) * F))`` per subset) and records the retrained change of the target (the induction
-score of the demo's head at the window's end). Those subsets are regenerated here, and every
-attributor predicts each change as -sum of the removed rows' scores; LDS = Spearman(actual,
-predicted). Attributors: the oracle's metagradient, gradient dot product, MDA at the window's end
-(EK-FAC, whole-window fit), trajectory-aware MDA with S segments (``attribution.trajectory``).
-Also each one's Spearman with the oracle's per-row metagradient.
+    python benchmarks/oracle_table.py --demo /tmp/demo --window 3375 3475 --work /tmp/table --phase all
 
-    python benchmarks/oracle_table.py --exp /tmp/oracle_exp --out docs/results/issue20_table.json
+On a trained demo run (``mda_fast.demo.train_demo``: corpus + ``step{N}`` checkpoints every 25
+steps) and one window of it, for the demo's induction head L1.H1 under the copy-target probe:
+
+- ``attributors``: the score of every window row by gradient dot product, single-checkpoint MDA
+  (EK-FAC at the window's end, whole-window fit), trajectory-aware MDA with S segments
+  (``attribution.trajectory``, independent segments and SOURCE propagation) and the exact oracle
+  (``mda_fast.oracle``) on the *same* targets the LDS measures: the copy-target probe on the scores'
+  probe data, and the head's induction score on the experiment's tracking sequences. Seconds of
+  each, and of retraining the window, are recorded (costs as multiples of training and of MDA).
+- ``lds``: ``intervene.lds`` on random subsets removing 2%, 10% and 50% of the window's rows,
+  each retrained under row-order seeds 0 and 1 (the noise ceiling); the retraining is shared by
+  every attributor. Seed 0 is the original order, the one every attributor (the oracle included)
+  was computed on, and its changes are exact (deterministic retraining).
+- ``deletions``: per attributor, delete its top 10% and its most negative 10%, beside deleting as
+  many random rows of the top set's kinds (``kind-random-delete``): the head's emergence step
+  (threshold 0.5) and its score at the window's end, under several row-order seeds.
+- ``table``: ``table.json`` and ``table.md`` in ``--work``.
+
+Every phase reuses what an earlier (killed) run finished. One torch thread per process.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from mda_fast.attribution.pipeline import Pipeline
+from mda_fast.attribution.run.settings import Settings
+from mda_fast.attribution.store.scores import ScoreTable, load_scores
 from mda_fast.attribution.trajectory import TrajectoryRun
+from mda_fast.attribution.unrolled import adam_step_size
 from mda_fast.codec import byte_tokenizer
 from mda_fast.data import MMIdxSource, select_steps
+from mda_fast.demo.config import DemoConfig
+from mda_fast.demo.experiment import machine
+from mda_fast.demo.train_demo import corpus_prefix, new_model
+from mda_fast.intervene.experiment import prepare_experiment, run_conditions, summarize
+from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
+from mda_fast.intervene.summary import TrackedUnit
+from mda_fast.io import read_json, write_json
 from mda_fast.models import load_model
-from mda_fast.training import list_checkpoints
+from mda_fast.oracle import InductionScore, ProbeTarget, exact_metagradient
+from mda_fast.probes import make_data, parse_probe
+from mda_fast.training import list_checkpoints, load_weights, read_state, train
+from mda_fast.training.optim import OptimConfig
 
-RPS = 32
-
-
-def subsets(window, count, fraction, seed=1):
-    """The oracle benchmark's removal subsets (absolute row positions), regenerated."""
-    rng = np.random.default_rng(seed)
-    rows = np.arange(window[0] * RPS, window[1] * RPS)
-    return [rng.choice(rows, size=max(1, round(len(rows) * fraction)), replace=False) for _ in range(count)]
-
-
-def settings(preconditioner="ekfac"):
-    return {"fit_fraction": 1.0, "probe_vocab_low": 32, "probe_vocab_high": 127, "progress": False,
-            "preconditioner": preconditioner}
+UNIT, PROBE, LAYER, HEAD = "L1.H1.qk", "copy_target", 1, 1
+COLUMN = f"{UNIT}/{PROBE}"
+REMOVED = (0.01, 0.02, 0.1, 0.5)   # LDS: share of the window's rows removed per subset
+SEEDED = (0.02, 0.1, 0.5)          # ... retrained under several row-order seeds too (the noise ceiling)
+SEGMENTS = (2, 4)
+SOURCE_ETA = (0.1, 10.0)           # SOURCE's step size scaled (sensitivity to the Adam-derived eta)
 
 
-def attributors(demo: Path, window, work: Path, segments=(2, 4)) -> dict[str, np.ndarray]:
-    """{name: scores [rows of the window, training order]} of every practical attributor."""
-    ck = demo / "checkpoints"
-    src = MMIdxSource(str(demo / "corpus" / "demo"))
-    load = lambda step: (load_model(str(ck), f"step{step}")[0], byte_tokenizer())  # noqa: E731
-    unit, probe = ["L1.H1.qk"], ["copy_target"]
+class Setup:
+    """The demo run, its window and the shared pieces of every phase."""
+
+    def __init__(self, demo: Path, window, work: Path):
+        self.demo, self.window, self.work = demo, (int(window[0]), int(window[1])), work
+        self.cfg = DemoConfig()
+        self.ckpts = list_checkpoints(demo / "checkpoints")
+        self.source = MMIdxSource(corpus_prefix(demo), seq_len=self.cfg.seq_len, vocab_size=self.cfg.vocab_size)
+        self.rps = self.cfg.rows_per_step
+        self.unit = TrackedUnit.of("induction", LAYER, HEAD, "induction")
+
+    def load(self, step: int):
+        return load_model(str(self.ckpts[step]), load_tokenizer=False)[0], byte_tokenizer()
+
+    def settings(self, **kw) -> dict:
+        c = self.cfg
+        return {"fit_fraction": 1.0, "probe_vocab_low": c.probe_low, "probe_vocab_high": c.probe_high,
+                "progress": False, **kw}
+
+    def rows(self):
+        return select_steps(self.source, *self.window, self.rps)
+
+    def probe_tokens(self) -> torch.Tensor:
+        """The copy-target probe data every score (and the oracle's probe target) uses."""
+        s = Settings.from_dict(self.settings())
+        return make_data(s.probe_n, s.probe_seq_len, s.probe_vocab_low, s.probe_vocab_high, s.probe_seed)
+
+    def mda_table(self) -> ScoreTable:
+        """Single-checkpoint MDA (EK-FAC at the window's end); also the table the experiment checks."""
+        path = self.work / "attr" / "mda"
+        if not (path / "scores" / "manifest.json").is_file():
+            model, tok = self.load(self.window[1])
+            Pipeline(model, self.rows(), str(path), [PROBE], units=[UNIT], tokenizer=tok, settings=self.settings(),
+                     log=None).run(top_k=None)
+        return load_scores(str(path / "scores"))
+
+    def experiment(self, plans=("baseline",), seeds=(0,), table=None):
+        c = self.cfg
+        a, b = self.window
+        return prepare_experiment(self.work / "deletions", self.demo / "checkpoints", self.source,
+                                  table if table is not None else self.mda_table(), (a, b), plans, seeds,
+                                  units=[self.unit], cadence=5, end_step=b + (b - a), threshold=c.formation_high,
+                                  probe_n=c.probe_n, probe_len=c.probe_len, probe_range=(c.probe_low, c.probe_high))
+
+
+# -- attributors ------------------------------------------------------------------------------------
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def pipeline_scores(st: Setup, name: str, **settings) -> np.ndarray:
+    model, tok = st.load(st.window[1])
+    p = Pipeline(model, st.rows(), str(st.work / "attr" / name), [PROBE], units=[UNIT], tokenizer=tok,
+                 settings=st.settings(**settings), log=None)
+    return p.run(top_k=None).column(COLUMN)
+
+
+def trajectory_scores(st: Setup, segments: int, propagation: str, tag: str = "", step_size=None,
+                      **settings) -> np.ndarray:
+    run = TrajectoryRun(st.load, st.source, st.window, st.rps,
+                        str(st.work / "attr" / f"{propagation}{segments}{tag}"), [PROBE], [UNIT], segments,
+                        list(st.ckpts), st.settings(**settings), log=None, propagation=propagation,
+                        checkpoints=st.ckpts, step_size=step_size)
+    return run.run().column(COLUMN)
+
+
+def end_step_size(st: Setup) -> float:
+    """SOURCE's eta read from the Adam state at the window's end (what the default uses there)."""
+    model, _ = st.load(st.window[1])
+    p = Pipeline(model, None, "", [PROBE], units=[UNIT], settings=st.settings(), log=None)
+    return adam_step_size(st.ckpts[st.window[1]], model, p.mda.adapter, p.mda.blocks, st.window)
+
+
+def oracle_scores(st: Setup, target, name: str) -> np.ndarray:
+    a, b = st.window
+    start = st.ckpts[a]
+    state = read_state(start)
+    model = new_model(st.cfg)                        # the demo's model as trained (sdpa): its exact states
+    load_weights(start, model)
+    torch.manual_seed(int(state.get("seed", 0)))
+    mg = exact_metagradient(model, st.source, (a, b), st.rps, OptimConfig.from_dict(state["optim"]), target,
+                            init_from=start, out_dir=st.work / "attr" / name)
+    return np.asarray(mg.weight_grad, dtype=np.float64)
+
+
+def train_seconds(st: Setup) -> float:
+    """Seconds to retrain the window from its start checkpoint (the cost unit)."""
+    a, b = st.window
+    model = new_model(st.cfg)
+    state = read_state(st.ckpts[a])
+    _, sec = timed(lambda: train(model, st.source, (a, b), st.rps, OptimConfig.from_dict(state["optim"]),
+                                 init_from=st.ckpts[a]))
+    return sec
+
+
+def attributors(st: Setup) -> dict:
+    """{name: scores [window rows]} (cached in attr/all.npz) and {name: seconds} (attr/costs.json)."""
+    path, cpath = st.work / "attr" / "all.npz", st.work / "attr" / "costs.json"
+    have = dict(np.load(path)) if path.is_file() else {}
+    costs = read_json(cpath) if cpath.is_file() else {}
+    exp = st.experiment()
+    jobs = {"graddot": lambda: pipeline_scores(st, "graddot", preconditioner="identity"),
+            "mda": lambda: st.mda_table().column(COLUMN)}
+    for s in SEGMENTS:
+        jobs[f"mda_seg{s}"] = lambda s=s: trajectory_scores(st, s, "independent")
+        jobs[f"source_seg{s}"] = lambda s=s: trajectory_scores(st, s, "source")
+    jobs["graddot_seg4"] = lambda: trajectory_scores(st, 4, "independent", "-graddot", preconditioner="identity")
+    for mult in SOURCE_ETA:
+        jobs[f"source_seg4_eta{mult:g}x"] = lambda m=mult: trajectory_scores(st, 4, "source", f"-eta{m:g}x",
+                                                                         step_size=m * end_step_size(st))
+    jobs["oracle_probe"] = lambda: oracle_scores(st, ProbeTarget(parse_probe(PROBE), st.probe_tokens()), "oracle_probe")
+    jobs["oracle_head"] = lambda: oracle_scores(st, InductionScore(LAYER, HEAD, exp.shared.probe_tokens), "oracle_head")
+    for name, fn in jobs.items():
+        if name in have:
+            continue
+        scores, sec = timed(fn)
+        have[name], costs[name] = np.asarray(scores, dtype=np.float64), sec
+        np.savez(path, **have)
+        write_json(cpath, costs)
+        print(f"[attributors] {name}: {sec:.0f} s", flush=True)
+    if "train" not in costs:
+        costs["train"] = train_seconds(st)
+        write_json(cpath, costs)
+    return have, costs
+
+
+def fresh_costs(st: Setup) -> dict:
+    """Seconds of training the window and of each attributor computed from nothing (a scratch
+    work directory), one after the other in this process: the cost columns (attr/costs_fresh.json)."""
+    import tempfile
+
+    path = st.work / "attr" / "costs_fresh.json"
+    if path.is_file():
+        return read_json(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Setup(st.demo, st.window, Path(tmp))
+        jobs = {"train": lambda: train_seconds(fresh),
+                "graddot": lambda: pipeline_scores(fresh, "graddot", preconditioner="identity"),
+                "mda": lambda: pipeline_scores(fresh, "mda")}
+        for s in SEGMENTS:
+            jobs[f"mda_seg{s}"] = lambda s=s: trajectory_scores(fresh, s, "independent")
+            jobs[f"source_seg{s}"] = lambda s=s: trajectory_scores(fresh, s, "source")
+        jobs["oracle_probe"] = lambda: oracle_scores(fresh, ProbeTarget(parse_probe(PROBE), fresh.probe_tokens()),
+                                                     "oracle_probe")
+        costs = {name: timed(fn)[1] for name, fn in jobs.items()}
+    costs["machine"] = machine()
+    write_json(path, costs)
+    return costs
+
+
+# -- LDS -------------------------------------------------------------------------------------------
+def lds(st: Setup, scores: dict, subsets: int, seeds, jobs: int, exact_subsets: int = 0) -> dict:
+    """{removed share: {"seeds": run_lds over ``subsets`` subsets x row-order ``seeds`` (the noise
+    ceiling; not at 1%), "exact": run_lds over ``exact_subsets`` subsets in the original order only}}.
+    Both draw the same subsets (their first ones coincide): retraining is shared."""
+    exp = st.experiment()
+    ids = st.mda_table().row_ids
+    atts = [Attributor(n, ids, s) for n, s in scores.items()]
+    target = LdsTarget(st.unit, parse_probe(PROBE), st.probe_tokens(), atts)
     out = {}
-    for name, pre in (("graddot", "identity"), ("mda", "ekfac")):
-        model, tok = load(window[1])
-        p = Pipeline(model, select_steps(src, *window, RPS), work / name, probe, units=unit, tokenizer=tok,
-                     settings=settings(pre), log=None)
-        out[name] = p.run().scores[:, 0]
-    for s in segments:
-        run = TrajectoryRun(load, src, window, RPS, work / f"seg{s}", probe, unit, s, list(list_checkpoints(ck)),
-                            settings(), log=None)
-        out[f"mda_seg{s}"] = run.run().scores[:, 0]
+    for removed in REMOVED:
+        where = st.work / f"lds-removed{removed:g}"
+        run = lambda n, sd: run_lds(where, exp.shared, st.window, st.rps, [target], n_subsets=n,  # noqa: E731
+                                    fraction=1.0 - removed, seed=0, jobs=jobs, log=print, seeds=sd)
+        res = {}
+        if removed in SEEDED:
+            res["seeds"] = run(subsets, seeds)
+            print(format_lds(res["seeds"]), flush=True)
+        if exact_subsets:
+            res["exact"] = run(exact_subsets, (0,))
+            print(format_lds(res["exact"]), flush=True)
+        out[f"{removed:g}"] = res
     return out
 
 
-def table(exp: Path, name: str, window, work: Path) -> dict:
-    grads = {"oracle": np.load(exp / f"plain_{name}.grad.npy")}
-    scores = {**grads, **attributors(exp / "demo", window, work / name)}
-    rows = {}
-    for tag, fraction in (("lds1", 0.01), ("plain", 0.1)):
-        rec = json.load(open(exp / f"{tag}_{name}.json"))["lds"]
-        subs = subsets(window, len(rec["actual"]), fraction)
-        base = window[0] * RPS
-        for att, s in scores.items():
-            pred = [-float(s[d - base].sum()) for d in subs]
-            rows.setdefault(att, {})[f"lds_{fraction:g}"] = float(spearmanr(rec["actual"], pred)[0])
-        oracle_check = [-float(grads["oracle"][d - base].sum()) for d in subs]
-        assert np.allclose(oracle_check, rec["predicted"], rtol=1e-4, atol=1e-9), "subsets not regenerated"
-    for att, s in scores.items():
-        rows[att]["spearman_vs_oracle"] = float(spearmanr(s, grads["oracle"])[0])
-    return {"window": list(window), "rows": rows}
+# -- deletions --------------------------------------------------------------------------------------
+def deletion_plans(names) -> list[str]:
+    plans = ["baseline", "random-delete:top=10%,column=mda,name=random-10%"]
+    for n in names:
+        plans += [f"delete:top=10%,column={n},name=top-{n}", f"delete:top=10%,tail=negative,column={n},name=neg-{n}",
+                  f"kind-random-delete:top=10%,column={n},name=kind-{n}"]
+    return plans
+
+
+def combined_table(st: Setup, scores: dict) -> ScoreTable:
+    """Every attributor as a column of one table carrying the MDA scores' manifest (same window,
+    weights of the window's end): what ``prepare_experiment`` checks and ranks by."""
+    t = st.mda_table()
+    names = list(scores)
+    return ScoreTable(t.row_ids, np.stack([scores[n] for n in names], 1).astype(np.float32), names, t.loss,
+                      t.manifest)
+
+
+def at_step(curve: dict, unit: TrackedUnit, step: int) -> float | None:
+    steps, vals = curve["steps"], unit.series(curve)
+    return float(vals[steps.index(step)]) if step in steps else None
+
+
+def deletions(st: Setup, scores: dict, seeds, jobs: int) -> dict:
+    """Retrain every (condition, seed); {summary, end-of-window score per condition and seed}."""
+    exp = st.experiment(deletion_plans(scores), seeds, combined_table(st, scores))
+    curves = run_conditions(exp, jobs=jobs, log=print)
+    summary = summarize(exp, curves)
+    b = st.window[1]
+    end = {c: {s: at_step(cv, st.unit, b) for s, cv in runs.items()} for c, runs in curves.items()}
+    plans = {name: {**{k: v for k, v in plan.info.items() if k != "spec"}, "deleted": int(len(plan.delete))}
+             for (name, s), (plan, _) in exp.resolved.items() if s == seeds[0]}
+    return {"summary": summary, "end_score": end, "plans": plans}
+
+
+# -- table ----------------------------------------------------------------------------------------------
+def lds_rows(results: dict) -> dict:
+    """{attributor: {removed share: {probe/head: {exact, exact_ci95, mean, ci95, n}}}} and the noise
+    ceilings: "exact" is the original row order (the order every attributor and the oracle saw;
+    deterministic retraining, no noise), "mean" the mean change over row-order seeds 0 and 1,
+    "other_order" row-order seed 1 alone (rows permuted within blocks of 8 steps)."""
+    rows, ceiling, counts = {}, {}, {}
+    for key, res in results.items():
+        if "seeds" in res:
+            nc = res["seeds"]["targets"][0]["noise_ceiling"]
+            ceiling[key] = {k: nc[k]["r_between_seeds"] for k in ("probe", "head")}
+        counts[key] = {k: r["n_subsets"] for k, r in res.items()}
+        for kind, r in res.items():
+            for name, a in r["targets"][0]["attributors"].items():
+                cell = rows.setdefault(name, {}).setdefault(key, {"probe": {}, "head": {}})
+                for k in ("probe", "head"):
+                    tag = "exact" if kind == "exact" else "mean"
+                    cell[k][tag], cell[k][f"{tag}_ci95"] = a[f"lds_{k}"]["rho"], a[f"lds_{k}"]["ci95"]
+                    if kind == "seeds":          # another row order than the one the attributors saw
+                        cell[k]["other_order"] = a["per_seed"].get("1", {}).get(f"lds_{k}")
+    return {"attributors": rows, "noise_ceiling": ceiling, "subsets": counts}
+
+
+def deletion_rows(dele: dict, names) -> dict:
+    """Per attributor: emergence shift (% of the window) and end-of-window score change of its top
+    10%, of random rows of the top set's kinds, and of its most negative 10%; seed by seed."""
+    cond = dele["summary"]["units"]["induction"]["conditions"]
+    end = dele["end_score"]
+    base = end["baseline"]
+
+    def cell(c):
+        sp = cond.get(c, {}).get("shift_pct") or {}
+        d = [end[c][s] - base[s] for s in base if end[c].get(s) is not None and base[s] is not None]
+        return {"shift_pct": sp.get("mean"), "shift_ci95": sp.get("ci95"), "end_change": float(np.mean(d)),
+                "end_change_per_seed": d, "censored": cond.get(c, {}).get("censored")}
+    out = {"random-10%": cell("random-10%")}
+    for n in [n for n in names if f"top-{n}" in dele["plans"]]:
+        out[n] = {"top": cell(f"top-{n}"), "kind_random": cell(f"kind-{n}"), "negative": cell(f"neg-{n}"),
+                  "top_kinds": dele["plans"][f"kind-{n}"].get("composition")}
+    return out
+
+
+def table(st: Setup, scores: dict, costs: dict, lds_res: list[dict], dele: dict | None) -> dict:
+    from scipy.stats import spearmanr
+
+    names = list(scores)
+    res = {"window": list(st.window), "unit": UNIT, "probe": PROBE, "costs_seconds": costs,
+           "rows": int(len(next(iter(scores.values())))),
+           "cost_x_train": {n: costs[n] / costs["train"] for n in names if n in costs},
+           "cost_x_mda": {n: costs[n] / costs["mda"] for n in names if n in costs},
+           "seeds_lds": [0, 1],
+           "spearman_vs_oracle": {n: {o: float(spearmanr(scores[n], scores[o])[0]) for o in ("oracle_probe", "oracle_head")}
+                                  for n in names},
+           "lds": lds_rows(lds_res)}
+    if dele is not None:
+        res["deletions"] = deletion_rows(dele, names)
+    return res
+
+
+def _f(x, fmt="{:+.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(res: dict) -> str:
+    """The table as markdown: LDS (seed 0 = the oracle's row order, exact; seed mean with its 95%
+    interval), the top / kind-matched / negative deletions, agreement with the oracle, costs."""
+    lds, names = res["lds"], list(res["lds"]["attributors"])
+    shares = sorted(lds["subsets"], key=float)
+    out = [f"### Window {res['window'][0]}-{res['window'][1]} ({res['rows']} rows), {res['unit']} / {res['probe']}", "",
+           "LDS (Spearman over subsets, 95% bootstrap interval) in the original row order (exact: deterministic "
+           "retraining; the order every attributor saw), against the change of the probe and of the head's "
+           "induction score; then against the probe change averaged over row-order seeds 0 and 1. Subsets: "
+           + ", ".join(f"{float(k):.0%}: {v}" for k, v in lds["subsets"].items()), "",
+           "| attributor | " + " | ".join(f"{float(k):.0%}: probe | head | probe, seed mean | probe, other order"
+                                         for k in shares) + " |",
+           "|---|" + "---|---|---|---|" * len(shares)]
+
+    def ci(c, tag):
+        if c.get(tag) is None:
+            return "-"
+        lo, hi = c[f"{tag}_ci95"]
+        return f"{_f(c[tag])} [{_f(lo)}, {_f(hi)}]"
+    for n in names:
+        cells = []
+        for k in shares:
+            c = lds["attributors"][n][k]
+            cells.append(f"{ci(c['probe'], 'exact')} | {ci(c['head'], 'exact')} | {ci(c['probe'], 'mean')} | "
+                         f"{_f(c['probe'].get('other_order'))}")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    out.append("| noise ceiling: seed-vs-seed r (probe, head) | " + " | ".join(
+        f"| | {_f(lds['noise_ceiling'][k]['probe'])}, {_f(lds['noise_ceiling'][k]['head'])} |"
+        if k in lds["noise_ceiling"] else "| | - |" for k in shares) + " |")
+    if "deletions" in res:
+        d = res["deletions"]
+        out += ["", "Deleting 10% of the window (emergence shift, % of the window, mean [95% CI] over seeds; "
+                "change of the induction score at the window's end):", "",
+                "| attributor | top 10% | random rows of the top's kinds | most negative 10% | top 10% kinds |",
+                "|---|---|---|---|---|"]
+
+        def cell(c):
+            ci = c["shift_ci95"] or [None, None]
+            return f"{_f(c['shift_pct'], '{:+.1f}')}% [{_f(ci[0], '{:+.1f}')}, {_f(ci[1], '{:+.1f}')}]; {_f(c['end_change'], '{:+.3f}')}"
+        for n in names:
+            if n in d:
+                out.append(f"| {n} | {cell(d[n]['top'])} | {cell(d[n]['kind_random'])} | {cell(d[n]['negative'])} | "
+                           f"{d[n]['top_kinds']} |")
+        out.append(f"| (uniform random 10%) | {cell(d['random-10%'])} | | | |")
+    out += ["", "| attributor | Spearman with oracle (probe) | with oracle (head) | seconds | x training | x MDA |",
+            "|---|---|---|---|---|---|"]
+    for n in names:
+        sp = res["spearman_vs_oracle"][n]
+        sec = res["costs_seconds"].get(n)
+        out.append(f"| {n} | {_f(sp['oracle_probe'])} | {_f(sp['oracle_head'])} | {_f(sec, '{:.0f}')} | "
+                   f"{_f(res['cost_x_train'].get(n), '{:.1f}')} | {_f(res['cost_x_mda'].get(n), '{:.1f}')} |")
+    out.append(f"| (training the window) | | | {res['costs_seconds']['train']:.0f} | 1.0 | |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--exp", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--demo", type=Path, required=True)
+    ap.add_argument("--window", type=int, nargs=2, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--phase", choices=("mda", "lds-runs", "attributors", "costs", "lds", "deletions", "table", "all"),
+                    default="all")
+    ap.add_argument("--subsets", type=int, default=16)
+    ap.add_argument("--lds-seeds", type=int, default=2)
+    ap.add_argument("--exact-subsets", type=int, default=48, help="LDS subsets retrained in the original order only")
+    ap.add_argument("--deletion-attributors", nargs="*", default=None, help="default: every attributor")
+    ap.add_argument("--seeds", type=int, default=3, help="row-order seeds of the deletion conditions")
+    ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    res = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, window in (("late", (3375, 3475)), ("full", (3200, 3475))):
-            res[name] = table(args.exp, name, window, Path(tmp))
-            print(name, json.dumps(res[name], indent=1), flush=True)
-    args.out.write_text(json.dumps(res, indent=1))
+    torch.set_num_threads(1)
+    st = Setup(args.demo, args.window, args.work)
+    seeds = tuple(range(args.lds_seeds))
+    if args.phase == "mda":
+        st.mda_table()
+    if args.phase == "lds-runs":      # the retraining alone (attributor-independent), e.g. while scoring
+        lds(st, {}, args.subsets, seeds, args.jobs, args.exact_subsets)
+    if args.phase in ("attributors", "lds", "deletions", "table", "all"):
+        scores, costs = attributors(st)
+    if args.phase in ("costs", "all"):
+        fresh_costs(st)
+    if args.phase in ("table", "all"):
+        costs = fresh_costs(st)
+    if args.phase in ("lds", "table", "all"):
+        lds_res = lds(st, scores, args.subsets, seeds, args.jobs, args.exact_subsets)
+    dele = None
+    if args.phase in ("deletions", "table", "all"):
+        chosen = {n: scores[n] for n in (args.deletion_attributors or scores)}
+        dele = deletions(st, chosen, tuple(range(args.seeds)), args.jobs)
+    if args.phase in ("table", "all"):
+        res = table(st, scores, costs, lds_res, dele)
+        res["machine"] = machine()
+        write_json(args.work / "table.json", res)
+        (args.work / "table.md").write_text(markdown(res))
+        print(markdown(res))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 The folders are the stages (a module imports only from those after it in this list)::
 
     trajectory.py TrajectoryRun: S segments of a window, each a Pipeline at its own end checkpoint
+    unrolled.py   SOURCE propagation between segments (each segment's EK-FAC, Adam's step size)
     pipeline.py   Pipeline: a run's stages (heads -> fit -> score -> top, index, query) into one directory
     api.py        MDA: the Python front door, a thin view on one RunContext (fit, score, index, top)
     index/        build (one pass writing per-row index coordinates), query (Index: any probe, in

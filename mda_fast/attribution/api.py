@@ -64,6 +64,7 @@ class MDA:
         self.factors_where = "the EK-FAC factors fitted in this session"
         self.table: ScoreTable | None = None
         self.source = None
+        self._given: tuple[dict, str] | None = None   # use_queries: (queries, their key)
 
     # the run context's parts, read as attributes of the MDA (a thin view on its RunContext)
     _CONTEXT = frozenset(("model", "adapter", "units", "unit_blocks", "blocks", "probes", "probe_data", "settings",
@@ -97,7 +98,8 @@ class MDA:
         return {"weights": fit["weights"], "dtype": fit["dtype"], "data": fit["data"],
                 "units": [u.name for u in self.units], "blocks": [b.name for b in self.blocks],
                 "probes": self.ctx.probe_digests(),
-                "settings": self.settings.probe_dict(), "factors": self.factors.manifest.get("fingerprint")}
+                "settings": self.settings.probe_dict(), "factors": self.factors.manifest.get("fingerprint"),
+                **({"queries": self._given[1]} if self._given else {})}
 
     def _check_tokens(self, source) -> None:
         """DataError before any pass for a token id the model cannot embed, in this rank's share of
@@ -171,8 +173,11 @@ class MDA:
             queries = {}
             for name, V in raw.items():  # Q_S^T grad f Q_A (/ (Lambda + damping)): the kept rows' basis
                 f = self.factors[name]
+                if self._given:              # given queries: already preconditioned, only rotated
+                    V = self._given[0][name].to(V.device)
                 Vt = rotate(V, *f.ops_args(torch.float32, V.device)[:2], backend=s.backend)
-                queries[name] = (Vt.double() / (f.lam + f.damping)).float() if s.preconditioner == "ekfac" else Vt
+                ekfac = s.preconditioner == "ekfac" and not self._given
+                queries[name] = (Vt.double() / (f.lam + f.damping)).float() if ekfac else Vt
             shapes = {b.name: (b.out_dim, b.in_dim) for b in self.blocks}
             scorer = Scorer(kept_rows(ids, losses, kept, shapes), queries, self._columns(), s.backend)
             start, bs = store.resume_cursor(), s.batch_size  # rows of a killed run already stored are kept
@@ -203,8 +208,28 @@ class MDA:
         self.factors.check_values(self.factors_where)
         return self._queries()
 
+    def use_queries(self, queries: dict[str, torch.Tensor] | None, key: str | None = None) -> "MDA":
+        """Score with these queries {block: [n_probes, O, I]}, already preconditioned (e.g. propagated
+        between the segments of a trajectory: ``attribution.unrolled``), instead of this model's
+        H^-1 grad f; ``key`` names what they were computed from and enters the scores' identity.
+        ``None``: back to the model's own queries."""
+        if queries is None:
+            self._given = None
+            return self
+        want = {b.name: (len(self.probes), b.out_dim, b.in_dim) for b in self.blocks}
+        have = {n: tuple(q.shape) for n, q in queries.items()}
+        if have != want:
+            raise ConfigError(f"given queries have shapes {have}; this run's blocks need {want}")
+        if not key:
+            raise ConfigError("given queries need a key (what they were computed from) for the scores' identity")
+        self._given = ({n: q.detach().float() for n, q in queries.items()}, str(key))
+        return self
+
     def _queries(self) -> dict[str, torch.Tensor]:
         """:meth:`queries` of factors already checked (the score pass checks them in ``_open_store``)."""
+        if self._given:
+            device = next(self.model.parameters()).device
+            return {n: q.to(device) for n, q in self._given[0].items()}
         return build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
                              self.settings.probe_batch, self.settings.backend,
                              precondition=self.settings.preconditioner == "ekfac")

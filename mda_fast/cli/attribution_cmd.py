@@ -73,6 +73,13 @@ def register(subparsers) -> None:
                    help="trajectory-aware MDA: cut --steps into S segments ending at saved checkpoints of the "
                         "--model run directory; each segment's rows scored at its own end checkpoint "
                         "(attribution.trajectory)")
+    p.add_argument("--propagation", choices=("independent", "source"), default="independent",
+                   help="with --segments: 'independent' (each segment's own probe gradient and EK-FAC inverse) "
+                        "or 'source' (the window end's probe gradient carried back through later segments, "
+                        "SOURCE's (1 - exp(-eta K H)) / (K H) per segment; attribution.unrolled)")
+    p.add_argument("--step-size", type=float, default=None, metavar="ETA",
+                   help="with --propagation source: the effective step size eta of every segment (default: the "
+                        "learning rate over the median Adam denominator, read from each segment's checkpoint)")
     p.set_defaults(func=cmd_run)
 
 
@@ -217,7 +224,7 @@ def _tokenizer(model: str, revision: str | None):
 
 
 def cmd_run(args) -> int:
-    if args.segments > 1:
+    if args.segments > 1 or args.propagation != "independent":
         return _run_segments(args)
     with _session(args) as (cfg, p):
         _say(f"window: {len(p.window)} rows of {p.window.seq_len} tokens from {cfg.data['source']}")
@@ -237,12 +244,14 @@ def _run_segments(args) -> int:
     cfg = _config(args)
     cfg.require("model")
     cfg.require("data.steps")
-    saved = list(list_checkpoints(cfg.model))
+    ckpts = list_checkpoints(cfg.model)
+    saved = list(ckpts)
     with _claimed(cfg):
         src = open_source(cfg.data["source"], **(cfg.data.get("options") or {}))
         run = TrajectoryRun(lambda step: load_model(cfg.model, f"step{step}", device=_device(cfg)), src,
                             cfg.data["steps"], cfg.data["rows_per_step"], cfg.out, cfg.probes, cfg.units,
-                            args.segments, saved, cfg.settings, log=_say)
+                            args.segments, saved, cfg.settings, log=_say, propagation=args.propagation,
+                            checkpoints=ckpts, step_size=args.step_size)
         table = run.run()
     _say(f"{len(run.spans)} segments {run.spans}: {len(table.row_ids)} rows -> {cfg.out}/scores/scores.npz")
     return 0
