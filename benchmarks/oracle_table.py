@@ -37,6 +37,7 @@ from mda_fast.attribution.run.settings import Settings
 from mda_fast.attribution.store.scores import ScoreTable, load_scores
 from mda_fast.attribution.trajectory import TrajectoryRun
 from mda_fast.attribution.unrolled import adam_step_size
+from oracle_variants import LINEARS, adam_scores, tracin_steps, wide_scores
 from mda_fast.codec import byte_tokenizer
 from mda_fast.data import MMIdxSource, select_steps
 from mda_fast.demo.config import DemoConfig
@@ -70,6 +71,7 @@ class Setup:
         self.source = MMIdxSource(corpus_prefix(demo), seq_len=self.cfg.seq_len, vocab_size=self.cfg.vocab_size)
         self.rps = self.cfg.rows_per_step
         self.unit = TrackedUnit.of("induction", LAYER, HEAD, "induction")
+        self.probe = PROBE
 
     def load(self, step: int):
         return load_model(str(self.ckpts[step]), load_tokenizer=False)[0], byte_tokenizer()
@@ -172,6 +174,10 @@ def attributors(st: Setup) -> dict:
     for mult in SOURCE_ETA:
         jobs[f"source_seg4_eta{mult:g}x"] = lambda m=mult: trajectory_scores(st, 4, "source", f"-eta{m:g}x",
                                                                          step_size=m * end_step_size(st))
+    jobs["mda_qkvo"] = lambda: wide_scores(st, "mda_qkvo", [f"L{LAYER}.H{HEAD}.qkvo"])
+    jobs["mda_wide"] = lambda: wide_scores(st, "mda_wide", LINEARS)
+    jobs["adam_wide"] = lambda: adam_scores(st, "adam_wide", LINEARS)
+    jobs["tracin_steps"] = lambda: tracin_steps(st)
     jobs["oracle_probe"] = lambda: oracle_scores(st, ProbeTarget(parse_probe(PROBE), st.probe_tokens()), "oracle_probe")
     jobs["oracle_head"] = lambda: oracle_scores(st, InductionScore(LAYER, HEAD, exp.shared.probe_tokens), "oracle_head")
     for name, fn in jobs.items():
@@ -204,16 +210,25 @@ def fresh_costs(st: Setup) -> dict:
         for s in SEGMENTS:
             jobs[f"mda_seg{s}"] = lambda s=s: trajectory_scores(fresh, s, "independent")
             jobs[f"source_seg{s}"] = lambda s=s: trajectory_scores(fresh, s, "source")
+        jobs["mda_wide"] = lambda: wide_scores(fresh, "mda_wide", LINEARS)
+        jobs["tracin_steps"] = lambda: tracin_steps(fresh)
         jobs["oracle_probe"] = lambda: oracle_scores(fresh, ProbeTarget(parse_probe(PROBE), fresh.probe_tokens()),
                                                      "oracle_probe")
-        costs = {name: timed(fn)[1] for name, fn in jobs.items()}
+        cached = dict(np.load(st.work / "attr" / "all.npz"))
+        costs, again = {}, {}
+        for name, fn in jobs.items():
+            out, costs[name] = timed(fn)
+            if name in cached:            # recomputed from nothing: the cached scores are reproduced
+                diff = np.abs(np.asarray(out, dtype=np.float64) - cached[name]).max()
+                again[name] = float(diff / np.abs(cached[name]).max())
+    costs["reproduced_max_rel_diff"] = again
     costs["machine"] = machine()
     write_json(path, costs)
     return costs
 
 
 # -- LDS -------------------------------------------------------------------------------------------
-def lds(st: Setup, scores: dict, subsets: int, seeds, jobs: int, exact_subsets: int = 0) -> dict:
+def lds(st: Setup, scores: dict, subsets: int, seeds, jobs: int, exact_subsets: int = 0, removed_shares=REMOVED) -> dict:
     """{removed share: {"seeds": run_lds over ``subsets`` subsets x row-order ``seeds`` (the noise
     ceiling; not at 1%), "exact": run_lds over ``exact_subsets`` subsets in the original order only}}.
     Both draw the same subsets (their first ones coincide): retraining is shared."""
@@ -222,7 +237,7 @@ def lds(st: Setup, scores: dict, subsets: int, seeds, jobs: int, exact_subsets: 
     atts = [Attributor(n, ids, s) for n, s in scores.items()]
     target = LdsTarget(st.unit, parse_probe(PROBE), st.probe_tokens(), atts)
     out = {}
-    for removed in REMOVED:
+    for removed in removed_shares:
         where = st.work / f"lds-removed{removed:g}"
         run = lambda n, sd: run_lds(where, exp.shared, st.window, st.rps, [target], n_subsets=n,  # noqa: E731
                                     fraction=1.0 - removed, seed=0, jobs=jobs, log=print, seeds=sd)
@@ -320,8 +335,8 @@ def table(st: Setup, scores: dict, costs: dict, lds_res: list[dict], dele: dict 
     names = list(scores)
     res = {"window": list(st.window), "unit": UNIT, "probe": PROBE, "costs_seconds": costs,
            "rows": int(len(next(iter(scores.values())))),
-           "cost_x_train": {n: costs[n] / costs["train"] for n in names if n in costs},
-           "cost_x_mda": {n: costs[n] / costs["mda"] for n in names if n in costs},
+           "cost_x_train": {n: costs[n] / costs["train"] for n in names if isinstance(costs.get(n), float)},
+           "cost_x_mda": {n: costs[n] / costs["mda"] for n in names if isinstance(costs.get(n), float)},
            "seeds_lds": [0, 1],
            "spearman_vs_oracle": {n: {o: float(spearmanr(scores[n], scores[o])[0]) for o in ("oracle_probe", "oracle_head")}
                                   for n in names},
@@ -340,30 +355,33 @@ def markdown(res: dict) -> str:
     interval), the top / kind-matched / negative deletions, agreement with the oracle, costs."""
     lds, names = res["lds"], list(res["lds"]["attributors"])
     shares = sorted(lds["subsets"], key=float)
-    out = [f"### Window {res['window'][0]}-{res['window'][1]} ({res['rows']} rows), {res['unit']} / {res['probe']}", "",
-           "LDS (Spearman over subsets, 95% bootstrap interval) in the original row order (exact: deterministic "
-           "retraining; the order every attributor saw), against the change of the probe and of the head's "
-           "induction score; then against the probe change averaged over row-order seeds 0 and 1. Subsets: "
-           + ", ".join(f"{float(k):.0%}: {v}" for k, v in lds["subsets"].items()), "",
-           "| attributor | " + " | ".join(f"{float(k):.0%}: probe | head | probe, seed mean | probe, other order"
-                                         for k in shares) + " |",
-           "|---|" + "---|---|---|---|" * len(shares)]
+    seeded = [k for k in shares if k in lds["noise_ceiling"]]
 
     def ci(c, tag):
         if c.get(tag) is None:
             return "-"
         lo, hi = c[f"{tag}_ci95"]
         return f"{_f(c[tag])} [{_f(lo)}, {_f(hi)}]"
-    for n in names:
-        cells = []
-        for k in shares:
-            c = lds["attributors"][n][k]
-            cells.append(f"{ci(c['probe'], 'exact')} | {ci(c['head'], 'exact')} | {ci(c['probe'], 'mean')} | "
-                         f"{_f(c['probe'].get('other_order'))}")
-        out.append(f"| {n} | " + " | ".join(cells) + " |")
-    out.append("| noise ceiling: seed-vs-seed r (probe, head) | " + " | ".join(
-        f"| | {_f(lds['noise_ceiling'][k]['probe'])}, {_f(lds['noise_ceiling'][k]['head'])} |"
-        if k in lds["noise_ceiling"] else "| | - |" for k in shares) + " |")
+    out = [f"### Window {res['window'][0]}-{res['window'][1]} ({res['rows']} rows), {res['unit']} / {res['probe']}", ""]
+    for what, label in (("probe", "the probe (copy_target) change"), ("head", "the head's induction-score change")):
+        out += [f"LDS against {label}, original row order (exact retraining; the order every attributor saw), "
+                "Spearman [95% bootstrap interval] over " + ", ".join(
+                    f"{float(k):.0%}: {lds['subsets'][k].get('exact')}" for k in shares) + " subsets:", "",
+                "| attributor | " + " | ".join(f"{float(k):.0%} removed" for k in shares) + " |",
+                "|---|" + "---|" * len(shares)]
+        out += [f"| {n} | " + " | ".join(ci(lds["attributors"][n][k][what], "exact") for k in shares) + " |"
+                for n in names]
+        out.append("")
+    out += ["Row order: LDS against the probe change averaged over row-order seeds 0 and 1 (seed 1 permutes the "
+            "rows within blocks of 8 steps; " + ", ".join(f"{float(k):.0%}: {lds['subsets'][k]['seeds']}"
+                                                          for k in seeded) + " subsets), and against seed 1 alone:", "",
+            "| attributor | " + " | ".join(f"{float(k):.0%}: seed mean | seed 1" for k in seeded) + " |",
+            "|---|" + "---|---|" * len(seeded)]
+    out += [f"| {n} | " + " | ".join(f"{ci(lds['attributors'][n][k]['probe'], 'mean')} | "
+                                     f"{_f(lds['attributors'][n][k]['probe'].get('other_order'))}" for k in seeded) + " |"
+            for n in names]
+    out.append("| noise ceiling: seed-vs-seed r (probe) | " + " | ".join(
+        f"{_f(lds['noise_ceiling'][k]['probe'])} | " for k in seeded) + " |")
     if "deletions" in res:
         d = res["deletions"]
         out += ["", "Deleting 10% of the window (emergence shift, % of the window, mean [95% CI] over seeds; "
@@ -395,12 +413,13 @@ def main(argv=None):
     ap.add_argument("--demo", type=Path, required=True)
     ap.add_argument("--window", type=int, nargs=2, required=True)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--phase", choices=("mda", "lds-runs", "attributors", "costs", "lds", "deletions", "table", "all"),
+    ap.add_argument("--phase", choices=("mda", "lds-runs", "attributors", "costs", "lds", "deletions", "table", "lds-table", "all"),
                     default="all")
     ap.add_argument("--subsets", type=int, default=16)
     ap.add_argument("--lds-seeds", type=int, default=2)
     ap.add_argument("--exact-subsets", type=int, default=48, help="LDS subsets retrained in the original order only")
     ap.add_argument("--deletion-attributors", nargs="*", default=None, help="default: every attributor")
+    ap.add_argument("--removed", type=float, nargs="*", default=list(REMOVED), help="LDS removal shares")
     ap.add_argument("--seeds", type=int, default=3, help="row-order seeds of the deletion conditions")
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args(argv)
@@ -410,15 +429,17 @@ def main(argv=None):
     if args.phase == "mda":
         st.mda_table()
     if args.phase == "lds-runs":      # the retraining alone (attributor-independent), e.g. while scoring
-        lds(st, {}, args.subsets, seeds, args.jobs, args.exact_subsets)
-    if args.phase in ("attributors", "lds", "deletions", "table", "all"):
+        lds(st, {}, args.subsets, seeds, args.jobs, args.exact_subsets, args.removed)
+    if args.phase in ("attributors", "lds", "deletions", "table", "lds-table", "all"):
         scores, costs = attributors(st)
     if args.phase in ("costs", "all"):
         fresh_costs(st)
     if args.phase in ("table", "all"):
         costs = fresh_costs(st)
-    if args.phase in ("lds", "table", "all"):
-        lds_res = lds(st, scores, args.subsets, seeds, args.jobs, args.exact_subsets)
+    if args.phase in ("lds", "table", "lds-table", "all"):
+        lds_res = lds(st, scores, args.subsets, seeds, args.jobs, args.exact_subsets, args.removed)
+    if args.phase == "lds-table":       # the LDS part alone (deletions still running elsewhere)
+        print(markdown(table(st, scores, costs, lds_res, None)))
     dele = None
     if args.phase in ("deletions", "table", "all"):
         chosen = {n: scores[n] for n in (args.deletion_attributors or scores)}
