@@ -18,6 +18,7 @@ import torch
 
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.attribution.score.queries import build_queries
+from mda_fast.attribution.unrolled import adam_denominators
 from mda_fast.demo.train_demo import new_model
 from mda_fast.models.loss import model_row_losses
 from mda_fast.oracle import ProbeTarget
@@ -25,7 +26,7 @@ from mda_fast.oracle.train_state import Replayer
 from mda_fast.probes import parse_probe
 from mda_fast.training import load_weights, read_state
 from mda_fast.training.checkpoints import restore
-from mda_fast.training.optim import OptimConfig, build_optimizer, lr_at
+from mda_fast.training.optim import OptimConfig, lr_at
 
 LINEARS = [f"L{layer}.{m}" for layer in (0, 1)
            for m in ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")]
@@ -40,25 +41,6 @@ def _pipeline(st, name: str, units, **settings) -> Pipeline:
 def wide_scores(st, name: str, units) -> np.ndarray:
     """MDA (whole-window EK-FAC) over ``units``, each row's scores summed over the blocks."""
     return _pipeline(st, name, units).run(top_k=None).scores.sum(1).astype(np.float64)
-
-
-def adam_denominators(checkpoint, model, adapter, blocks) -> dict[str, torch.Tensor]:
-    """{block: sqrt(v_hat) + eps [O, I]} from the Adam state of ``checkpoint``."""
-    cfg = OptimConfig.from_dict(read_state(checkpoint)["optim"])
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved = [p.detach().clone() for p in params]
-    opt = build_optimizer(model, cfg)
-    restore(checkpoint, model, opt, restore_rng=False)
-    g = opt.param_groups[0]
-    for p in params:
-        s = opt.state[p]
-        p.grad = (s["exp_avg_sq"] / (1 - g["betas"][1] ** float(s["step"]))).sqrt() + g["eps"]
-    out = {b.name: adapter.slice_weight(model, b, grad=True).clone().float() for b in blocks}
-    with torch.no_grad():
-        for p, w in zip(params, saved):
-            p.copy_(w)
-            p.grad = None
-    return out
 
 
 def adam_scores(st, name: str, units) -> np.ndarray:

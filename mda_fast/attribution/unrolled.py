@@ -42,36 +42,39 @@ from mda_fast.training.optim import OptimConfig, build_optimizer, lr_at
 _EXP_MAX = 80.0                    # exp(80) ~ 5.5e34: Psi's replaced eigenvalue stays finite in fp32
 
 
-def adam_step_size(checkpoint: str | Path, model, adapter, blocks, steps: tuple[int, int]) -> float:
-    """eta: the mean learning rate over ``steps`` divided by the median of sqrt(v_hat) + eps over the
-    blocks' weights, v_hat the bias-corrected second moment in ``checkpoint`` (written by
-    ``training.train``). ``model`` is only borrowed to map the optimizer state to the blocks."""
+def adam_denominators(checkpoint: str | Path, model, adapter, blocks) -> dict[str, torch.Tensor]:
+    """{block: sqrt(v_hat) + eps [O, I] fp32}: Adam's denominator over each block's weights, v_hat the
+    bias-corrected second moment in ``checkpoint`` (written by ``training.train``). ``model`` is only
+    borrowed to map the optimizer state to the blocks (its weights and grads are put back)."""
     state = read_state(checkpoint)
     if "optim" not in state:
         raise ConfigError(f"checkpoint {checkpoint} records no optimizer settings (not written by training.train); "
                           "SOURCE propagation needs the Adam state of every segment's end")
-    cfg = OptimConfig.from_dict(state["optim"])
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
-    opt = build_optimizer(model, cfg)
+    opt = build_optimizer(model, OptimConfig.from_dict(state["optim"]))
     restore(checkpoint, model, opt, restore_rng=False)
+    beta2, eps = opt.param_groups[0]["betas"][1], opt.param_groups[0]["eps"]
     try:
-        denom = []
-        for p in params:                 # the block's v through the adapter's own weight slicing
+        for p in params:                 # the blocks' entries through the adapter's own weight slicing
             st = opt.state.get(p, {})
-            beta2 = opt.param_groups[0]["betas"][1]
-            t = float(st["step"]) if "step" in st else 0.0
-            if "exp_avg_sq" not in st or t <= 0:
+            if "exp_avg_sq" not in st or float(st.get("step", 0)) <= 0:
                 raise ConfigError(f"checkpoint {checkpoint} holds no Adam second moments")
-            p.grad = (st["exp_avg_sq"] / (1.0 - beta2 ** t)).sqrt() + opt.param_groups[0]["eps"]
-        for b in blocks:
-            denom.append(adapter.slice_weight(model, b, grad=True).reshape(-1))
-        median = float(torch.cat(denom).double().median())
+            p.grad = (st["exp_avg_sq"] / (1.0 - beta2 ** float(st["step"]))).sqrt() + eps
+        return {b.name: adapter.slice_weight(model, b, grad=True).detach().float().clone() for b in blocks}
     finally:
         with torch.no_grad():
             for p, w in zip(params, saved):
                 p.copy_(w)
                 p.grad = None
+
+
+def adam_step_size(checkpoint: str | Path, model, adapter, blocks, steps: tuple[int, int]) -> float:
+    """eta: the mean learning rate over ``steps`` divided by the median of Adam's denominator
+    (:func:`adam_denominators`) over the blocks' weights."""
+    dens = adam_denominators(checkpoint, model, adapter, blocks)
+    median = float(torch.cat([d.reshape(-1) for d in dens.values()]).double().median())
+    cfg = OptimConfig.from_dict(read_state(checkpoint)["optim"])
     lr = sum(lr_at(cfg, s) for s in range(*steps)) / max(1, steps[1] - steps[0])
     return lr / median
 
