@@ -31,10 +31,10 @@ import numpy as np
 from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.attribution.run.identity import fingerprint
 from mda_fast.attribution.score.queries import build_queries
-from mda_fast.attribution.unrolled import adam_step_size, source_queries
-from mda_fast.digest import array_digest
 from mda_fast.attribution.store.scores import ScoreTable, store_tables
+from mda_fast.attribution.unrolled import adam_step_size, source_queries
 from mda_fast.data import select_steps
+from mda_fast.digest import array_digest
 from mda_fast.errors import ConfigError
 
 
@@ -104,7 +104,7 @@ class TrajectoryRun:
         return join_segments(tables, self.spans, os.path.join(self.out, "scores"), self.propagation)
 
     def _fitted(self, a: int, b: int) -> tuple[Pipeline, float, int]:
-        """(the segment's Pipeline with its factors, c = eta K / T, K) (factors reused when current)."""
+        """(the segment's Pipeline holding its factors, c = eta K / T, K); factors reused when current."""
         p = self.pipeline(a, b)
         if p.factors_current():
             p.load_factors()
@@ -117,20 +117,25 @@ class TrajectoryRun:
         return p, eta * (b - a) / tokens, b - a
 
     def _source_segments(self) -> list[ScoreTable]:
-        """Fit every segment, propagate the final probe gradient back (``unrolled``), score each."""
-        fitted = [self._fitted(a, b) for a, b in self.spans]
-        last = fitted[-1][0].mda
-        s = last.settings
+        """Fit every segment, propagate the final probe gradient back (``unrolled``), score each.
+        One segment's model is held at a time (the factors stay, the models are loaded again)."""
+        segs = []
+        for a, b in self.spans:
+            p, c, k = self._fitted(a, b)
+            segs.append((p.mda.factors, c, k))
+        m, s = p.mda, p.mda.settings                     # the last segment: the window's end
         if s.preconditioner != "ekfac":
             raise ConfigError("SOURCE propagation preconditions with each segment's EK-FAC; "
                               "preconditioner 'identity' has no curvature to propagate")
-        final = build_queries(last.model, last.adapter, last.blocks, last.probes, last.probe_data, last.factors,
+        final = build_queries(m.model, m.adapter, m.blocks, m.probes, m.probe_data, m.factors,
                               s.probe_batch, s.backend, precondition=False)
-        queries = source_queries(final, [(p.mda.factors, c, k) for p, c, k in fitted], s.backend)
+        del p, m
         tables = []
-        for (p, c, k), q in zip(fitted, queries):
-            key = fingerprint({"propagation": "source", "c": c, "K": k, "eta": "given" if self.step_size else "adam",
+        for (a, b), (_, c, k), q in zip(self.spans, segs, source_queries(final, segs, s.backend)):
+            key = fingerprint({"propagation": "source", "c": c, "K": k,
                                "queries": {n: array_digest(v.numpy()) for n, v in sorted(q.items())}})
+            p = self.pipeline(a, b)
+            p.load_factors()
             p.mda.use_queries(q, key)
             tables.append(p.score(replace=True))
         return tables
