@@ -20,91 +20,42 @@ steps) and one window of it, for the demo's induction head L1.H1 under the copy-
   (threshold 0.5) and its score at the window's end, under several row-order seeds.
 - ``table``: ``table.json`` and ``table.md`` in ``--work``.
 
-Every phase reuses what an earlier (killed) run finished. One torch thread per process.
+Every phase reuses what an earlier (killed) run finished. One torch thread per process. The demo
+run, window and targets: ``oracle_setup.py``; the research variants: ``oracle_variants.py``; the
+table's rows and markdown: ``oracle_report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mda_fast.attribution.pipeline import Pipeline
-from mda_fast.attribution.run.settings import Settings
-from mda_fast.attribution.store.scores import ScoreTable, load_scores
+from mda_fast.attribution.store.scores import ScoreTable
 from mda_fast.attribution.trajectory import TrajectoryRun
 from mda_fast.attribution.unrolled import adam_step_size
-from oracle_variants import LINEARS, adam_scores, tracin_steps, wide_scores
-from mda_fast.codec import byte_tokenizer
-from mda_fast.data import MMIdxSource, select_steps
-from mda_fast.demo.config import DemoConfig
 from mda_fast.demo.experiment import machine
-from mda_fast.demo.train_demo import corpus_prefix, new_model
-from mda_fast.intervene.experiment import prepare_experiment, run_conditions, summarize
+from mda_fast.demo.train_demo import new_model
+from mda_fast.intervene.experiment import run_conditions, summarize
 from mda_fast.intervene.lds import Attributor, LdsTarget, format_lds, run_lds
 from mda_fast.intervene.summary import TrackedUnit
 from mda_fast.io import read_json, write_json
-from mda_fast.models import load_model
 from mda_fast.oracle import InductionScore, ProbeTarget, exact_metagradient
-from mda_fast.probes import make_data, parse_probe
-from mda_fast.training import list_checkpoints, load_weights, read_state, train
+from mda_fast.probes import parse_probe
+from mda_fast.training import load_weights, read_state, train
 from mda_fast.training.optim import OptimConfig
+from oracle_report import markdown, table
+from oracle_setup import COLUMN, HEAD, LAYER, PROBE, UNIT, Setup
+from oracle_variants import LINEARS, adam_scores, tracin_steps, wide_scores
 
-UNIT, PROBE, LAYER, HEAD = "L1.H1.qk", "copy_target", 1, 1
-COLUMN = f"{UNIT}/{PROBE}"
 REMOVED = (0.01, 0.02, 0.1, 0.5)   # LDS: share of the window's rows removed per subset
 SEEDED = (0.02, 0.1, 0.5)          # ... retrained under several row-order seeds too (the noise ceiling)
 SEGMENTS = (2, 4)
 SOURCE_ETA = (0.1, 10.0)           # SOURCE's step size scaled (sensitivity to the Adam-derived eta)
-
-
-class Setup:
-    """The demo run, its window and the shared pieces of every phase."""
-
-    def __init__(self, demo: Path, window, work: Path):
-        self.demo, self.window, self.work = demo, (int(window[0]), int(window[1])), work
-        self.cfg = DemoConfig()
-        self.ckpts = list_checkpoints(demo / "checkpoints")
-        self.source = MMIdxSource(corpus_prefix(demo), seq_len=self.cfg.seq_len, vocab_size=self.cfg.vocab_size)
-        self.rps = self.cfg.rows_per_step
-        self.unit = TrackedUnit.of("induction", LAYER, HEAD, "induction")
-        self.probe = PROBE
-
-    def load(self, step: int):
-        return load_model(str(self.ckpts[step]), load_tokenizer=False)[0], byte_tokenizer()
-
-    def settings(self, **kw) -> dict:
-        c = self.cfg
-        return {"fit_fraction": 1.0, "probe_vocab_low": c.probe_low, "probe_vocab_high": c.probe_high,
-                "progress": False, **kw}
-
-    def rows(self):
-        return select_steps(self.source, *self.window, self.rps)
-
-    def probe_tokens(self) -> torch.Tensor:
-        """The copy-target probe data every score (and the oracle's probe target) uses."""
-        s = Settings.from_dict(self.settings())
-        return make_data(s.probe_n, s.probe_seq_len, s.probe_vocab_low, s.probe_vocab_high, s.probe_seed)
-
-    def mda_table(self) -> ScoreTable:
-        """Single-checkpoint MDA (EK-FAC at the window's end); also the table the experiment checks."""
-        path = self.work / "attr" / "mda"
-        if not (path / "scores" / "manifest.json").is_file():
-            model, tok = self.load(self.window[1])
-            Pipeline(model, self.rows(), str(path), [PROBE], units=[UNIT], tokenizer=tok, settings=self.settings(),
-                     log=None).run(top_k=None)
-        return load_scores(str(path / "scores"))
-
-    def experiment(self, plans=("baseline",), seeds=(0,), table=None):
-        c = self.cfg
-        a, b = self.window
-        return prepare_experiment(self.work / "deletions", self.demo / "checkpoints", self.source,
-                                  table if table is not None else self.mda_table(), (a, b), plans, seeds,
-                                  units=[self.unit], cadence=5, end_step=b + (b - a), threshold=c.formation_high,
-                                  probe_n=c.probe_n, probe_len=c.probe_len, probe_range=(c.probe_low, c.probe_high))
 
 
 # -- attributors ------------------------------------------------------------------------------------
@@ -115,10 +66,7 @@ def timed(fn):
 
 
 def pipeline_scores(st: Setup, name: str, **settings) -> np.ndarray:
-    model, tok = st.load(st.window[1])
-    p = Pipeline(model, st.rows(), str(st.work / "attr" / name), [PROBE], units=[UNIT], tokenizer=tok,
-                 settings=st.settings(**settings), log=None)
-    return p.run(top_k=None).column(COLUMN)
+    return st.pipeline(name, **settings).run(top_k=None).column(COLUMN)
 
 
 def trajectory_scores(st: Setup, segments: int, propagation: str, tag: str = "", step_size=None,
@@ -132,9 +80,8 @@ def trajectory_scores(st: Setup, segments: int, propagation: str, tag: str = "",
 
 def end_step_size(st: Setup) -> float:
     """SOURCE's eta read from the Adam state at the window's end (what the default uses there)."""
-    model, _ = st.load(st.window[1])
-    p = Pipeline(model, None, "", [PROBE], units=[UNIT], settings=st.settings(), log=None)
-    return adam_step_size(st.ckpts[st.window[1]], model, p.mda.adapter, p.mda.blocks, st.window)
+    m = st.pipeline("unused").mda                # nothing is written: only its model, adapter, blocks
+    return adam_step_size(st.ckpts[st.window[1]], m.model, m.adapter, m.blocks, st.window)
 
 
 def oracle_scores(st: Setup, target, name: str) -> np.ndarray:
@@ -197,8 +144,6 @@ def attributors(st: Setup) -> dict:
 def fresh_costs(st: Setup) -> dict:
     """Seconds of training the window and of each attributor computed from nothing (a scratch
     work directory), one after the other in this process: the cost columns (attr/costs_fresh.json)."""
-    import tempfile
-
     path = st.work / "attr" / "costs_fresh.json"
     if path.is_file():
         return read_json(path)
@@ -287,134 +232,13 @@ def deletions(st: Setup, scores: dict, seeds, jobs: int) -> dict:
     return {"summary": summary, "end_score": end, "plans": plans}
 
 
-# -- table ----------------------------------------------------------------------------------------------
-def lds_rows(results: dict) -> dict:
-    """{attributor: {removed share: {probe/head: {exact, exact_ci95, mean, ci95, n}}}} and the noise
-    ceilings: "exact" is the original row order (the order every attributor and the oracle saw;
-    deterministic retraining, no noise), "mean" the mean change over row-order seeds 0 and 1,
-    "other_order" row-order seed 1 alone (rows permuted within blocks of 8 steps)."""
-    rows, ceiling, counts = {}, {}, {}
-    for key, res in results.items():
-        if "seeds" in res:
-            nc = res["seeds"]["targets"][0]["noise_ceiling"]
-            ceiling[key] = {k: nc[k]["r_between_seeds"] for k in ("probe", "head")}
-        counts[key] = {k: r["n_subsets"] for k, r in res.items()}
-        for kind, r in res.items():
-            for name, a in r["targets"][0]["attributors"].items():
-                cell = rows.setdefault(name, {}).setdefault(key, {"probe": {}, "head": {}})
-                for k in ("probe", "head"):
-                    tag = "exact" if kind == "exact" else "mean"
-                    cell[k][tag], cell[k][f"{tag}_ci95"] = a[f"lds_{k}"]["rho"], a[f"lds_{k}"]["ci95"]
-                    if kind == "seeds":          # another row order than the one the attributors saw
-                        cell[k]["other_order"] = a["per_seed"].get("1", {}).get(f"lds_{k}")
-    return {"attributors": rows, "noise_ceiling": ceiling, "subsets": counts}
-
-
-def deletion_rows(dele: dict, names) -> dict:
-    """Per attributor: emergence shift (% of the window) and end-of-window score change of its top
-    10%, of random rows of the top set's kinds, and of its most negative 10%; seed by seed."""
-    cond = dele["summary"]["units"]["induction"]["conditions"]
-    end = dele["end_score"]
-    base = end["baseline"]
-
-    def cell(c):
-        sp = cond.get(c, {}).get("shift_pct") or {}
-        d = [end[c][s] - base[s] for s in base if end[c].get(s) is not None and base[s] is not None]
-        return {"shift_pct": sp.get("mean"), "shift_ci95": sp.get("ci95"), "end_change": float(np.mean(d)),
-                "end_change_per_seed": d, "censored": cond.get(c, {}).get("censored")}
-    out = {"random-10%": cell("random-10%")}
-    for n in [n for n in names if f"top-{n}" in dele["plans"]]:
-        out[n] = {"top": cell(f"top-{n}"), "kind_random": cell(f"kind-{n}"), "negative": cell(f"neg-{n}"),
-                  "top_kinds": dele["plans"][f"kind-{n}"].get("composition")}
-    return out
-
-
-def table(st: Setup, scores: dict, costs: dict, lds_res: list[dict], dele: dict | None) -> dict:
-    from scipy.stats import spearmanr
-
-    names = list(scores)
-    res = {"window": list(st.window), "unit": UNIT, "probe": PROBE, "costs_seconds": costs,
-           "rows": int(len(next(iter(scores.values())))),
-           "cost_x_train": {n: costs[n] / costs["train"] for n in names if isinstance(costs.get(n), float)},
-           "cost_x_mda": {n: costs[n] / costs["mda"] for n in names if isinstance(costs.get(n), float)},
-           "seeds_lds": [0, 1],
-           "spearman_vs_oracle": {n: {o: float(spearmanr(scores[n], scores[o])[0]) for o in ("oracle_probe", "oracle_head")}
-                                  for n in names},
-           "lds": lds_rows(lds_res)}
-    if dele is not None:
-        res["deletions"] = deletion_rows(dele, names)
-    return res
-
-
-def _f(x, fmt="{:+.2f}"):
-    return "-" if x is None else fmt.format(x)
-
-
-def markdown(res: dict) -> str:
-    """The table as markdown: LDS (seed 0 = the oracle's row order, exact; seed mean with its 95%
-    interval), the top / kind-matched / negative deletions, agreement with the oracle, costs."""
-    lds, names = res["lds"], list(res["lds"]["attributors"])
-    shares = sorted(lds["subsets"], key=float)
-    seeded = [k for k in shares if k in lds["noise_ceiling"]]
-
-    def ci(c, tag):
-        if c.get(tag) is None:
-            return "-"
-        lo, hi = c[f"{tag}_ci95"]
-        return f"{_f(c[tag])} [{_f(lo)}, {_f(hi)}]"
-    out = [f"### Window {res['window'][0]}-{res['window'][1]} ({res['rows']} rows), {res['unit']} / {res['probe']}", ""]
-    for what, label in (("probe", "the probe (copy_target) change"), ("head", "the head's induction-score change")):
-        out += [f"LDS against {label}, original row order (exact retraining; the order every attributor saw), "
-                "Spearman [95% bootstrap interval] over " + ", ".join(
-                    f"{float(k):.0%}: {lds['subsets'][k].get('exact')}" for k in shares) + " subsets:", "",
-                "| attributor | " + " | ".join(f"{float(k):.0%} removed" for k in shares) + " |",
-                "|---|" + "---|" * len(shares)]
-        out += [f"| {n} | " + " | ".join(ci(lds["attributors"][n][k][what], "exact") for k in shares) + " |"
-                for n in names]
-        out.append("")
-    out += ["Row order: LDS against the probe change averaged over row-order seeds 0 and 1 (seed 1 permutes the "
-            "rows within blocks of 8 steps; " + ", ".join(f"{float(k):.0%}: {lds['subsets'][k]['seeds']}"
-                                                          for k in seeded) + " subsets), and against seed 1 alone:", "",
-            "| attributor | " + " | ".join(f"{float(k):.0%}: seed mean | seed 1" for k in seeded) + " |",
-            "|---|" + "---|---|" * len(seeded)]
-    out += [f"| {n} | " + " | ".join(f"{ci(lds['attributors'][n][k]['probe'], 'mean')} | "
-                                     f"{_f(lds['attributors'][n][k]['probe'].get('other_order'))}" for k in seeded) + " |"
-            for n in names]
-    out.append("| noise ceiling: seed-vs-seed r (probe) | " + " | ".join(
-        f"{_f(lds['noise_ceiling'][k]['probe'])} | " for k in seeded) + " |")
-    if "deletions" in res:
-        d = res["deletions"]
-        out += ["", "Deleting 10% of the window (emergence shift, % of the window, mean [95% CI] over seeds; "
-                "change of the induction score at the window's end):", "",
-                "| attributor | top 10% | random rows of the top's kinds | most negative 10% | top 10% kinds |",
-                "|---|---|---|---|---|"]
-
-        def cell(c):
-            ci = c["shift_ci95"] or [None, None]
-            return f"{_f(c['shift_pct'], '{:+.1f}')}% [{_f(ci[0], '{:+.1f}')}, {_f(ci[1], '{:+.1f}')}]; {_f(c['end_change'], '{:+.3f}')}"
-        for n in names:
-            if n in d:
-                out.append(f"| {n} | {cell(d[n]['top'])} | {cell(d[n]['kind_random'])} | {cell(d[n]['negative'])} | "
-                           f"{d[n]['top_kinds']} |")
-        out.append(f"| (uniform random 10%) | {cell(d['random-10%'])} | | | |")
-    out += ["", "| attributor | Spearman with oracle (probe) | with oracle (head) | seconds | x training | x MDA |",
-            "|---|---|---|---|---|---|"]
-    for n in names:
-        sp = res["spearman_vs_oracle"][n]
-        sec = res["costs_seconds"].get(n)
-        out.append(f"| {n} | {_f(sp['oracle_probe'])} | {_f(sp['oracle_head'])} | {_f(sec, '{:.0f}')} | "
-                   f"{_f(res['cost_x_train'].get(n), '{:.1f}')} | {_f(res['cost_x_mda'].get(n), '{:.1f}')} |")
-    out.append(f"| (training the window) | | | {res['costs_seconds']['train']:.0f} | 1.0 | |")
-    return "\n".join(out) + "\n"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", type=Path, required=True)
     ap.add_argument("--window", type=int, nargs=2, required=True)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--phase", choices=("mda", "lds-runs", "attributors", "costs", "lds", "deletions", "table", "lds-table", "all"),
-                    default="all")
+    ap.add_argument("--phase", default="all", choices=("mda", "lds-runs", "attributors", "costs", "lds", "deletions",
+                                                       "table", "lds-table", "all"))
     ap.add_argument("--subsets", type=int, default=16)
     ap.add_argument("--lds-seeds", type=int, default=2)
     ap.add_argument("--exact-subsets", type=int, default=48, help="LDS subsets retrained in the original order only")
@@ -439,13 +263,13 @@ def main(argv=None):
     if args.phase in ("lds", "table", "lds-table", "all"):
         lds_res = lds(st, scores, args.subsets, seeds, args.jobs, args.exact_subsets, args.removed)
     if args.phase == "lds-table":       # the LDS part alone (deletions still running elsewhere)
-        print(markdown(table(st, scores, costs, lds_res, None)))
+        print(markdown(table(st.window, scores, costs, lds_res, None)))
     dele = None
     if args.phase in ("deletions", "table", "all"):
         chosen = {n: scores[n] for n in (args.deletion_attributors or scores)}
         dele = deletions(st, chosen, tuple(range(args.seeds)), args.jobs)
     if args.phase in ("table", "all"):
-        res = table(st, scores, costs, lds_res, dele)
+        res = table(st.window, scores, costs, lds_res, dele)
         res["machine"] = machine()
         write_json(args.work / "table.json", res)
         (args.work / "table.md").write_text(markdown(res))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mda_fast.attribution.pipeline import Pipeline
 from mda_fast.attribution.score.queries import build_queries
 from mda_fast.attribution.unrolled import adam_denominators
 from mda_fast.demo.train_demo import new_model
@@ -32,20 +31,14 @@ LINEARS = [f"L{layer}.{m}" for layer in (0, 1)
            for m in ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")]
 
 
-def _pipeline(st, name: str, units, **settings) -> Pipeline:
-    model, tok = st.load(st.window[1])
-    return Pipeline(model, st.rows(), str(st.work / "attr" / name), [st.probe], units=units, tokenizer=tok,
-                    settings=st.settings(**settings), log=None)
-
-
 def wide_scores(st, name: str, units) -> np.ndarray:
     """MDA (whole-window EK-FAC) over ``units``, each row's scores summed over the blocks."""
-    return _pipeline(st, name, units).run(top_k=None).scores.sum(1).astype(np.float64)
+    return st.pipeline(name, units).run(top_k=None).scores.sum(1).astype(np.float64)
 
 
 def adam_scores(st, name: str, units) -> np.ndarray:
     """grad f^T D^-1 grad L_z at the window's end (no curvature), summed over ``units``' blocks."""
-    p = _pipeline(st, name, units, preconditioner="identity")
+    p = st.pipeline(name, units, preconditioner="identity")
     m = p.mda
     raw = build_queries(m.model, m.adapter, m.blocks, m.probes, m.probe_data, None, 16, "torch", precondition=False)
     D = adam_denominators(st.ckpts[st.window[1]], m.model, m.adapter, m.blocks)

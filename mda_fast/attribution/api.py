@@ -168,15 +168,15 @@ class MDA:
         store = self._open_store(source, out_dir, replace)
         if not store.is_complete():
             s = self.settings
-            raw = build_queries(self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors,
-                                s.probe_batch, s.backend, precondition=False)
+            # given queries are already preconditioned (only rotated); else grad f, divided below
+            raw = self._queries() if self._given else build_queries(
+                self.model, self.adapter, self.blocks, self.probes, self.probe_data, self.factors, s.probe_batch,
+                s.backend, precondition=False)
+            ekfac = s.preconditioner == "ekfac" and not self._given
             queries = {}
             for name, V in raw.items():  # Q_S^T grad f Q_A (/ (Lambda + damping)): the kept rows' basis
                 f = self.factors[name]
-                if self._given:              # given queries: already preconditioned, only rotated
-                    V = self._given[0][name].to(V.device)
                 Vt = rotate(V, *f.ops_args(torch.float32, V.device)[:2], backend=s.backend)
-                ekfac = s.preconditioner == "ekfac" and not self._given
                 queries[name] = (Vt.double() / (f.lam + f.damping)).float() if ekfac else Vt
             shapes = {b.name: (b.out_dim, b.in_dim) for b in self.blocks}
             scorer = Scorer(kept_rows(ids, losses, kept, shapes), queries, self._columns(), s.backend)

@@ -103,8 +103,9 @@ class TrajectoryRun:
             tables = [self.segment(a, b) for a, b in self.spans]
         return join_segments(tables, self.spans, os.path.join(self.out, "scores"), self.propagation)
 
-    def _fitted(self, a: int, b: int) -> tuple[Pipeline, float, int]:
-        """(the segment's Pipeline holding its factors, c = eta K / T, K); factors reused when current."""
+    def _fitted(self, a: int, b: int, tokens: int) -> tuple[Pipeline, float, int]:
+        """(the segment's Pipeline holding its factors, c = eta K / T, K); factors reused when current;
+        ``tokens``: T, the predictions per row the training loss is a mean over."""
         p = self.pipeline(a, b)
         if p.factors_current():
             p.load_factors()
@@ -113,15 +114,15 @@ class TrajectoryRun:
         m = p.mda
         eta = (float(self.step_size) if self.step_size is not None
                else adam_step_size(self.checkpoints[b], m.model, m.adapter, m.blocks, (a, b)))
-        tokens = int(np.asarray(self.source.read(np.arange(1))).shape[1]) - 1  # predictions per row (loss mean)
         return p, eta * (b - a) / tokens, b - a
 
     def _source_segments(self) -> list[ScoreTable]:
         """Fit every segment, propagate the final probe gradient back (``unrolled``), score each.
         One segment's model is held at a time (the factors stay, the models are loaded again)."""
+        tokens = int(np.asarray(self.source.read(np.arange(1))).shape[1]) - 1
         segs = []
         for a, b in self.spans:
-            p, c, k = self._fitted(a, b)
+            p, c, k = self._fitted(a, b, tokens)
             segs.append((p.mda.factors, c, k))
         m, s = p.mda, p.mda.settings                     # the last segment: the window's end
         if s.preconditioner != "ekfac":

@@ -83,7 +83,7 @@ def _apply(factors: FactorSet, grads: dict[str, torch.Tensor], replaced, backend
     """{block: V [n, O, I]} -> Q diag(1 / replaced(Lambda)) Q^T V, one grouped op call."""
     group = []
     for name, V in grads.items():
-        QA, QS, lam = factors[name].ops_args(torch.float32, V.device)
+        QA, QS = factors[name].ops_args(torch.float32, V.device)[:2]
         group.append((QA, QS, replaced(factors[name].lam.double()).float().to(V.device), V.float(), 0.0))
     return dict(zip(grads, ops.kron_inverse_apply_grouped(group, backend=backend)))
 
